@@ -1,0 +1,1 @@
+"""Simulation: demand traces, simulated cloud and spot market, traffic replay and backtests."""
