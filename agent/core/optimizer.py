@@ -21,7 +21,8 @@ Constraints (names as reported in ``Allocation.binding``):
 - ``quota:<type>``: the account's node limit for a type.
 - ``step_up:<tier>`` / ``step_down:<tier>``: change limits per tick (the seed's +2/−1), against thrashing.
   Nodes the market has reclaimed do not count as voluntary releases. If coverage cannot be met within the
-  step-up limit, the limit is lifted (status ``relaxed``): being short of capacity is worse than a jump.
+  limits, or they conflict with quotas, availability or pool shares, they are lifted for this tick (status
+  ``relaxed``, with the reason): being short of capacity is worse than a jump.
 
 Coverage requirements are elastic with a penalty far above any price: when even the relaxed problem cannot
 cover demand (quotas, no spot), the answer is the allocation that covers the most, with status
@@ -61,7 +62,7 @@ class OptimizerConfig:
     max_pool_share: float = 0.5
     max_step_up: int | None = 2
     max_step_down: int | None = 1
-    relax_step_up_for_coverage: bool = True
+    relax_step_limits: bool = True
     switching_cost_hours: float = 0.0
     """Charge each launch this many hours of its price (boot time is paid but not useful)."""
     discount_spot_by_reliability: bool = True
@@ -259,7 +260,7 @@ def _layout(n: int) -> tuple[slice, slice, slice, slice, int]:
 
 
 def _build(
-    p: _Problem, cfg: OptimizerConfig, *, step_up: bool, integral: bool, elastic: bool
+    p: _Problem, cfg: OptimizerConfig, *, step_limits: bool, integral: bool, elastic: bool
 ) -> tuple[np.ndarray, _Rows, Bounds, np.ndarray]:
     n = len(p.pools)
     s, d, us, ud, sh = _layout(n)
@@ -318,9 +319,9 @@ def _build(
     ):
         row = np.zeros(width)
         row[sl] = 1.0
-        if step_up and cfg.max_step_up is not None:
+        if step_limits and cfg.max_step_up is not None:
             rows.add(f"step_up:{tier}", row, -math.inf, current + cfg.max_step_up)
-        if cfg.max_step_down is not None and held - cfg.max_step_down > 0:
+        if step_limits and cfg.max_step_down is not None and held - cfg.max_step_down > 0:
             rows.add(f"step_down:{tier}", row.copy(), held - cfg.max_step_down, math.inf)
     for i in range(n):
         row = np.zeros(width)
@@ -407,14 +408,16 @@ def optimize_tick(
     n = len(p.pools)
     s, d, _us, _ud, sh = _layout(n)
 
-    # First within the step limits; if that leaves demand uncovered, once more without the step-up limit.
-    relaxable = cfg.max_step_up is not None and cfg.relax_step_up_for_coverage
+    # First within the step limits. If that leaves demand uncovered, or the limits conflict with quotas,
+    # availability or pool shares, once more without them: damping must never cost coverage.
+    relaxable = cfg.relax_step_limits and (cfg.max_step_up is not None or cfg.max_step_down is not None)
     result_x: np.ndarray | None = None
     rows: _Rows | None = None
     status: AllocationStatus = "optimal"
-    for step_up in (True, False) if relaxable else (True,):
-        status = "optimal" if step_up else "relaxed"
-        c, rows, bounds, integrality = _build(p, cfg, step_up=step_up, integral=True, elastic=True)
+    why_relaxed = ""
+    for limited in (True, False) if relaxable else (True,):
+        status = "optimal" if limited else "relaxed"
+        c, rows, bounds, integrality = _build(p, cfg, step_limits=limited, integral=True, elastic=True)
         res = milp(
             c,
             constraints=rows.constraint(),
@@ -422,11 +425,13 @@ def optimize_tick(
             bounds=bounds,
             options={"mip_rel_gap": 1e-7},
         )
-        if res.x is None:  # cannot happen with elastic coverage unless a hard bound conflicts
+        if res.x is None:
+            why_relaxed = "step limits lifted: they conflict with quotas, spot availability or pool shares"
             continue
         result_x = np.asarray(res.x, dtype=float)
         if float(np.sum(result_x[sh : sh + 4])) <= _TOLERANCE:
             break
+        why_relaxed = f"step-up limit +{cfg.max_step_up} lifted: demand needs a larger step"
     if result_x is None or rows is None:
         spot = np.minimum(p.cur_spot, p.spot_cap)
         return _allocation(
@@ -461,7 +466,7 @@ def optimize_tick(
         )
     reason = "least-cost allocation covering current P75 and next-hour P95 demand"
     if status == "relaxed":
-        reason = f"step-up limit +{cfg.max_step_up} lifted: demand needs a larger step"
+        reason = why_relaxed
     return _allocation(
         catalog, inp, p, x[s], x[d], status=status, binding=binding, reason=reason, started=started
     )
@@ -482,13 +487,24 @@ def seed_lp_ceil(
     p = _problem(catalog, inp, slo, cfg)
     n = len(p.pools)
     s, d, _us, _ud, _sh = _layout(n)
-    c, rows, bounds, _ = _build(p, cfg, step_up=True, integral=False, elastic=True)
+    c, rows, bounds, _ = _build(p, cfg, step_limits=True, integral=False, elastic=True)
     a_ub, b_ub = _as_upper_bounds(rows)
     res = linprog(
         c, A_ub=a_ub, b_ub=b_ub, bounds=list(zip(bounds.lb, bounds.ub, strict=True)), method="highs"
     )
-    if res.x is None:
-        raise RuntimeError(f"LP relaxation failed: {res.message}")
+    if res.x is None:  # the seed's own fallback: keep what is there
+        held = np.minimum(p.cur_spot, p.spot_cap)
+        return _allocation(
+            catalog,
+            inp,
+            p,
+            held,
+            p.cur_od.copy(),
+            status="fallback",
+            binding=(),
+            reason=f"LP relaxation infeasible: {res.message}",
+            started=started,
+        )
     x = np.ceil(np.asarray(res.x) - 1e-9)
     return _allocation(
         catalog,
@@ -539,7 +555,7 @@ def violations(
             broken.append(f"unknown_pool:{key[0]}/{key[1]}")
         if count < 0 or count != int(count):
             broken.append(f"not_integral:{key[0]}/{key[1]}")
-    _c, rows, bounds, _ = _build(p, cfg, step_up=step_limits, integral=True, elastic=False)
+    _c, rows, bounds, _ = _build(p, cfg, step_limits=step_limits, integral=True, elastic=False)
     x = np.zeros(4 * n + 4)
     for i, key in enumerate(p.pools):
         x[i] = alloc.spot.get(key, 0)
