@@ -94,6 +94,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, CatalogError, DemandSourceError, TraceError) as exc:
         print(f"cost-agent: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader (e.g. `| head`) went away: not an error of ours
+        sys.stderr.close()
+        return 0
     return 2
 
 

@@ -10,7 +10,6 @@ Environment: ``COST_AGENT_CATALOG`` and ``COST_AGENT_<SECTION>__<FIELD>`` (for e
 from __future__ import annotations
 
 import os
-import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -22,6 +21,7 @@ from agent.core.capacity import SloConfig
 from agent.core.catalog import Catalog, CatalogError, load_catalog
 from agent.core.optimizer import OptimizerConfig
 from agent.core.profiler import DemandProfiler
+from agent.core.validation import split_error
 
 CATALOG_DIR = Path(__file__).parent / "catalogs"
 ENV_PREFIX = "COST_AGENT_"
@@ -95,17 +95,10 @@ class Settings(_Section, frozen=True):
         return SloConfig(utilization_target=self.slo.utilization_target)
 
 
-def _field_path(err: msgspec.ValidationError) -> str:
-    match = re.search(r"at `\$\.([^`]+)`", str(err))
-    return match.group(1) if match else "?"
-
-
-def _reason(err: msgspec.ValidationError) -> str:
-    return re.sub(r"\s*-\s*at `\$[^`]*`", "", str(err))
-
-
-def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
+def _env_overrides(env: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """The overrides as a nested dict, and the variable each dotted field came from."""
     out: dict[str, Any] = {}
+    sources: dict[str, str] = {}
     for key, raw in env.items():
         if not key.startswith(ENV_PREFIX) or key == ENV_PREFIX + "DATA_DIR":
             continue
@@ -118,7 +111,8 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
         for part in path[:-1]:
             node = node.setdefault(part, {})
         node[path[-1]] = value
-    return out
+        sources[".".join(path)] = key
+    return out, sources
 
 
 def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
@@ -143,16 +137,19 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
             raise ConfigError(f"{where}: cannot read: {exc.strerror or exc}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{where}: not valid TOML: {exc}") from None
-    overrides = _env_overrides(env)
-    if overrides:
-        where += " + environment " + ENV_PREFIX + "*"
+    overrides, sources = _env_overrides(env)
     try:
         settings = msgspec.convert(_merge(raw, overrides), Settings)
     except msgspec.ValidationError as exc:
-        raise ConfigError(f"{where}: field {_field_path(exc)!r}: {_reason(exc)}") from None
+        field, reason = split_error(exc)
+        if field in sources:
+            where = f"environment {sources[field]}"
+        raise ConfigError(f"{where}: field {field!r}: {reason}") from None
     try:
         settings.profiler.build()
     except ValueError as exc:
+        culprit = [v for f, v in sources.items() if f.startswith("profiler.")]
+        where = f"environment {', '.join(culprit)}" if culprit and path is None else where
         raise ConfigError(f"{where}: section 'profiler': {exc}") from None
     return settings
 

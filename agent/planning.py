@@ -55,6 +55,9 @@ def build_horizon(source: str, settings: Settings, catalog: Catalog, peak_nodes:
         profiler.predict, end, settings.planner.horizon_days * 24, settings.profiler.bin_minutes
     )
     if peak_nodes is not None:
-        steps = scale_to_peak(catalog, steps, peak_nodes, settings.slo_config())
+        try:
+            steps = scale_to_peak(catalog, steps, peak_nodes, settings.slo_config())
+        except ValueError as exc:
+            raise DemandSourceError(f"demand {source!r}: {exc}") from None
         description += f", scaled so the busiest hour needs {peak_nodes} × {catalog.main_type.name}"
     return Horizon(steps=steps, description=description, profiler=profiler)

@@ -7,6 +7,7 @@ file, the entry and the field, so that start-up can stop with that line.
 
 from __future__ import annotations
 
+import math
 import re
 import tomllib
 from collections.abc import Mapping
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import msgspec
+
+from agent.core.validation import split_error
 
 Tier = Literal["reserved", "spot", "ondemand"]
 TIERS: tuple[Tier, ...] = ("reserved", "spot", "ondemand")
@@ -26,6 +29,15 @@ _POOL_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 
 Positive = Annotated[float, msgspec.Meta(gt=0)]
 NonNegative = Annotated[float, msgspec.Meta(ge=0)]
+
+
+_FINITE_FIELDS = (
+    "ondemand_hourly",
+    "reserved_1yr_hourly",
+    "spot_hourly",
+    "prefill_tokens_per_s",
+    "decode_tokens_per_s",
+)
 
 
 class CatalogError(ValueError):
@@ -106,15 +118,6 @@ class Catalog:
         return [(t.name, p) for t in self.types.values() for p in t.pools]
 
 
-def _field_of(err: msgspec.ValidationError) -> str:
-    match = re.search(r"at `\$\.([A-Za-z0-9_]+)", str(err))
-    return match.group(1) if match else "?"
-
-
-def _reason_of(err: msgspec.ValidationError) -> str:
-    return re.sub(r"\s*-\s*at `\$[^`]*`", "", str(err))
-
-
 def parse_catalog(text: str, source_name: str) -> Catalog:
     """Parse catalog TOML text; ``source_name`` is what error messages call the file."""
     try:
@@ -127,9 +130,8 @@ def parse_catalog(text: str, source_name: str) -> Catalog:
     try:
         header = msgspec.convert(raw.get("catalog", {}), _CatalogHeader)
     except msgspec.ValidationError as exc:
-        raise CatalogError(
-            f"catalog {source_name}: entry [catalog]: field {_field_of(exc)!r}: {_reason_of(exc)}"
-        ) from None
+        field, reason = split_error(exc)
+        raise CatalogError(f"catalog {source_name}: entry [catalog]: field {field!r}: {reason}") from None
     tables = raw.get("types")
     if not isinstance(tables, dict) or not tables:
         raise CatalogError(f"catalog {source_name}: no [types.<name>] entries")
@@ -141,7 +143,11 @@ def parse_catalog(text: str, source_name: str) -> Catalog:
         try:
             spec = msgspec.convert(table, _TypeSpec)
         except msgspec.ValidationError as exc:
-            raise CatalogError(f"{where}: field {_field_of(exc)!r}: {_reason_of(exc)}") from None
+            field, reason = split_error(exc)
+            raise CatalogError(f"{where}: field {field!r}: {reason}") from None
+        for field in _FINITE_FIELDS:
+            if not math.isfinite(getattr(spec, field)):
+                raise CatalogError(f"{where}: field {field!r}: must be a finite number")
         if not spec.pools:
             raise CatalogError(f"{where}: field 'pools': must list at least one pool")
         for pool in spec.pools:

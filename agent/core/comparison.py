@@ -118,8 +118,9 @@ def monthly_comparison(
             rule.avg_instances["ondemand"],
             rule.monthly_cost,
             saving(rule.monthly_cost),
-            f"{rule.type_name}; the seed's own formula claims ${rule.seed_formula_monthly_cost:,.0f}"
-            + (f"; short of demand for {rule.shortfall_hours:.1f} h" if rule.shortfall_hours else ""),
+            f"{rule.type_name}; keeps no non-spot share or pool spread"
+            + (f"; short of demand for {rule.shortfall_hours:.1f} h" if rule.shortfall_hours else "")
+            + f"; the seed's own formula claims ${rule.seed_formula_monthly_cost:,.0f}",
         )
     )
     return rows

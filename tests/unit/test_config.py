@@ -1,0 +1,231 @@
+"""Settings, read as a specification: defaults, the example file, file and environment overrides, errors.
+
+Every test passes ``env=`` explicitly, so the environment the tests run in never leaks into them.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import msgspec
+import pytest
+
+import agent
+from agent.config import (
+    ConfigError,
+    OptimizerSettings,
+    ProfilerSettings,
+    Settings,
+    builtin_catalogs,
+    load_settings,
+    resolve_catalog,
+)
+from agent.core.catalog import CatalogError
+from agent.core.optimizer import OptimizerConfig
+
+ROOT = Path(agent.__file__).resolve().parent.parent
+EXAMPLE = ROOT / "deploy" / "agent.example.toml"
+NO_ENV: dict[str, str] = {}
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "agent.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def config_error(path: Path | None, env: dict[str, str] | None = None) -> str:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path, env=NO_ENV if env is None else env)
+    message = str(caught.value)
+    assert len(message.splitlines()) == 1, message
+    if path is not None:
+        assert f"config {path}" in message
+    return message
+
+
+# -- defaults -----------------------------------------------------------------------------------------
+
+
+def test_no_file_and_no_environment_gives_the_defaults() -> None:
+    settings = load_settings(env=NO_ENV)
+    assert settings == Settings()
+    assert settings.catalog == "seed"
+    assert settings.slo.utilization_target == 0.70
+    assert settings.slo_config().utilization_target == 0.70
+    assert settings.optimizer.interval_seconds == 300.0
+    assert settings.profiler.timezone == "UTC"
+    assert (settings.planner.horizon_days, settings.planner.levels) == (30.0, 48)
+
+
+def test_default_optimizer_settings_become_the_seeds_damping_of_plus_2_minus_1() -> None:
+    assert Settings().optimizer.to_core() == OptimizerConfig(
+        min_non_spot_instances=1,
+        min_non_spot_fraction=0.5,
+        max_pool_share=0.5,
+        max_step_up=2,
+        max_step_down=1,
+        switching_cost_hours=0.0,
+        discount_spot_by_reliability=True,
+    )
+
+
+def test_the_example_file_loads_to_exactly_the_defaults() -> None:
+    assert load_settings(EXAMPLE, env=NO_ENV) == Settings()
+
+
+def test_the_example_file_spells_out_every_field_with_its_default_value() -> None:
+    written = tomllib.loads(EXAMPLE.read_text(encoding="utf-8"))
+    assert written == msgspec.to_builtins(Settings())
+
+
+# -- overrides ----------------------------------------------------------------------------------------
+
+
+def test_a_file_overrides_only_the_fields_it_sets(tmp_path: Path) -> None:
+    path = write(tmp_path, '[optimizer]\nmax_step_up = 4\n\n[profiler]\ntimezone = "America/New_York"\n')
+    defaults = Settings()
+    assert load_settings(path, env=NO_ENV) == msgspec.structs.replace(
+        defaults,
+        optimizer=msgspec.structs.replace(defaults.optimizer, max_step_up=4),
+        profiler=msgspec.structs.replace(defaults.profiler, timezone="America/New_York"),
+    )
+
+
+def test_environment_variables_override_the_catalog_and_section_fields() -> None:
+    env = {
+        "COST_AGENT_OPTIMIZER__MAX_STEP_UP": "3",
+        "COST_AGENT_CATALOG": "gcp-2026-07",
+        "COST_AGENT_PROFILER__TIMEZONE": "Europe/Berlin",
+    }
+    settings = load_settings(env=env)
+    assert settings.catalog == "gcp-2026-07"
+    assert settings.optimizer == OptimizerSettings(max_step_up=3)
+    assert settings.profiler == ProfilerSettings(timezone="Europe/Berlin")
+    assert (settings.slo, settings.planner) == (Settings().slo, Settings().planner)
+
+
+def test_environment_values_are_read_as_toml_literals() -> None:
+    env = {"COST_AGENT_OPTIMIZER__STEP_LIMITS": "false", "COST_AGENT_SLO__UTILIZATION_TARGET": "0.6"}
+    settings = load_settings(env=env)
+    assert settings.optimizer.step_limits is False
+    assert settings.slo.utilization_target == 0.6
+
+
+def test_the_environment_wins_over_the_file_field_by_field(tmp_path: Path) -> None:
+    path = write(tmp_path, 'catalog = "gcp-2026-07"\n[optimizer]\nmax_step_up = 4\nmax_step_down = 3\n')
+    settings = load_settings(path, env={"COST_AGENT_OPTIMIZER__MAX_STEP_UP": "3"})
+    assert settings.catalog == "gcp-2026-07"
+    assert (settings.optimizer.max_step_up, settings.optimizer.max_step_down) == (3, 3)
+
+
+def test_variables_without_the_prefix_and_the_data_dir_variable_are_not_settings() -> None:
+    env = {"HOME": "/root", "OPTIMIZER__MAX_STEP_UP": "9", "COST_AGENT_DATA_DIR": "/srv/data"}
+    assert load_settings(env=env) == Settings()
+
+
+def test_step_limits_false_gives_an_optimizer_without_step_limits(tmp_path: Path) -> None:
+    path = write(tmp_path, "[optimizer]\nstep_limits = false\n")
+    core = load_settings(path, env=NO_ENV).optimizer.to_core()
+    assert (core.max_step_up, core.max_step_down) == (None, None)
+    assert core.min_non_spot_instances == 1
+
+
+# -- errors -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "names"),
+    [
+        pytest.param('[optimizer]\nmax_step_up = "three"\n', ["'optimizer.max_step_up'"], id="wrong-type"),
+        pytest.param("[slo]\nutilization_target = 1.5\n", ["'slo.utilization_target'"], id="out-of-range"),
+        pytest.param("[optimizer]\nmax_step_upp = 3\n", ["'optimizer.max_step_upp'"], id="unknown-field"),
+        pytest.param("[optimiser]\nmax_step_up = 3\n", ["optimiser"], id="unknown-section"),
+        pytest.param('catalogue = "seed"\n', ["catalogue"], id="unknown-top-level-field"),
+        pytest.param("slo = 0.7\n", ["'slo'"], id="section-given-as-a-value"),
+        pytest.param(
+            '[profiler]\ntimezone = "Mars/Olympus_Mons"\n',
+            ["'profiler'", "timezone", "Mars/Olympus_Mons"],
+            id="bad-time-zone",
+        ),
+        pytest.param(
+            "[profiler]\nbin_minutes = 7\n", ["'profiler'", "bin_minutes"], id="bin-not-dividing-a-day"
+        ),
+    ],
+)
+def test_a_bad_setting_in_a_file_is_one_line_naming_the_file_and_the_field(
+    tmp_path: Path, text: str, names: list[str]
+) -> None:
+    message = config_error(write(tmp_path, text))
+    for name in names:
+        assert name in message
+
+
+def test_a_bad_environment_value_is_one_line_naming_the_environment_and_the_field() -> None:
+    message = config_error(None, env={"COST_AGENT_SLO__UTILIZATION_TARGET": "1.5"})
+    assert "environment COST_AGENT_" in message
+    assert "'slo.utilization_target'" in message
+
+
+def test_an_unreadable_file_is_one_line_naming_the_file(tmp_path: Path) -> None:
+    message = config_error(tmp_path / "missing.toml")
+    assert "cannot read" in message
+
+
+def test_invalid_toml_is_one_line_naming_the_file_and_the_position(tmp_path: Path) -> None:
+    message = config_error(write(tmp_path, "[slo]\nutilization_target = \n"))
+    assert "not valid TOML" in message
+    assert "line 2" in message
+
+
+def test_the_field_slot_names_an_unknown_section(tmp_path: Path) -> None:
+    message = config_error(write(tmp_path, "[optimiser]\nmax_step_up = 3\n"))
+    assert "field 'optimiser'" in message
+
+
+# -- catalogs by name or path -------------------------------------------------------------------------
+
+
+def test_the_built_in_catalogs_are_seed_and_gcp_2026_07() -> None:
+    assert builtin_catalogs() == ["gcp-2026-07", "seed"]
+
+
+@pytest.mark.parametrize("name", ["seed", "gcp-2026-07"])
+def test_a_built_in_catalog_resolves_by_its_name(name: str) -> None:
+    assert resolve_catalog(name).name == name
+
+
+def test_a_catalog_resolves_by_path(tmp_path: Path) -> None:
+    seed_text = (ROOT / "agent" / "catalogs" / "seed.toml").read_text(encoding="utf-8")
+    path = tmp_path / "mine.toml"
+    path.write_text(seed_text.replace('name = "seed"', 'name = "mine"'), encoding="utf-8")
+    catalog = resolve_catalog(str(path))
+    assert catalog.name == "mine"
+    assert list(catalog.types) == ["h100_8x", "a100_8x"]
+
+
+def test_a_missing_catalog_path_is_a_catalog_error_naming_the_path(tmp_path: Path) -> None:
+    path = tmp_path / "missing.toml"
+    with pytest.raises(CatalogError, match="cannot read") as caught:
+        resolve_catalog(str(path))
+    assert str(path) in str(caught.value)
+
+
+def test_an_unknown_catalog_name_is_one_line_listing_the_built_ins() -> None:
+    with pytest.raises(CatalogError) as caught:
+        resolve_catalog("nosuch")
+    message = str(caught.value)
+    assert len(message.splitlines()) == 1
+    assert "'nosuch'" in message
+    assert "gcp-2026-07, seed" in message
+
+
+def test_a_bad_environment_value_names_its_variable(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(
+            write(tmp_path, "[slo]\nutilization_target = 0.6\n"),
+            env={"COST_AGENT_OPTIMIZER__MAX_STEP_UP": "lots"},
+        )
+    assert "environment COST_AGENT_OPTIMIZER__MAX_STEP_UP" in str(info.value)
+    assert "field 'optimizer.max_step_up'" in str(info.value)
