@@ -24,11 +24,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.optimize import Bounds, LinearConstraint, milp
+from scipy.optimize import Bounds, LinearConstraint
 
 from agent.core.capacity import SloConfig, rps_per_instance
 from agent.core.catalog import HOURS_PER_MONTH, Catalog, Tier
 from agent.core.demand import Demand
+from agent.core.highs import solve_milp
 from agent.core.optimizer import OptimizerConfig, PoolKey
 
 # A plan within 0.01% of the optimum is as good as the forecast it rests on; the time limit only guards
@@ -143,12 +144,13 @@ class _Program:
         for i, coeffs in enumerate(self.rows):
             for j, v in coeffs.items():
                 a[i, j] += v
-        res = milp(
+        res = solve_milp(
             np.array(self.cost),
-            constraints=LinearConstraint(a, np.array(self.lo), np.array(self.hi)) if self.rows else None,
-            integrality=np.ones(self.width),
-            bounds=Bounds(np.zeros(self.width), np.array(self.upper)),
-            options={"mip_rel_gap": _GAP, "time_limit": _TIME_LIMIT_S},
+            LinearConstraint(a, np.array(self.lo), np.array(self.hi)) if self.rows else None,
+            np.ones(self.width),
+            Bounds(np.zeros(self.width), np.array(self.upper)),
+            gap=_GAP,
+            time_limit_s=_TIME_LIMIT_S,
         )
         return None if res.x is None else np.round(np.asarray(res.x, dtype=float))
 

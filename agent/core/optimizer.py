@@ -38,11 +38,12 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
-from scipy.optimize import Bounds, LinearConstraint, linprog, milp
+from scipy.optimize import Bounds, LinearConstraint, linprog
 
 from agent.core.capacity import SloConfig, rps_per_instance
 from agent.core.catalog import Catalog, Tier
 from agent.core.demand import Demand
+from agent.core.highs import solve_milp
 
 PoolKey = tuple[str, str]
 """(instance type name, pool name)."""
@@ -53,6 +54,8 @@ AllocationStatus = Literal["optimal", "relaxed", "fallback"]
 # optimizer keeps the nodes it has instead of shuffling them between pools.
 _TIE_BREAK_HOURS = 1e-4
 _TOLERANCE = 1e-6
+# Rows that define auxiliary columns rather than constrain the fleet: never reported as binding or broken.
+_BOOKKEEPING = frozenset({"launch", "spot_total"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,29 +257,100 @@ class _Rows:
         return LinearConstraint(np.vstack(self.rows), np.array(self.lo), np.array(self.hi))
 
 
-# Variable layout: [s_0..s_{n-1}, d_0..d_{n-1}, us_0.., ud_0.., short_now, short_next, short_ns, short_nsf]
-def _layout(n: int) -> tuple[slice, slice, slice, slice, int]:
-    return slice(0, n), slice(n, 2 * n), slice(2 * n, 3 * n), slice(3 * n, 4 * n), 4 * n
+@dataclass(frozen=True, slots=True)
+class _Vars:
+    """Column layout: spot and on-demand counts per pool, their launches, the spot total, shortfalls."""
+
+    n: int
+
+    @property
+    def spot(self) -> slice:
+        return slice(0, self.n)
+
+    @property
+    def od(self) -> slice:
+        return slice(self.n, 2 * self.n)
+
+    @property
+    def spot_launch(self) -> slice:
+        return slice(2 * self.n, 3 * self.n)
+
+    @property
+    def od_launch(self) -> slice:
+        return slice(3 * self.n, 4 * self.n)
+
+    @property
+    def spot_total(self) -> int:
+        # One column for Σ spot keeps each pool-share row to two entries instead of one per pool.
+        return 4 * self.n
+
+    @property
+    def short(self) -> slice:
+        """Shortfalls of: cover_now, cover_next_hour, non_spot_min, non_spot_fraction."""
+        return slice(4 * self.n + 1, 4 * self.n + 5)
+
+    @property
+    def width(self) -> int:
+        return 4 * self.n + 5
+
+
+def _count_bounds(
+    p: _Problem, cfg: OptimizerConfig, spot_floor: float, od_floor: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Upper bounds on spot and on-demand counts per pool that never cut off an optimal answer.
+
+    Beyond enough nodes of one pool to cover every requirement alone, what it holds now, and the tier's
+    floor under the step-down limit, a node can be removed without breaking any constraint, and the
+    cost falls. Bounded integers make HiGHS's search far shorter. For spot this holds while a pool may
+    hold at least half the spot fleet; below that, removing a node could break another pool's share.
+    """
+    with np.errstate(divide="ignore", invalid="ignore"):
+        od_nodes = np.maximum.reduce(
+            [p.need_now / p.cap_now, p.need_next / p.cap_next, p.need_non_spot_rps / p.cap_next]
+        )
+        spot_nodes = np.maximum(
+            p.need_now / (p.cap_now * p.reliability), p.need_next / (p.cap_next * p.reliability)
+        )
+    od_nodes = np.where(np.isfinite(od_nodes), od_nodes, 0.0)
+    od_upper = np.maximum.reduce(
+        [np.ceil(od_nodes) + 1, np.full_like(od_nodes, max(p.need_non_spot, od_floor)), p.cur_od]
+    )
+    spot_upper = p.spot_cap.copy()
+    if cfg.max_pool_share >= 0.5:
+        spot_nodes = np.where(np.isfinite(spot_nodes), spot_nodes, 0.0)
+        needed = np.maximum(np.maximum(np.ceil(spot_nodes) + 1, p.cur_spot), spot_floor)
+        spot_upper = np.minimum(spot_upper, needed)
+    return spot_upper, od_upper
 
 
 def _build(
-    p: _Problem, cfg: OptimizerConfig, *, step_limits: bool, integral: bool, elastic: bool
+    p: _Problem,
+    cfg: OptimizerConfig,
+    *,
+    step_limits: bool,
+    integral: bool,
+    elastic: bool,
+    tight: bool = True,
 ) -> tuple[np.ndarray, _Rows, Bounds, np.ndarray]:
-    n = len(p.pools)
-    s, d, us, ud, sh = _layout(n)
-    width = 4 * n + 4
+    v = _Vars(len(p.pools))
+    s, d, sh = v.spot, v.od, v.short.start
+    width = v.width
     launch_hours = cfg.switching_cost_hours + _TIE_BREAK_HOURS
     c = np.zeros(width)
     c[s] = p.spot_price
     c[d] = p.od_price
-    c[us] = p.spot_price * launch_hours
-    c[ud] = p.od_price * launch_hours
+    c[v.spot_launch] = p.spot_price * launch_hours
+    c[v.od_launch] = p.od_price * launch_hours
     # A shortfall must cost more than any node could: a thousand times the dearest rps of capacity.
-    rps_price = float(np.max(p.od_price / np.maximum(p.cap_next, _TOLERANCE))) if n else 1.0
+    rps_price = float(np.max(p.od_price / np.maximum(p.cap_next, _TOLERANCE))) if v.n else 1.0
     big = 1e3 * max(rps_price, 1.0)
-    c[sh : sh + 4] = [big, big, 1e3 * float(np.max(p.od_price, initial=1.0)), big]
+    c[v.short] = [big, big, 1e3 * float(np.max(p.od_price, initial=1.0)), big]
 
     rows = _Rows(width)
+    row = np.zeros(width)
+    row[s] = -1.0
+    row[v.spot_total] = 1.0
+    rows.add("spot_total", row, 0.0, 0.0)
     row = np.zeros(width)
     row[s] = p.cap_now * p.reliability
     row[d] = p.cap_now
@@ -300,44 +374,51 @@ def _build(
     if p.share_applies:
         for i, (tname, pool) in enumerate(p.pools):
             row = np.zeros(width)
-            row[s] = -cfg.max_pool_share
-            row[i] += 1.0
+            row[i] = 1.0
+            row[v.spot_total] = -cfg.max_pool_share
             rows.add(f"pool_share:{tname}/{pool}", row, -math.inf, 1.0)
     for tname, quota in p.quotas.items():
         row = np.zeros(width)
         for i, key in enumerate(p.pools):
             if key[0] == tname:
                 row[i] = 1.0
-                row[n + i] = 1.0
+                row[v.n + i] = 1.0
         rows.add(f"quota:{tname}", row, -math.inf, max(quota, 0.0))
     # Change limits per tier. Spot nodes beyond what the market now allows are gone already, so their
     # loss is not a voluntary release.
     held_spot = float(np.sum(np.minimum(p.cur_spot, p.spot_cap)))
-    for tier, sl, current, held in (
-        ("spot", s, float(p.cur_spot.sum()), held_spot),
-        ("ondemand", d, float(p.cur_od.sum()), float(p.cur_od.sum())),
+    floors = {"spot": 0.0, "ondemand": 0.0}
+    spot_row = np.zeros(width)
+    spot_row[v.spot_total] = 1.0
+    od_row = np.zeros(width)
+    od_row[d] = 1.0
+    for tier, tier_row, current, held in (
+        ("spot", spot_row, float(p.cur_spot.sum()), held_spot),
+        ("ondemand", od_row, float(p.cur_od.sum()), float(p.cur_od.sum())),
     ):
-        row = np.zeros(width)
-        row[sl] = 1.0
         if step_limits and cfg.max_step_up is not None:
-            rows.add(f"step_up:{tier}", row, -math.inf, current + cfg.max_step_up)
+            rows.add(f"step_up:{tier}", tier_row, -math.inf, current + cfg.max_step_up)
         if step_limits and cfg.max_step_down is not None and held - cfg.max_step_down > 0:
-            rows.add(f"step_down:{tier}", row.copy(), held - cfg.max_step_down, math.inf)
-    for i in range(n):
+            floors[tier] = held - cfg.max_step_down
+            rows.add(f"step_down:{tier}", tier_row, floors[tier], math.inf)
+    for i in range(v.n):
         row = np.zeros(width)
-        row[us.start + i] = 1.0
+        row[v.spot_launch.start + i] = 1.0
         row[i] = -1.0
         rows.add("launch", row, -p.cur_spot[i], math.inf)
         row = np.zeros(width)
-        row[ud.start + i] = 1.0
-        row[n + i] = -1.0
+        row[v.od_launch.start + i] = 1.0
+        row[v.n + i] = -1.0
         rows.add("launch", row, -p.cur_od[i], math.inf)
 
     lower = np.zeros(width)
     upper = np.full(width, math.inf)
-    upper[s] = p.spot_cap
+    if tight:
+        upper[s], upper[d] = _count_bounds(p, cfg, floors["spot"], floors["ondemand"])
+    else:
+        upper[s] = p.spot_cap
     if not elastic:
-        upper[sh : sh + 4] = 0.0
+        upper[v.short] = 0.0
     integrality = np.zeros(width)
     if integral:
         integrality[s] = 1
@@ -355,7 +436,7 @@ def _binding(p: _Problem, rows: _Rows, x: np.ndarray) -> tuple[str, ...]:
     )
     names: list[str] = []
     for name, value, lo, hi in zip(rows.names, values, rows.lo, rows.hi, strict=True):
-        if name == "launch":
+        if name in _BOOKKEEPING:
             continue
         slack_unit = unit if name in ("cover_now", "cover_next_hour", "non_spot_fraction") else 1.0
         slack = min(value - lo, hi - value)
@@ -405,8 +486,8 @@ def optimize_tick(
     slo = slo or SloConfig()
     cfg = cfg or OptimizerConfig()
     p = _problem(catalog, inp, slo, cfg)
-    n = len(p.pools)
-    s, d, _us, _ud, sh = _layout(n)
+    v = _Vars(len(p.pools))
+    s, d = v.spot, v.od
 
     # First within the step limits. If that leaves demand uncovered, or the limits conflict with quotas,
     # availability or pool shares, once more without them: damping must never cost coverage.
@@ -418,18 +499,12 @@ def optimize_tick(
     for limited in (True, False) if relaxable else (True,):
         status = "optimal" if limited else "relaxed"
         c, rows, bounds, integrality = _build(p, cfg, step_limits=limited, integral=True, elastic=True)
-        res = milp(
-            c,
-            constraints=rows.constraint(),
-            integrality=integrality,
-            bounds=bounds,
-            options={"mip_rel_gap": 1e-7},
-        )
+        res = solve_milp(c, rows.constraint(), integrality, bounds, gap=1e-7)
         if res.x is None:
             why_relaxed = "step limits lifted: they conflict with quotas, spot availability or pool shares"
             continue
         result_x = np.asarray(res.x, dtype=float)
-        if float(np.sum(result_x[sh : sh + 4])) <= _TOLERANCE:
+        if float(np.sum(result_x[v.short])) <= _TOLERANCE:
             break
         why_relaxed = f"step-up limit +{cfg.max_step_up} lifted: demand needs a larger step"
     if result_x is None or rows is None:
@@ -446,8 +521,8 @@ def optimize_tick(
             started=started,
         )
     x = np.round(result_x)
-    x[sh : sh + 4] = result_x[sh : sh + 4]
-    shortfall = result_x[sh : sh + 4]
+    x[v.short] = result_x[v.short]
+    shortfall = result_x[v.short]
     binding = _binding(p, rows, x)
     if float(np.sum(shortfall)) > _TOLERANCE:
         parts = []
@@ -485,9 +560,10 @@ def seed_lp_ceil(
     slo = slo or SloConfig()
     cfg = cfg or OptimizerConfig()
     p = _problem(catalog, inp, slo, cfg)
-    n = len(p.pools)
-    s, d, _us, _ud, _sh = _layout(n)
-    c, rows, bounds, _ = _build(p, cfg, step_limits=True, integral=False, elastic=True)
+    v = _Vars(len(p.pools))
+    s, d = v.spot, v.od
+    # The seed's LP knows nothing of our count bounds: solve it as it would be posed.
+    c, rows, bounds, _ = _build(p, cfg, step_limits=True, integral=False, elastic=True, tight=False)
     a_ub, b_ub = _as_upper_bounds(rows)
     res = linprog(
         c, A_ub=a_ub, b_ub=b_ub, bounds=list(zip(bounds.lb, bounds.ub, strict=True)), method="highs"
@@ -555,16 +631,18 @@ def violations(
             broken.append(f"unknown_pool:{key[0]}/{key[1]}")
         if count < 0 or count != int(count):
             broken.append(f"not_integral:{key[0]}/{key[1]}")
-    _c, rows, bounds, _ = _build(p, cfg, step_limits=step_limits, integral=True, elastic=False)
-    x = np.zeros(4 * n + 4)
+    _c, rows, bounds, _ = _build(p, cfg, step_limits=step_limits, integral=True, elastic=False, tight=False)
+    v = _Vars(n)
+    x = np.zeros(v.width)
     for i, key in enumerate(p.pools):
         x[i] = alloc.spot.get(key, 0)
         x[n + i] = alloc.ondemand.get(key, 0)
-        x[2 * n + i] = max(0.0, x[i] - p.cur_spot[i])
-        x[3 * n + i] = max(0.0, x[n + i] - p.cur_od[i])
+        x[v.spot_launch.start + i] = max(0.0, x[i] - p.cur_spot[i])
+        x[v.od_launch.start + i] = max(0.0, x[n + i] - p.cur_od[i])
+    x[v.spot_total] = float(np.sum(x[v.spot]))
     values = np.vstack(rows.rows) @ x
     for name, value, lo, hi in zip(rows.names, values, rows.lo, rows.hi, strict=True):
-        if name == "launch":
+        if name in _BOOKKEEPING:
             continue
         scale = max(1.0, abs(lo) if math.isfinite(lo) else 0.0, abs(hi) if math.isfinite(hi) else 0.0)
         if value < lo - 1e-9 * scale or value > hi + 1e-9 * scale:
