@@ -186,6 +186,7 @@ def plan_commitment(
         for j in reserved_var.values():
             prog.upper[j] = 0.0
     share_applies = cfg.max_pool_share < 1 and len(pools) >= 2
+    reserved_upper = dict.fromkeys(reserved_var, 0.0)
     level_vars: list[tuple[list[int], list[int]]] = []
     for level in grouped:
         caps = {
@@ -199,9 +200,16 @@ def plan_commitment(
         od_vars = []
         for key in pools:
             itype = catalog.types[key[0]]
+            # As in the tick: more nodes of one pool than cover the level alone are never optimal.
+            alone = _nodes_alone(level, caps[key[0]], 1.0)
+            od_upper = max(alone, cfg.min_non_spot_instances) if allow_ondemand else 0.0
+            reserved_upper[key[0]] = max(reserved_upper[key[0]], max(alone, cfg.min_non_spot_instances))
             spot_upper = float(spot_available.get(key, math.inf)) if allow_spot else 0.0
+            if cfg.max_pool_share >= 0.5:
+                rel = itype.spot_reliability if cfg.discount_spot_by_reliability else 1.0
+                spot_upper = min(spot_upper, _nodes_alone(level, caps[key[0]], rel))
             spot_vars.append(prog.var(level.hours * itype.spot_hourly, spot_upper))
-            od_vars.append(prog.var(level.hours * itype.ondemand_hourly, math.inf if allow_ondemand else 0.0))
+            od_vars.append(prog.var(level.hours * itype.ondemand_hourly, od_upper))
         level_vars.append((spot_vars, od_vars))
         for which, rps in ((0, level.now.rps), (1, level.next_hour.rps)):
             coeffs = {reserved_var[t]: caps[t][which] for t in reserved_var}
@@ -219,10 +227,10 @@ def plan_commitment(
             coeffs |= {dv: caps[key[0]][1] for key, dv in zip(pools, od_vars, strict=True)}
             prog.row(coeffs, cfg.min_non_spot_fraction * level.next_hour.rps, math.inf)
         if share_applies and allow_spot:
+            total = prog.var(0.0)  # Σ spot of the level: keeps each share row to two entries
+            prog.row({sv: 1.0 for sv in spot_vars} | {total: -1.0}, 0.0, 0.0)
             for sv in spot_vars:
-                coeffs = {other: -cfg.max_pool_share for other in spot_vars}
-                coeffs[sv] += 1.0
-                prog.row(coeffs, -math.inf, 1.0)
+                prog.row({sv: 1.0, total: -cfg.max_pool_share}, -math.inf, 1.0)
         for t in catalog.types.values():
             if t.max_instances is None:
                 continue
@@ -233,6 +241,8 @@ def plan_commitment(
                     coeffs[dv] = 1.0
             prog.row(coeffs, -math.inf, float(t.max_instances))
 
+    for name, j in reserved_var.items():
+        prog.upper[j] = min(prog.upper[j], reserved_upper[name])
     x = prog.solve()
     if x is None:
         return CommitmentPlan(
@@ -273,6 +283,16 @@ def plan_commitment(
         levels=len(grouped),
         solve_seconds=time.perf_counter() - started,
     )
+
+
+def _nodes_alone(level: _Level, caps: tuple[float, float], reliability: float) -> float:
+    """Nodes of one type (each counted at ``reliability``) that cover the level without any other."""
+    need = 0.0
+    for rps, cap in ((level.now.rps, caps[0]), (level.next_hour.rps, caps[1])):
+        if rps > 0:
+            effective = cap * reliability
+            need = max(need, rps / effective if effective > 0 else math.inf)
+    return math.ceil(need) + 1 if math.isfinite(need) else math.inf
 
 
 def nodes_needed(catalog: Catalog, step: PlanningStep, slo: SloConfig, type_name: str | None = None) -> float:

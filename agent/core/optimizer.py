@@ -24,9 +24,9 @@ Constraints (names as reported in ``Allocation.binding``):
   limits, or they conflict with quotas, availability or pool shares, they are lifted for this tick (status
   ``relaxed``, with the reason): being short of capacity is worse than a jump.
 
-Coverage requirements are elastic with a penalty far above any price: when even the relaxed problem cannot
-cover demand (quotas, no spot), the answer is the allocation that covers the most, with status
-``fallback`` and the shortfall named in ``reason`` — never a silent failure.
+When even the relaxed problem cannot cover demand (quotas, no spot), a version whose coverage rows may
+fall short, at a penalty far above any price, gives the allocation that covers the most: status
+``fallback``, with the shortfall named in ``reason`` — never a silent failure.
 """
 
 from __future__ import annotations
@@ -341,10 +341,12 @@ def _build(
     c[d] = p.od_price
     c[v.spot_launch] = p.spot_price * launch_hours
     c[v.od_launch] = p.od_price * launch_hours
-    # A shortfall must cost more than any node could: a thousand times the dearest rps of capacity.
-    rps_price = float(np.max(p.od_price / np.maximum(p.cap_next, _TOLERANCE))) if v.n else 1.0
-    big = 1e3 * max(rps_price, 1.0)
-    c[v.short] = [big, big, 1e3 * float(np.max(p.od_price, initial=1.0)), big]
+    # Only used when demand cannot be covered at all: a shortfall of a thousandth of the smallest node's
+    # capacity must cost more than the dearest node, so the answer covers all it can.
+    dearest = float(np.max(np.concatenate([p.od_price, p.spot_price]), initial=1.0))
+    smallest = float(np.min(np.concatenate([p.cap_now, p.cap_next]), initial=1.0))
+    big = 1e3 * dearest / max(smallest, _TOLERANCE)
+    c[v.short] = [big, big, 1e3 * dearest, big]
 
     rows = _Rows(width)
     row = np.zeros(width)
@@ -489,24 +491,24 @@ def optimize_tick(
     v = _Vars(len(p.pools))
     s, d = v.spot, v.od
 
-    # First within the step limits. If that leaves demand uncovered, or the limits conflict with quotas,
-    # availability or pool shares, once more without them: damping must never cost coverage.
+    # First within the step limits; if no allocation within them covers demand (or they conflict with
+    # quotas, availability or pool shares), without them: damping must never cost coverage. Only if
+    # demand cannot be covered at all, the elastic program finds the allocation that covers the most.
     relaxable = cfg.relax_step_limits and (cfg.max_step_up is not None or cfg.max_step_down is not None)
+    attempts: list[tuple[bool, bool]] = [(True, False)]  # (step limits, elastic coverage)
+    if relaxable:
+        attempts.append((False, False))
+    attempts.append((not relaxable, True))
     result_x: np.ndarray | None = None
     rows: _Rows | None = None
     status: AllocationStatus = "optimal"
-    why_relaxed = ""
-    for limited in (True, False) if relaxable else (True,):
-        status = "optimal" if limited else "relaxed"
-        c, rows, bounds, integrality = _build(p, cfg, step_limits=limited, integral=True, elastic=True)
+    for number, (limited, elastic) in enumerate(attempts):
+        c, rows, bounds, integrality = _build(p, cfg, step_limits=limited, integral=True, elastic=elastic)
         res = solve_milp(c, rows.constraint(), integrality, bounds, gap=1e-7)
-        if res.x is None:
-            why_relaxed = "step limits lifted: they conflict with quotas, spot availability or pool shares"
-            continue
-        result_x = np.asarray(res.x, dtype=float)
-        if float(np.sum(result_x[v.short])) <= _TOLERANCE:
+        if res.x is not None:
+            result_x = np.asarray(res.x, dtype=float)
+            status = "optimal" if number == 0 else "fallback" if elastic else "relaxed"
             break
-        why_relaxed = f"step-up limit +{cfg.max_step_up} lifted: demand needs a larger step"
     if result_x is None or rows is None:
         spot = np.minimum(p.cur_spot, p.spot_cap)
         return _allocation(
@@ -524,7 +526,7 @@ def optimize_tick(
     x[v.short] = result_x[v.short]
     shortfall = result_x[v.short]
     binding = _binding(p, rows, x)
-    if float(np.sum(shortfall)) > _TOLERANCE:
+    if status == "fallback":
         parts = []
         if shortfall[0] > _TOLERANCE:
             parts.append(f"current P75 demand short by {shortfall[0]:.3g} rps")
@@ -541,7 +543,15 @@ def optimize_tick(
         )
     reason = "least-cost allocation covering current P75 and next-hour P95 demand"
     if status == "relaxed":
-        reason = why_relaxed
+        up = cfg.max_step_up
+        stepped = up is not None and (
+            float(np.sum(x[s])) > p.cur_spot.sum() + up or float(np.sum(x[d])) > p.cur_od.sum() + up
+        )
+        reason = (
+            f"step-up limit +{up} lifted: demand needs a larger step"
+            if stepped
+            else "step limits lifted: they conflict with quotas, spot availability or pool shares"
+        )
     return _allocation(
         catalog, inp, p, x[s], x[d], status=status, binding=binding, reason=reason, started=started
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from agent.config import resolve_catalog
@@ -245,7 +245,6 @@ def _assert_sound(catalog: Catalog, inp: TickInput, cfg: OptimizerConfig, alloc:
         assert alloc.reason.startswith("infeasible")
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(ticks())
 def test_every_answer_is_integral_keeps_reserved_and_satisfies_every_constraint(
     case: tuple[Catalog, TickInput, OptimizerConfig],
@@ -254,7 +253,6 @@ def test_every_answer_is_integral_keeps_reserved_and_satisfies_every_constraint(
     _assert_sound(catalog, inp, cfg, optimize_tick(catalog, inp, cfg=cfg))
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(ticks())
 def test_never_costs_more_than_the_seed_lp_then_ceil_answer_when_that_answer_is_feasible(
     case: tuple[Catalog, TickInput, OptimizerConfig],
@@ -269,7 +267,6 @@ def test_never_costs_more_than_the_seed_lp_then_ceil_answer_when_that_answer_is_
     assert ours.hourly_cost <= seed.hourly_cost * (1 + 1e-3) + 1e-6
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(ticks(), st.floats(1.0, 3.0))
 def test_cost_never_falls_when_demand_rises(
     case: tuple[Catalog, TickInput, OptimizerConfig], k: float
