@@ -480,6 +480,14 @@ def _allocation(
     )
 
 
+def _hold_current(catalog: Catalog, inp: TickInput, p: _Problem, reason: str, started: float) -> Allocation:
+    """The fallback when no program can be solved: keep every node the market still allows."""
+    held = np.minimum(p.cur_spot, p.spot_cap)
+    return _allocation(
+        catalog, inp, p, held, p.cur_od.copy(), status="fallback", binding=(), reason=reason, started=started
+    )
+
+
 def optimize_tick(
     catalog: Catalog, inp: TickInput, slo: SloConfig | None = None, cfg: OptimizerConfig | None = None
 ) -> Allocation:
@@ -510,18 +518,8 @@ def optimize_tick(
             status = "optimal" if number == 0 else "fallback" if elastic else "relaxed"
             break
     if result_x is None or rows is None:
-        spot = np.minimum(p.cur_spot, p.spot_cap)
-        return _allocation(
-            catalog,
-            inp,
-            p,
-            spot,
-            p.cur_od.copy(),
-            status="fallback",
-            binding=(),
-            reason="solver found no allocation within quotas and step limits; holding the current fleet",
-            started=started,
-        )
+        reason = "solver found no allocation within quotas and step limits; holding the current fleet"
+        return _hold_current(catalog, inp, p, reason, started)
     x = np.round(result_x)
     x[v.short] = result_x[v.short]
     shortfall = result_x[v.short]
@@ -578,19 +576,8 @@ def seed_lp_ceil(
     res = linprog(
         c, A_ub=a_ub, b_ub=b_ub, bounds=list(zip(bounds.lb, bounds.ub, strict=True)), method="highs"
     )
-    if res.x is None:  # the seed's own fallback: keep what is there
-        held = np.minimum(p.cur_spot, p.spot_cap)
-        return _allocation(
-            catalog,
-            inp,
-            p,
-            held,
-            p.cur_od.copy(),
-            status="fallback",
-            binding=(),
-            reason=f"LP relaxation infeasible: {res.message}",
-            started=started,
-        )
+    if res.x is None:
+        return _hold_current(catalog, inp, p, f"LP relaxation infeasible: {res.message}", started)
     x = np.ceil(np.asarray(res.x) - 1e-9)
     return _allocation(
         catalog,

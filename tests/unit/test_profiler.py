@@ -411,7 +411,7 @@ _observation = st.tuples(
 )
 
 
-@settings(max_examples=150, deadline=None)
+@settings(deadline=None)
 @given(
     observations=st.lists(_observation, min_size=1, max_size=80),
     when=st.floats(min_value=0, max_value=90 * DAY, allow_nan=False),
