@@ -56,6 +56,8 @@ _TIE_BREAK_HOURS = 1e-4
 _TOLERANCE = 1e-6
 # Rows that define auxiliary columns rather than constrain the fleet: never reported as binding or broken.
 _BOOKKEEPING = frozenset({"launch", "spot_total"})
+# Rows measured in requests/s rather than nodes: binding means within one node's capacity.
+_CAPACITY_ROWS = frozenset({"cover_now", "cover_next_hour", "non_spot_fraction"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +71,11 @@ class OptimizerConfig:
     switching_cost_hours: float = 0.0
     """Charge each launch this many hours of its price (boot time is paid but not useful)."""
     discount_spot_by_reliability: bool = True
+    allow_ondemand: bool = True
+    """False for a reserved + spot-only fleet (the backtest's reserved-spot baseline)."""
+    survive_zone_loss: float = 0.0
+    """Share of current demand still covered if every spot node of any one zone (pool name, all types)
+    were reclaimed at once; 0 turns the rule off. Reclaims come in waves per zone."""
 
     def __post_init__(self) -> None:
         if self.min_non_spot_instances < 0:
@@ -81,6 +88,8 @@ class OptimizerConfig:
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise ValueError(f"{name} must be ≥ 0 or unset")
+        if not 0 <= self.survive_zone_loss <= 1:
+            raise ValueError("survive_zone_loss must be in [0, 1]")
         if self.switching_cost_hours < 0:
             raise ValueError("switching_cost_hours must be ≥ 0")
 
@@ -163,6 +172,7 @@ class _Problem:
     cur_spot: np.ndarray
     cur_od: np.ndarray
     need_now: float  # rps still to cover after reserved capacity
+    need_now_total: float
     need_next: float
     need_non_spot: float
     need_non_spot_rps: float
@@ -217,6 +227,7 @@ def _problem(catalog: Catalog, inp: TickInput, slo: SloConfig, cfg: OptimizerCon
         cur_spot=cur_spot,
         cur_od=cur_od,
         need_now=max(0.0, inp.demand_now.rps - reserved_cap_now),
+        need_now_total=inp.demand_now.rps,
         need_next=max(0.0, inp.demand_next.rps - reserved_cap_next),
         need_non_spot=max(0.0, cfg.min_non_spot_instances - reserved_n),
         need_non_spot_rps=max(0.0, cfg.min_non_spot_fraction * inp.demand_next.rps - reserved_cap_next),
@@ -286,12 +297,12 @@ class _Vars:
 
     @property
     def short(self) -> slice:
-        """Shortfalls of: cover_now, cover_next_hour, non_spot_min, non_spot_fraction."""
-        return slice(4 * self.n + 1, 4 * self.n + 5)
+        """Shortfalls of: cover_now, cover_next_hour, non_spot_min, non_spot_fraction, zone_loss."""
+        return slice(4 * self.n + 1, 4 * self.n + 6)
 
     @property
     def width(self) -> int:
-        return 4 * self.n + 5
+        return 4 * self.n + 6
 
 
 def _count_bounds(
@@ -327,7 +338,8 @@ def _build(
     p: _Problem,
     cfg: OptimizerConfig,
     *,
-    step_limits: bool,
+    step_up: bool,
+    step_down: bool,
     integral: bool,
     elastic: bool,
     tight: bool = True,
@@ -346,7 +358,7 @@ def _build(
     dearest = float(np.max(np.concatenate([p.od_price, p.spot_price]), initial=1.0))
     smallest = float(np.min(np.concatenate([p.cap_now, p.cap_next]), initial=1.0))
     big = 1e3 * dearest / max(smallest, _TOLERANCE)
-    c[v.short] = [big, big, 1e3 * dearest, big]
+    c[v.short] = [big, big, 1e3 * dearest, big, big]
 
     rows = _Rows(width)
     row = np.zeros(width)
@@ -373,6 +385,22 @@ def _build(
         row[d] = p.cap_next
         row[sh + 3] = 1.0
         rows.add("non_spot_fraction", row, p.need_non_spot_rps, math.inf)
+    if cfg.survive_zone_loss > 0:
+        zones = sorted({pool for _t, pool in p.pools})
+        for zone in zones if len(zones) > 1 else []:
+            row = np.zeros(width)
+            row[s] = [
+                0.0 if pool == zone else c
+                for (_t, pool), c in zip(p.pools, p.cap_now * p.reliability, strict=True)
+            ]
+            row[d] = p.cap_now
+            row[sh + 4] = 1.0
+            rows.add(
+                f"zone_loss:{zone}",
+                row,
+                cfg.survive_zone_loss * p.need_now_total - p.reserved_cap_now,
+                math.inf,
+            )
     if p.share_applies:
         for i, (tname, pool) in enumerate(p.pools):
             row = np.zeros(width)
@@ -398,9 +426,9 @@ def _build(
         ("spot", spot_row, float(p.cur_spot.sum()), held_spot),
         ("ondemand", od_row, float(p.cur_od.sum()), float(p.cur_od.sum())),
     ):
-        if step_limits and cfg.max_step_up is not None:
+        if step_up and cfg.max_step_up is not None:
             rows.add(f"step_up:{tier}", tier_row, -math.inf, current + cfg.max_step_up)
-        if step_limits and cfg.max_step_down is not None and held - cfg.max_step_down > 0:
+        if step_down and cfg.max_step_down is not None and held - cfg.max_step_down > 0:
             floors[tier] = held - cfg.max_step_down
             rows.add(f"step_down:{tier}", tier_row, floors[tier], math.inf)
     for i in range(v.n):
@@ -419,6 +447,8 @@ def _build(
         upper[s], upper[d] = _count_bounds(p, cfg, floors["spot"], floors["ondemand"])
     else:
         upper[s] = p.spot_cap
+    if not cfg.allow_ondemand:
+        upper[d] = 0.0
     if not elastic:
         upper[v.short] = 0.0
     integrality = np.zeros(width)
@@ -440,7 +470,7 @@ def _binding(p: _Problem, rows: _Rows, x: np.ndarray) -> tuple[str, ...]:
     for name, value, lo, hi in zip(rows.names, values, rows.lo, rows.hi, strict=True):
         if name in _BOOKKEEPING:
             continue
-        slack_unit = unit if name in ("cover_now", "cover_next_hour", "non_spot_fraction") else 1.0
+        slack_unit = unit if name in _CAPACITY_ROWS or name.startswith("zone_loss") else 1.0
         slack = min(value - lo, hi - value)
         if slack < slack_unit - _TOLERANCE and name not in names:
             names.append(name)
@@ -503,15 +533,19 @@ def optimize_tick(
     # quotas, availability or pool shares), without them: damping must never cost coverage. Only if
     # demand cannot be covered at all, the elastic program finds the allocation that covers the most.
     relaxable = cfg.relax_step_limits and (cfg.max_step_up is not None or cfg.max_step_down is not None)
-    attempts: list[tuple[bool, bool]] = [(True, False)]  # (step limits, elastic coverage)
+    # (step-up limit, step-down limit, elastic coverage): lift the step-up limit first, since scaling up
+    # is what coverage needs; the step-down limit only if it conflicts with quotas or the market.
+    attempts: list[tuple[bool, bool, bool]] = [(True, True, False)]
     if relaxable:
-        attempts.append((False, False))
-    attempts.append((not relaxable, True))
+        attempts += [(False, True, False), (False, False, False)]
+    attempts.append((not relaxable, not relaxable, True))
     result_x: np.ndarray | None = None
     rows: _Rows | None = None
     status: AllocationStatus = "optimal"
-    for number, (limited, elastic) in enumerate(attempts):
-        c, rows, bounds, integrality = _build(p, cfg, step_limits=limited, integral=True, elastic=elastic)
+    for number, (up, down, elastic) in enumerate(attempts):
+        c, rows, bounds, integrality = _build(
+            p, cfg, step_up=up, step_down=down, integral=True, elastic=elastic
+        )
         res = solve_milp(c, rows.constraint(), integrality, bounds, gap=1e-7)
         if res.x is not None:
             result_x = np.asarray(res.x, dtype=float)
@@ -534,6 +568,8 @@ def optimize_tick(
             parts.append(f"{shortfall[2]:.0f} non-spot node(s) short of the minimum")
         if shortfall[3] > _TOLERANCE:
             parts.append(f"non-spot capacity short by {shortfall[3]:.3g} rps")
+        if shortfall[4] > _TOLERANCE:
+            parts.append(f"losing one zone's spot would leave demand short by {shortfall[4]:.3g} rps")
         limits = [b for b in binding if b.startswith(("quota", "spot_available", "pool_share"))]
         reason = "infeasible: " + "; ".join(parts) + (f" (limited by {', '.join(limits)})" if limits else "")
         return _allocation(
@@ -541,12 +577,12 @@ def optimize_tick(
         )
     reason = "least-cost allocation covering current P75 and next-hour P95 demand"
     if status == "relaxed":
-        up = cfg.max_step_up
-        stepped = up is not None and (
-            float(np.sum(x[s])) > p.cur_spot.sum() + up or float(np.sum(x[d])) > p.cur_od.sum() + up
+        limit = cfg.max_step_up
+        stepped = limit is not None and (
+            float(np.sum(x[s])) > p.cur_spot.sum() + limit or float(np.sum(x[d])) > p.cur_od.sum() + limit
         )
         reason = (
-            f"step-up limit +{up} lifted: demand needs a larger step"
+            f"step-up limit +{limit} lifted: demand needs a larger step"
             if stepped
             else "step limits lifted: they conflict with quotas, spot availability or pool shares"
         )
@@ -571,7 +607,9 @@ def seed_lp_ceil(
     v = _Vars(len(p.pools))
     s, d = v.spot, v.od
     # The seed's LP knows nothing of our count bounds: solve it as it would be posed.
-    c, rows, bounds, _ = _build(p, cfg, step_limits=True, integral=False, elastic=True, tight=False)
+    c, rows, bounds, _ = _build(
+        p, cfg, step_up=True, step_down=True, integral=False, elastic=True, tight=False
+    )
     a_ub, b_ub = _as_upper_bounds(rows)
     res = linprog(
         c, A_ub=a_ub, b_ub=b_ub, bounds=list(zip(bounds.lb, bounds.ub, strict=True)), method="highs"
@@ -628,7 +666,9 @@ def violations(
             broken.append(f"unknown_pool:{key[0]}/{key[1]}")
         if count < 0 or count != int(count):
             broken.append(f"not_integral:{key[0]}/{key[1]}")
-    _c, rows, bounds, _ = _build(p, cfg, step_limits=step_limits, integral=True, elastic=False, tight=False)
+    _c, rows, bounds, _ = _build(
+        p, cfg, step_up=step_limits, step_down=step_limits, integral=True, elastic=False, tight=False
+    )
     v = _Vars(n)
     x = np.zeros(v.width)
     for i, key in enumerate(p.pools):

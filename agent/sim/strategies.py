@@ -1,0 +1,266 @@
+"""Capacity strategies for the backtest: ours (``rolling``) and the baselines it is judged against."""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from agent.core.capacity import SloConfig, instances_needed, rps_per_instance
+from agent.core.catalog import Catalog
+from agent.core.commitment import plan_commitment, seed_rule
+from agent.core.comparison import planning_steps
+from agent.core.demand import Demand
+from agent.core.hedging import growth_quantile
+from agent.core.optimizer import Fleet, OptimizerConfig, PoolKey, SpotMarket, TickInput, optimize_tick
+from agent.core.profiler import DemandProfiler, ProfilerEmptyError
+from agent.sim.backtest import Market, Targets, View
+
+
+def peak_nodes(catalog: Catalog, demand: Sequence[Demand], slo: SloConfig) -> int:
+    """Nodes of the catalog's main type the busiest step needs."""
+    return max((instances_needed(catalog.main_type, d, slo) for d in demand), default=0)
+
+
+@dataclass(slots=True)
+class StaticPolicy:
+    """The seed's baselines: a fixed fleet of the main type sized for the peak, 24/7."""
+
+    name: str
+    catalog: Catalog
+    nodes: int
+    tier: str  # "reserved" or "ondemand"
+
+    def observe(self, t: float, demand: Demand) -> None:
+        return None
+
+    def commit(self, t: float, market: Market) -> dict[str, int]:
+        return {self.catalog.main_type.name: self.nodes} if self.tier == "reserved" else {}
+
+    def plan(self, view: View) -> Targets:
+        if self.tier == "reserved":
+            return Targets({}, {})
+        key = (self.catalog.main_type.name, self.catalog.main_type.pools[0])
+        return Targets({}, {key: self.nodes})
+
+
+@dataclass(slots=True)
+class RollingPolicy:
+    """Ours: the online profiler, the commitment planner at the start, the tick optimizer every tick.
+
+    The tick covers the larger of the measured demand and the forecast P75 now, and the larger of that
+    and the forecast P95 over the coming hour; spot reliability comes from the reclaims observed in the
+    warm-up history where there were any (else the catalog's figure).
+    """
+
+    catalog: Catalog
+    profiler: DemandProfiler
+    slo: SloConfig
+    cfg: OptimizerConfig
+    name: str = "rolling"
+    horizon_days: float = 30.0
+    levels: int = 48
+    use_spot: bool = True
+    use_reserved: bool = True
+    use_ondemand: bool = True
+    reclaim: dict[PoolKey, float] = field(default_factory=dict)
+    lead_steps: int = 11
+    """Steps between a decision and its nodes serving (boot + one tick), for the headroom."""
+    hedge_quantile: float = 0.99
+    history_steps: int = 7 * 1440
+    forecast_next_hour: bool = True
+    _observed: deque[float] = field(default_factory=deque)
+    _headroom: float = 1.0
+    _headroom_at: float = -math.inf
+
+    def observe(self, t: float, demand: Demand) -> None:
+        self.profiler.record(t, demand.rps, demand.prompt_tokens, demand.output_tokens)
+        self._observed.append(demand.rps)
+        if len(self._observed) > self.history_steps:
+            self._observed.popleft()
+
+    def _current_headroom(self, t: float) -> float:
+        if t - self._headroom_at >= 3600:  # refit hourly: the quantile moves slowly
+            self._headroom = growth_quantile(list(self._observed), self.lead_steps, self.hedge_quantile)
+            self._headroom_at = t
+        return self._headroom
+
+    def commit(self, t: float, market: Market) -> dict[str, int]:
+        history = market.available
+        self.reclaim = _reclaim_over_lead_time(market, self.lead_steps)
+        if not self.use_reserved:
+            return {}
+        steps = planning_steps(self.profiler.predict, t, self.horizon_days * 24, self.profiler.bin_minutes)
+        # Expect the pools to offer what they offered at their median during the history seen so far.
+        expected = {k: int(np.median(history[:, i])) for i, k in enumerate(market.pools)}
+        plan = plan_commitment(
+            self.catalog,
+            steps,
+            self.slo,
+            self.cfg,
+            allow_spot=self.use_spot,
+            allow_ondemand=self.use_ondemand,
+            spot_available=expected,
+            levels=self.levels,
+        )
+        return plan.reserved
+
+    def plan(self, view: View) -> Targets:
+        observed = view.demand_now
+        demand_now = observed.scaled(self._current_headroom(view.t))
+        demand_next = demand_now
+        if self.forecast_next_hour:
+            # The profile's expected change over the next hour, applied to what is measured now.
+            try:
+                now = self.profiler.predict(view.t).p50.rps
+                ahead = max(self.profiler.predict(view.t + m * 60).p50.rps for m in range(10, 61, 10))
+            except ProfilerEmptyError:
+                now = ahead = 0.0
+            if now > 0 and ahead > now:
+                demand_next = demand_now.scaled(ahead / now)
+        available = view.available if self.use_spot else {k: 0 for k in view.available}
+        market = SpotMarket(available=available, reclaim_per_hour=self.reclaim)
+        alloc = optimize_tick(
+            self.catalog,
+            TickInput(demand_now, demand_next, Fleet(view.reserved, view.spot, view.ondemand), market),
+            self.slo,
+            self.cfg,
+        )
+        return Targets(alloc.spot, alloc.ondemand)
+
+
+def _reclaim_over_lead_time(market: Market, lead_steps: int) -> dict[PoolKey, float]:
+    """Per pool, the share of held spot capacity the history says is lost within one lead time.
+
+    Observed reclaim rates on real traces exceed one per node-hour; what matters to the tick is what is
+    lost before a replacement can serve, so the hourly rate is turned into a loss over the lead time.
+    """
+    out: dict[PoolKey, float] = {}
+    counts = market.available.astype(float)
+    if counts.shape[0] < 2:
+        return out
+    for i, key in enumerate(market.pools):
+        c = counts[:, i]
+        drops = float(np.sum(np.clip(c[:-1] - c[1:], 0, None)))
+        held = float(np.sum(c[:-1]))
+        if held > 0:
+            rate_per_step = drops / held
+            out[key] = 1.0 - math.exp(-rate_per_step * lead_steps)
+    return out
+
+
+@dataclass(slots=True)
+class SkyServePolicy:
+    """SkyServe-style (SkyPilot): replicas from the request rate, spot first, on-demand fallback.
+
+    Target replicas = measured rps ÷ one replica's rps at the SLO, changed only after the new target has
+    held for ``upscale_delay_s`` (up) or ``downscale_delay_s`` (down). All target replicas are spot,
+    spread over the pools that have room; ``base_ondemand`` on-demand replicas always run, plus one for
+    every target replica not yet *ready* on spot (dynamic fallback). No reserved nodes, no forecast, and
+    no use of the preemption notice beyond noticing the node is gone.
+    """
+
+    catalog: Catalog
+    slo: SloConfig
+    name: str = "skyserve"
+    base_ondemand: int = 1
+    upscale_delay_s: float = 300.0
+    downscale_delay_s: float = 1200.0
+    _target: int = 0
+    _pending: int = 0
+    _pending_since: float = 0.0
+
+    def observe(self, t: float, demand: Demand) -> None:
+        return None
+
+    def commit(self, t: float, market: Market) -> dict[str, int]:
+        return {}
+
+    def plan(self, view: View) -> Targets:
+        main = self.catalog.main_type
+        d = view.demand_now
+        per_replica = rps_per_instance(main, d.prompt_tokens, d.output_tokens, self.slo)
+        desired = math.ceil(d.rps / per_replica - 1e-9) if per_replica > 0 else 0
+        if view.reason == "start":
+            self._target = desired
+        elif desired != self._target:
+            if desired != self._pending:
+                self._pending, self._pending_since = desired, view.t
+            delay = self.upscale_delay_s if desired > self._target else self.downscale_delay_s
+            if view.t - self._pending_since >= delay:
+                self._target = desired
+        pools = [k for k in view.available if k[0] == main.name]
+        spot = _spread(self._target, pools, view.spot, view.available)
+        ready = sum(n for k, n in view.spot_ready.items() if k[0] == main.name)
+        fallback = self.base_ondemand + max(0, self._target - ready)
+        return Targets(spot, {(main.name, main.pools[0]): fallback})
+
+
+def _spread(
+    total: int, pools: list[PoolKey], held: dict[PoolKey, int], available: dict[PoolKey, int]
+) -> dict[PoolKey, int]:
+    """Place ``total`` spot nodes: keep what is held where the pool still has room, then fill the pools
+    with the most room first (spreading, as SpotHedge does)."""
+    out = {k: min(held.get(k, 0), available.get(k, 0)) for k in pools}
+    left = total - sum(out.values())
+    if left < 0:
+        for k in sorted(pools, key=lambda p: out[p], reverse=True):
+            cut = min(out[k], -left)
+            out[k] -= cut
+            left += cut
+            if left == 0:
+                break
+    while left > 0:
+        room = [k for k in pools if available.get(k, 0) > out[k]]
+        if not room:
+            # No room anywhere: keep asking in the first pool (the launch fails; fallback covers it).
+            if pools:
+                out[pools[0]] += left
+            break
+        best = min(room, key=lambda k: out[k])
+        out[best] += 1
+        left -= 1
+    return {k: v for k, v in out.items() if v > 0}
+
+
+@dataclass(slots=True)
+class SeedHybridPolicy:
+    """The seed's HybridCapacityStrategy: reserved = P25 of the nodes the forecast needs, spot up to
+    P75, on-demand up to P99 (of the main type); each tick fills the forecast P75 in that order."""
+
+    catalog: Catalog
+    profiler: DemandProfiler
+    slo: SloConfig
+    name: str = "seed-hybrid"
+    horizon_days: float = 30.0
+    _spot_max: int = 0
+    _od_max: int = 0
+    _reserved: int = 0
+
+    def observe(self, t: float, demand: Demand) -> None:
+        self.profiler.record(t, demand.rps, demand.prompt_tokens, demand.output_tokens)
+
+    def commit(self, t: float, market: Market) -> dict[str, int]:
+        steps = planning_steps(self.profiler.predict, t, self.horizon_days * 24, self.profiler.bin_minutes)
+        rule = seed_rule(self.catalog, steps, self.slo)
+        self._reserved, self._spot_max, self._od_max = rule.reserved, rule.spot, rule.ondemand_max
+        return {rule.type_name: rule.reserved}
+
+    def plan(self, view: View) -> Targets:
+        main = self.catalog.main_type
+        try:
+            forecast = self.profiler.predict(view.t).p75
+        except ProfilerEmptyError:
+            forecast = view.demand_now
+        need = instances_needed(main, forecast, self.slo)
+        rest = max(0, need - self._reserved)
+        spot_total = min(self._spot_max, math.ceil(rest / main.spot_reliability - 1e-9))
+        od = min(self._od_max, max(0, math.ceil(rest - spot_total * main.spot_reliability - 1e-9)))
+        if self._reserved == 0 and od == 0:
+            od = 1  # the seed's one non-spot node
+        pools = [k for k in view.available if k[0] == main.name]
+        spot = _spread(spot_total, pools, view.spot, view.available)
+        return Targets(spot, {(main.name, main.pools[0]): od})
