@@ -7,10 +7,12 @@ import json
 import sys
 from collections.abc import Sequence
 
+from agent.backtesting import STRATEGIES, BacktestRun, build_setup, run_strategies
 from agent.config import ConfigError, load_settings, resolve_catalog
 from agent.core.catalog import HOURS_PER_MONTH, CatalogError
 from agent.core.comparison import ComparisonRow, monthly_comparison
 from agent.planning import DemandSourceError, build_horizon
+from agent.sim.backtest import SimConfig
 from agent.sim.traces import TraceError
 
 
@@ -35,6 +37,42 @@ def _parser() -> argparse.ArgumentParser:
         "(default 4, as the seed; 0 keeps the trace's own scale)",
     )
     plan.add_argument("--json", action="store_true", help="print the rows as JSON")
+
+    bt = sub.add_parser("backtest", help="replay real demand and spot traces through every strategy")
+    bt.add_argument("--config", help="settings TOML file (see deploy/agent.example.toml)")
+    bt.add_argument("--catalog", help="built-in catalog name or a catalog TOML path")
+    bt.add_argument(
+        "--trace",
+        default="servegen:m-large",
+        help="demand: servegen:<model>, azure2023:code|conv, mooncake, burstgpt, csv:PATH",
+    )
+    bt.add_argument(
+        "--spot",
+        default="skypilot:availability/16-node/aws-08-27-2023",
+        help="spot availability: skypilot:<dir>, spothedge-gcp, file:PATH",
+    )
+    bt.add_argument(
+        "--peak-nodes",
+        type=int,
+        default=8,
+        help="scale demand so its busiest step needs N main-type nodes (0: use --scale)",
+    )
+    bt.add_argument("--scale", type=float, default=1.0, help="demand scale factor when --peak-nodes is 0")
+    bt.add_argument("--spot-scale", type=float, default=1.0, help="multiply spot availability counts")
+    bt.add_argument(
+        "--strategies",
+        default=",".join(STRATEGIES),
+        help="comma-separated subset of: " + ", ".join(STRATEGIES),
+    )
+    bt.add_argument(
+        "--notice", type=float, default=120.0, help="preemption notice, seconds (30 for GCP/Azure)"
+    )
+    bt.add_argument("--boot", type=float, default=360.0, help="seconds from launch to serving")
+    bt.add_argument("--step", type=float, default=60.0, help="simulation step, seconds")
+    bt.add_argument("--warmup-days", type=float, default=7.0, help="days that only warm up the profiler")
+    bt.add_argument("--json", dest="json_path", help="write the results as JSON to this file")
+    bt.add_argument("--plot", help="write a PNG of demand vs capacity (rolling and hindsight)")
+    bt.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
 
@@ -86,11 +124,123 @@ def _plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _backtest(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+    catalog = resolve_catalog(args.catalog or settings.catalog)
+    strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    unknown = [s for s in strategies if s not in STRATEGIES]
+    if unknown:
+        raise ConfigError(f"--strategies: unknown {', '.join(unknown)} (have: {', '.join(STRATEGIES)})")
+    try:
+        sim = SimConfig(
+            step_s=args.step,
+            policy_interval_s=settings.optimizer.interval_seconds,
+            notice_s=args.notice,
+            boot_s=args.boot,
+            warmup_days=args.warmup_days,
+            slo=settings.slo_config(),
+        )
+    except ValueError as exc:
+        raise ConfigError(f"backtest: {exc}") from None
+    setup = build_setup(
+        catalog,
+        args.trace,
+        args.spot,
+        sim,
+        peak=args.peak_nodes or None,
+        scale=args.scale,
+        spot_scale=args.spot_scale,
+    )
+    keep = ["rolling"] if args.plot else []
+    if args.no_progress or not sys.stderr.isatty():
+        run = run_strategies(setup, strategies, settings, keep_records=keep)
+    else:
+        from rich.progress import Progress
+
+        with Progress(transient=True) as bar:
+            tasks = {s: bar.add_task(s, total=len(setup.demand)) for s in strategies}
+
+            def advance(name: str, step: int, total: int) -> None:
+                if step % 200 == 0 or step == total:
+                    bar.update(tasks[name], completed=step)
+
+            run = run_strategies(setup, strategies, settings, keep_records=keep, progress=advance)
+    print(_backtest_table(run))
+    if args.json_path:
+        keys = (
+            "name",
+            "cost",
+            "monthly_cost",
+            "cost_per_mtok",
+            "slo_attainment",
+            "shortfall_minutes",
+            "preemptions",
+            "ondemand_hours",
+            "ratio_to_hindsight",
+            "reserved",
+        )
+        doc = {"strategies": [{k: getattr(r, k) for k in keys} for r in run.reports], "inputs": setup.inputs}
+        with open(args.json_path, "w", encoding="utf-8") as fh:
+            json.dump(doc, fh, indent=2)
+        print(f"wrote {args.json_path}")
+    if args.plot:
+        from agent.sim.plot import plot_backtest
+
+        scored = setup.demand[setup.warmup_steps :]
+        path = plot_backtest(
+            args.plot, setup.catalog, scored, sim.step_s, sim.slo, run.records, run.hindsight
+        )
+        print(f"wrote {path}")
+    return 0
+
+
+def _backtest_table(run: BacktestRun) -> str:
+    header = (
+        "Strategy",
+        "Cost",
+        "$/month",
+        "$/1M tok",
+        "SLO",
+        "Short min",
+        "Preempt",
+        "OD hours",
+        "× hindsight",
+    )
+    body = [
+        (
+            r.name,
+            f"${r.cost:,.0f}",
+            f"${r.monthly_cost:,.0f}",
+            f"{r.cost_per_mtok:.3f}" if r.cost_per_mtok is not None else "-",
+            f"{r.slo_attainment:.4%}",
+            f"{r.shortfall_minutes:,.0f}",
+            str(r.preemptions),
+            f"{r.ondemand_hours:,.0f}",
+            f"{r.ratio_to_hindsight:.2f}" if r.ratio_to_hindsight is not None else "-",
+        )
+        for r in run.reports
+    ]
+    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(header)]
+    lines = [" | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
+    lines.append("-+-".join("-" * w for w in widths))
+    lines += [" | ".join(c.ljust(w) for c, w in zip(b, widths, strict=True)) for b in body]
+    inputs = run.setup.inputs
+    lines.insert(
+        0,
+        f"Backtest: {inputs['trace']} × {inputs['spot']} on {inputs['catalog']}, "
+        f"{inputs['days']:.1f} days ({inputs['warmup_days']:g} warm-up), notice {inputs['notice_s']:g} s, "
+        f"boot {inputs['boot_s']:g} s\n",
+    )
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "plan":
             return _plan(args)
+        if args.command == "backtest":
+            return _backtest(args)
     except (ConfigError, CatalogError, DemandSourceError, TraceError) as exc:
         print(f"cost-agent: {exc}", file=sys.stderr)
         return 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import deque
 from collections.abc import Sequence
@@ -123,11 +124,12 @@ class RollingPolicy:
                 demand_next = demand_now.scaled(ahead / now)
         available = view.available if self.use_spot else {k: 0 for k in view.available}
         market = SpotMarket(available=available, reclaim_per_hour=self.reclaim)
+        cfg = self.cfg if self.use_ondemand else dataclasses.replace(self.cfg, allow_ondemand=False)
         alloc = optimize_tick(
             self.catalog,
             TickInput(demand_now, demand_next, Fleet(view.reserved, view.spot, view.ondemand), market),
             self.slo,
-            self.cfg,
+            cfg,
         )
         return Targets(alloc.spot, alloc.ondemand)
 

@@ -1,0 +1,253 @@
+"""``cost-agent backtest``: inputs from named traces, every strategy on the same inputs, one report.
+
+The spot traces were measured on other instance types (V100, A100) than most catalogs hold: each trace
+stands in for the availability of one pool (zone), and every type of the catalog gets one pool per trace,
+with the trace's counts (times ``spot_scale``) as its availability there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from agent.config import Settings
+from agent.core.capacity import SloConfig
+from agent.core.catalog import Catalog
+from agent.core.demand import Demand
+from agent.core.hindsight import HindsightPlan, hindsight_plan
+from agent.core.optimizer import OptimizerConfig
+from agent.sim.backtest import BacktestResult, Market, Policy, SimConfig, StepRecord, run_backtest
+from agent.sim.spot_traces import load_spot_traces
+from agent.sim.strategies import RollingPolicy, SeedHybridPolicy, SkyServePolicy, StaticPolicy, peak_nodes
+from agent.sim.traces import load_demand, peak_nodes_factor, resample, scale_trace
+
+STRATEGIES: tuple[str, ...] = (
+    "all-ondemand",
+    "all-reserved",
+    "elastic-ondemand",
+    "reserved-spot",
+    "seed-hybrid",
+    "skyserve",
+    "rolling",
+    "hindsight",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Setup:
+    catalog: Catalog
+    demand: list[Demand]
+    market: Market
+    start_epoch: float
+    sim: SimConfig
+    inputs: dict[str, object]
+
+    @property
+    def warmup_steps(self) -> int:
+        return min(len(self.demand), round(self.sim.warmup_days * 86400 / self.sim.step_s))
+
+
+@dataclass(frozen=True, slots=True)
+class StrategyReport:
+    name: str
+    cost: float
+    monthly_cost: float
+    cost_per_mtok: float | None
+    slo_attainment: float
+    shortfall_minutes: float
+    preemptions: int
+    ondemand_hours: float
+    reserved: dict[str, int]
+    ratio_to_hindsight: float | None = None
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, object]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(slots=True)
+class BacktestRun:
+    setup: Setup
+    reports: list[StrategyReport] = field(default_factory=list)
+    records: dict[str, tuple[StepRecord, ...]] = field(default_factory=dict)
+    hindsight: HindsightPlan | None = None
+
+
+def build_setup(
+    catalog: Catalog,
+    trace_spec: str,
+    spot_spec: str,
+    sim: SimConfig,
+    *,
+    peak: int | None = None,
+    scale: float = 1.0,
+    spot_scale: float = 1.0,
+) -> Setup:
+    trace = resample(load_demand(trace_spec), sim.step_s)
+    factor = peak_nodes_factor(trace, catalog.main_type, sim.slo, peak) if peak else scale
+    trace = scale_trace(trace, factor)
+    spot = load_spot_traces(spot_spec, scale=spot_scale)
+    pools = tuple(s.pool for s in spot)
+    catalog = dataclasses.replace(
+        catalog, types={k: dataclasses.replace(t, pools=pools) for k, t in catalog.types.items()}
+    )
+    keys = tuple(catalog.pools())
+    by_pool = {s.pool: s for s in spot}
+    start = trace.steps[0].time_s
+    n = len(trace.steps)
+    available = np.zeros((n, len(keys)), dtype=np.int64)
+    for j, (_type, pool) in enumerate(keys):
+        series = by_pool[pool]
+        available[:, j] = [series.available_at(s.time_s - start) for s in trace.steps]
+    return Setup(
+        catalog=catalog,
+        demand=[s.demand for s in trace.steps],
+        market=Market(keys, available),
+        start_epoch=start,
+        sim=sim,
+        inputs={
+            "trace": trace_spec,
+            "spot": spot_spec,
+            "catalog": catalog.name,
+            "pools": list(pools),
+            "scale": factor,
+            "peak_nodes": peak,
+            "spot_scale": spot_scale,
+            "step_s": sim.step_s,
+            "notice_s": sim.notice_s,
+            "boot_s": sim.boot_s,
+            "warmup_days": sim.warmup_days,
+            "days": n * sim.step_s / 86400,
+        },
+    )
+
+
+def make_policy(name: str, setup: Setup, settings: Settings, cfg: OptimizerConfig) -> Policy:
+    catalog, slo = setup.catalog, setup.sim.slo
+    scored = setup.demand[setup.warmup_steps :]
+    lead = max(1, round((setup.sim.boot_s + setup.sim.policy_interval_s) / setup.sim.step_s))
+
+    def rolling(
+        label: str, *, spot: bool = True, reserved: bool = True, ondemand: bool = True
+    ) -> RollingPolicy:
+        return RollingPolicy(
+            catalog,
+            settings.profiler.build(),
+            slo,
+            cfg,
+            name=label,
+            horizon_days=settings.planner.horizon_days,
+            levels=settings.planner.levels,
+            lead_steps=lead,
+            use_spot=spot,
+            use_reserved=reserved,
+            use_ondemand=ondemand,
+        )
+
+    if name == "all-ondemand":
+        return StaticPolicy(name, catalog, peak_nodes(catalog, scored, slo), "ondemand")
+    if name == "all-reserved":
+        return StaticPolicy(name, catalog, peak_nodes(catalog, scored, slo), "reserved")
+    if name == "elastic-ondemand":
+        return rolling(name, spot=False, reserved=False)
+    if name == "reserved-spot":
+        return rolling(name, ondemand=False)
+    if name == "seed-hybrid":
+        return SeedHybridPolicy(catalog, settings.profiler.build(), slo)
+    if name == "skyserve":
+        return SkyServePolicy(catalog, slo)
+    if name == "rolling":
+        return rolling(name)
+    raise ValueError(f"unknown strategy {name!r} (have: {', '.join(STRATEGIES)})")
+
+
+def _report(result: BacktestResult, seconds: float) -> StrategyReport:
+    return StrategyReport(
+        name=result.name,
+        cost=result.cost,
+        monthly_cost=result.monthly_cost,
+        cost_per_mtok=result.cost_per_mtok,
+        slo_attainment=result.slo_attainment,
+        shortfall_minutes=result.shortfall_minutes,
+        preemptions=result.preemptions,
+        ondemand_hours=result.node_hours["ondemand"],
+        reserved=result.reserved,
+        seconds=seconds,
+    )
+
+
+def _hindsight(setup: Setup, slo: SloConfig) -> tuple[StrategyReport, HindsightPlan]:
+    started = time.perf_counter()
+    scored = setup.demand[setup.warmup_steps :]
+    types = list(setup.catalog.types)
+    columns = {t: [j for j, k in enumerate(setup.market.pools) if k[0] == t] for t in types}
+    spot = np.stack(
+        [setup.market.available[setup.warmup_steps :, columns[t]].sum(axis=1) for t in types], axis=1
+    )
+    step_h = setup.sim.step_s / 3600
+    block = max(1, round(setup.sim.policy_interval_s / setup.sim.step_s))
+    plan = hindsight_plan(setup.catalog, scored, spot, step_h, slo, block_steps=block)
+    tokens = sum(d.rps * (d.prompt_tokens + d.output_tokens) for d in scored) * setup.sim.step_s
+    report = StrategyReport(
+        name="hindsight",
+        cost=plan.cost,
+        monthly_cost=plan.cost * 730 / plan.hours if plan.hours else 0.0,
+        cost_per_mtok=plan.cost / (tokens / 1e6) if tokens > 0 else None,
+        slo_attainment=1.0,
+        shortfall_minutes=0.0,
+        preemptions=0,
+        ondemand_hours=plan.node_hours["ondemand"],
+        reserved={k: v for k, v in plan.reserved.items() if v},
+        seconds=time.perf_counter() - started,
+    )
+    return report, plan
+
+
+def run_strategies(
+    setup: Setup,
+    strategies: Sequence[str],
+    settings: Settings,
+    *,
+    keep_records: Sequence[str] = (),
+    progress: Callable[[str, int, int], None] | None = None,
+) -> BacktestRun:
+    """Every strategy on the same inputs; ``progress(name, step, total)`` after every scored step."""
+    cfg = settings.optimizer.to_core()
+    run = BacktestRun(setup)
+    total = len(setup.demand)
+    for name in strategies:
+        if name == "hindsight":
+            report, plan = _hindsight(setup, setup.sim.slo)
+            run.reports.append(report)
+            run.hindsight = plan
+            if progress:
+                progress(name, total, total)
+            continue
+        policy = make_policy(name, setup, settings, cfg)
+        started = time.perf_counter()
+
+        def tick(i: int, label: str = name) -> None:
+            if progress:
+                progress(label, i + 1, total)
+
+        result = run_backtest(
+            setup.catalog,
+            setup.demand,
+            setup.market,
+            policy,
+            setup.sim,
+            start_epoch=setup.start_epoch,
+            keep_records=name in keep_records,
+            progress=tick if progress else None,
+        )
+        run.reports.append(_report(result, time.perf_counter() - started))
+        if result.records:
+            run.records[name] = result.records
+    best = next((r.cost for r in run.reports if r.name == "hindsight"), None)
+    if best:
+        run.reports = [dataclasses.replace(r, ratio_to_hindsight=r.cost / best) for r in run.reports]
+    return run
