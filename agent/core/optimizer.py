@@ -73,6 +73,8 @@ class OptimizerConfig:
     discount_spot_by_reliability: bool = True
     allow_ondemand: bool = True
     """False for a reserved + spot-only fleet (the backtest's reserved-spot baseline)."""
+    time_limit_s: float = 5.0
+    """Per solve; the best allocation found by then is used (ticks take milliseconds: bench/optimizer.py)."""
     survive_zone_loss: float = 0.0
     """Share of current demand still covered if every spot node of any one zone (pool name, all types)
     were reclaimed at once; 0 turns the rule off. Reclaims come in waves per zone."""
@@ -90,6 +92,8 @@ class OptimizerConfig:
                 raise ValueError(f"{name} must be ≥ 0 or unset")
         if not 0 <= self.survive_zone_loss <= 1:
             raise ValueError("survive_zone_loss must be in [0, 1]")
+        if not self.time_limit_s > 0:
+            raise ValueError("time_limit_s must be > 0")
         if self.switching_cost_hours < 0:
             raise ValueError("switching_cost_hours must be ≥ 0")
 
@@ -546,7 +550,7 @@ def optimize_tick(
         c, rows, bounds, integrality = _build(
             p, cfg, step_up=up, step_down=down, integral=True, elastic=elastic
         )
-        res = solve_milp(c, rows.constraint(), integrality, bounds, gap=1e-7)
+        res = solve_milp(c, rows.constraint(), integrality, bounds, gap=1e-7, time_limit_s=cfg.time_limit_s)
         if res.x is not None:
             result_x = np.asarray(res.x, dtype=float)
             status = "optimal" if number == 0 else "fallback" if elastic else "relaxed"

@@ -15,7 +15,7 @@ from agent.core.catalog import Catalog
 from agent.core.commitment import plan_commitment, seed_rule
 from agent.core.comparison import planning_steps
 from agent.core.demand import Demand
-from agent.core.hedging import growth_quantile
+from agent.core.hedging import headroom_for_budget
 from agent.core.optimizer import Fleet, OptimizerConfig, PoolKey, SpotMarket, TickInput, optimize_tick
 from agent.core.profiler import DemandProfiler, ProfilerEmptyError
 from agent.sim.backtest import Market, Targets, View
@@ -70,7 +70,8 @@ class RollingPolicy:
     reclaim: dict[PoolKey, float] = field(default_factory=dict)
     lead_steps: int = 11
     """Steps between a decision and its nodes serving (boot + one tick), for the headroom."""
-    hedge_quantile: float = 0.99
+    headroom_budget: float = 0.0005
+    """Share of demand the headroom may leave unserved on the history (half the 99.9% SLO's miss)."""
     history_steps: int = 7 * 1440
     forecast_next_hour: bool = True
     _observed: deque[float] = field(default_factory=deque)
@@ -85,7 +86,7 @@ class RollingPolicy:
 
     def _current_headroom(self, t: float) -> float:
         if t - self._headroom_at >= 3600:  # refit hourly: the quantile moves slowly
-            self._headroom = growth_quantile(list(self._observed), self.lead_steps, self.hedge_quantile)
+            self._headroom = headroom_for_budget(list(self._observed), self.lead_steps, self.headroom_budget)
             self._headroom_at = t
         return self._headroom
 
