@@ -3,7 +3,7 @@
 A lower bound for every policy in the backtest: one integer program over the whole scored horizon,
 with the reserved count per type chosen optimally too. At every block of steps, reserved + spot +
 on-demand capacity (at the SLO's utilization target, no reliability discount: hindsight knows every
-reclaim) covers the block's highest demand, and spot nodes of a type never exceed what its pools offer
+reclaim) covers every step of the block, and spot nodes of a type never exceed what its pools offer
 in the block's leanest moment. It ignores boot delays and notices: foresight launches early.
 """
 
@@ -69,21 +69,29 @@ def hindsight_plan(
     for b in range(n_blocks):
         lo, hi = b * block_steps, min(n_steps, (b + 1) * block_steps)
         block_h = (hi - lo) * step_h
-        peak = max(demand[lo:hi], key=lambda d: d.rps)
+        # One coverage row per token mix in the block, at that mix's highest rate: a step with fewer but
+        # longer requests can need more nodes than the block's busiest step.
+        peaks: dict[tuple[float, float], Demand] = {}
+        for d in demand[lo:hi]:
+            key = (d.prompt_tokens, d.output_tokens)
+            if key not in peaks or d.rps > peaks[key].rps:
+                peaks[key] = d
         base = n_types + 2 * n_types * b
-        row = np.zeros(width)
+        alone = [0] * n_types
+        for peak in peaks.values():
+            row = np.zeros(width)
+            for j, t in enumerate(types):
+                cap = rps_per_instance(t, peak.prompt_tokens, peak.output_tokens, slo)
+                row[j] = row[base + j] = row[base + n_types + j] = cap
+                # Beyond covering the block alone, a node of this type is never needed.
+                alone[j] = max(alone[j], math.ceil(peak.rps / cap) + 1 if cap > 0 else 0)
+            rows.append(row)
+            lower_bounds.append(peak.rps)
         for j, t in enumerate(types):
-            cap = rps_per_instance(t, peak.prompt_tokens, peak.output_tokens, slo)
             cost[base + j] = t.spot_hourly * block_h
             cost[base + n_types + j] = t.ondemand_hourly * block_h
-            upper[base + j] = float(np.min(spot_available[lo:hi, j]))
-            row[j] = row[base + j] = row[base + n_types + j] = cap
-            # Beyond covering the block alone, a node of this type is never needed.
-            alone = math.ceil(peak.rps / cap) + 1 if cap > 0 else 0
-            upper[base + j] = min(upper[base + j], alone)
-            upper[base + n_types + j] = alone
-        rows.append(row)
-        lower_bounds.append(peak.rps)
+            upper[base + j] = min(float(np.min(spot_available[lo:hi, j])), alone[j])
+            upper[base + n_types + j] = alone[j]
     # Reserved nodes of a type beyond what covers the busiest block alone are never needed either.
     for j in range(n_types):
         upper[j] = max(upper[n_types + 2 * n_types * b + n_types + j] for b in range(n_blocks))

@@ -106,6 +106,8 @@ class _Node:
     tier: Tier
     ready_at: float
     deadline: float = math.inf
+    serves: bool = True
+    """False for a node reclaimed while still booting: it goes at its deadline without ever serving."""
     leaving: bool = False
     """Released, but kept serving until no launched node is still booting (make before break)."""
 
@@ -208,6 +210,7 @@ def run_backtest(
             if excess > 0:
                 for node in sorted(group, key=lambda n: n.ready_at, reverse=True)[:excess]:
                     node.deadline = t + cfg.notice_s
+                    node.serves = node.ready_at <= t
                     preempted_now += 1
         preemptions += preempted_now
         if preempted_now and reason is None:
@@ -242,7 +245,7 @@ def run_backtest(
         for name, count in reserved.items():
             by_tier["reserved"] += caps[name] * count
         for node in nodes:
-            if node.ready_at <= t:
+            if node.ready_at <= t and node.serves:
                 by_tier[node.tier] += caps[node.key[0]]
         capacity = sum(by_tier.values())
         served = min(d.rps, capacity)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 
-from agent.core.catalog import Catalog, InstanceType
+from agent.core.catalog import Catalog, InstanceType, Tier
 from agent.core.demand import Demand
 from agent.core.optimizer import PoolKey
 from agent.sim.backtest import BacktestResult, Market, SimConfig, Targets, View, run_backtest
@@ -96,15 +96,13 @@ class Scripted:
         return [(v.step, v.reason) for v in self.views]
 
 
-def run(
-    policy: Scripted, demand: Sequence[Demand], mkt: Market, cfg: SimConfig = CFG
-) -> BacktestResult:
+def run(policy: Scripted, demand: Sequence[Demand], mkt: Market, cfg: SimConfig = CFG) -> BacktestResult:
     return run_backtest(CATALOG, demand, mkt, policy, cfg, keep_records=True)
 
 
-def serving(result: BacktestResult, tier: str) -> list[float]:
+def serving(result: BacktestResult, tier: Tier) -> list[float]:
     """Nodes of ``tier`` serving at each scored step (one node serves 1 request/s)."""
-    return [r.capacity_rps[tier] for r in result.records]  # type: ignore[index]
+    return [r.capacity_rps[tier] for r in result.records]
 
 
 def node_cost(hourly: float, node_steps: int) -> float:
@@ -170,21 +168,18 @@ def test_each_reclaimed_node_counts_one_preemption() -> None:
 
 
 def test_the_newest_spot_node_is_reclaimed_first() -> None:
-    # One node runs from the start; a second launches at step 5. The pool drops back to one node while
-    # the second still boots: the booting node is the one reclaimed, the running one keeps serving.
+    # One node runs from the start; a second launches at step 5 and boots for 5 steps. The pool drops
+    # back to one node at step 6: the booting node is the one reclaimed (gone at step 8, before it would
+    # serve) and the running one keeps serving. Were the older one reclaimed, nothing would serve at 8-9.
+    cfg = SimConfig(step_s=STEP_S, notice_s=NOTICE_STEPS * STEP_S, boot_s=5 * STEP_S, warmup_days=0)
     policy = Scripted({0: ask(spot=1), 5: ask(spot=2)})
-    result = run(policy, flat(1.0, 12), market([2] * 6 + [1] * 6))
+    result = run(policy, flat(1.0, 12), market([2] * 6 + [1] * 6), cfg)
 
     assert serving(result, "spot") == [1.0] * 12
     assert result.preemptions == 1
+    assert result.cost == pytest.approx(node_cost(SPOT_HOURLY, 12 + 3))  # the reclaimed one: steps 5-7
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG agent/sim/backtest.py: a spot node reclaimed while still booting serves if its boot ends "
-    "before its deadline (step 4 only checks ready_at <= t); the module docstring says a node still "
-    "booting never serves",
-)
 def test_a_spot_node_reclaimed_while_booting_never_serves() -> None:
     # Launched at step 5 (ready at 8); the pool empties at step 7, so its deadline is step 9.
     policy = Scripted({0: ask(), 5: ask(spot=1)})
@@ -325,5 +320,5 @@ def test_warm_up_steps_are_observed_by_the_policy_but_not_scored() -> None:
 
 
 def test_a_market_that_does_not_match_the_demand_is_rejected() -> None:
-    with pytest.raises(ValueError, match="market.available has shape"):
+    with pytest.raises(ValueError, match=r"market\.available has shape"):
         run(Scripted({0: ask()}), flat(1.0, 5), market([1] * 4))

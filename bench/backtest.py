@@ -1,0 +1,134 @@
+"""Wall time of ``cost-agent backtest``: every strategy on a 14-day real trace, and what each one scores.
+
+Builds the inputs once with :func:`agent.backtesting.build_setup` (by default ``servegen:m-large`` ×
+``skypilot:availability/16-node/aws-08-27-2023`` on the ``seed`` catalog, demand scaled so that its
+busiest step needs 8 main-type nodes, a 120 s notice, 1-minute steps and 7 warm-up days, as the CLI's
+defaults), then runs :func:`agent.backtesting.run_strategies` once per strategy, timing each call with
+``time.perf_counter`` (policy construction included). Settings come from
+:func:`agent.config.load_settings` (``--config`` and ``COST_AGENT_*`` as for the CLI).
+
+Figures: wall seconds for the setup, per strategy and in total (target: ≤ 60 s for the whole run), the
+machine, and each strategy's cost, SLO attainment and cost ÷ hindsight.
+
+Run: ``.venv/bin/python bench/backtest.py`` (``--catalog gcp-2026-07 --notice 30``, ``--trace``,
+``--spot``, ``--peak-nodes``, ``--strategies``, ``--out PATH`` to also write the JSON to a file); prints
+one JSON object, progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import scipy
+
+from agent.backtesting import STRATEGIES, StrategyReport, build_setup, run_strategies
+from agent.config import load_settings, resolve_catalog
+from agent.sim.backtest import SimConfig
+
+TARGET_SECONDS = 60.0
+
+
+def _machine() -> dict[str, object]:
+    affinity = getattr(os, "sched_getaffinity", None)
+    return {
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": len(affinity(0)) if affinity else None,
+        "numpy": np.__version__,
+        "scipy": scipy.__version__,
+    }
+
+
+def _figures(report: StrategyReport, hindsight_cost: float | None, seconds: float) -> dict[str, object]:
+    return {
+        "name": report.name,
+        "seconds": round(seconds, 3),
+        "cost": round(report.cost, 2),
+        "slo_attainment": report.slo_attainment,
+        "shortfall_minutes": report.shortfall_minutes,
+        "preemptions": report.preemptions,
+        "ratio_to_hindsight": round(report.cost / hindsight_cost, 4) if hindsight_cost else None,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--config", help="settings TOML file (default: built-in defaults)")
+    parser.add_argument("--catalog", default="seed", help="built-in catalog name or catalog TOML path")
+    parser.add_argument("--trace", default="servegen:m-large", help="demand trace spec")
+    parser.add_argument(
+        "--spot", default="skypilot:availability/16-node/aws-08-27-2023", help="spot availability spec"
+    )
+    parser.add_argument("--peak-nodes", type=int, default=8, help="busiest step needs N main-type nodes")
+    parser.add_argument("--notice", type=float, default=120.0, help="preemption notice, seconds")
+    parser.add_argument("--boot", type=float, default=360.0, help="seconds from launch to serving")
+    parser.add_argument("--step", type=float, default=60.0, help="simulation step, seconds")
+    parser.add_argument("--warmup-days", type=float, default=7.0, help="days that only warm up")
+    parser.add_argument(
+        "--strategies", default=",".join(STRATEGIES), help="comma-separated subset (default: all)"
+    )
+    parser.add_argument("--out", type=Path, help="also write the JSON to this file")
+    args = parser.parse_args(argv)
+    strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    unknown = sorted(set(strategies) - set(STRATEGIES))
+    if unknown:
+        parser.error(f"--strategies: unknown {', '.join(unknown)} (have: {', '.join(STRATEGIES)})")
+
+    settings = load_settings(args.config)
+    catalog = resolve_catalog(args.catalog)
+    sim = SimConfig(
+        step_s=args.step,
+        policy_interval_s=settings.optimizer.interval_seconds,
+        notice_s=args.notice,
+        boot_s=args.boot,
+        warmup_days=args.warmup_days,
+        slo=settings.slo_config(),
+    )
+    started = time.perf_counter()
+    setup = build_setup(catalog, args.trace, args.spot, sim, peak=args.peak_nodes or None)
+    setup_seconds = time.perf_counter() - started
+    print(f"setup: {setup_seconds:.2f} s, {len(setup.demand)} steps", file=sys.stderr)
+
+    timed: list[tuple[StrategyReport, float]] = []
+    for name in strategies:
+        began = time.perf_counter()
+        run = run_strategies(setup, [name], settings)
+        seconds = time.perf_counter() - began
+        timed.append((run.reports[0], seconds))
+        print(f"{name}: {seconds:.2f} s", file=sys.stderr)
+    total = time.perf_counter() - started
+
+    hindsight = next((r.cost for r, _ in timed if r.name == "hindsight"), None)
+    result = {
+        "benchmark": "backtest",
+        "inputs": setup.inputs,
+        "steps": len(setup.demand),
+        "scored_steps": len(setup.demand) - setup.warmup_steps,
+        "machine": _machine(),
+        "seconds": {
+            "setup": round(setup_seconds, 3),
+            "strategies": {r.name: round(s, 3) for r, s in timed},
+            "total": round(total, 3),
+        },
+        "target_seconds": TARGET_SECONDS,
+        "within_target": total <= TARGET_SECONDS,
+        "strategies": [_figures(r, hindsight, s) for r, s in timed],
+    }
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,226 @@
+"""Each backtest strategy's invariants, on one small synthetic setup that every strategy shares.
+
+The setup: the seed catalog (h100_8x first, then a100_8x) with two pools, ``a`` and ``b``; two days of a
+diurnal demand at 5-minute steps with a constant token mix, scaled so that the busiest step needs
+:data:`PEAK` h100 nodes; the first day warms up. Pool ``a`` offers 4 spot nodes of each type but none
+for two hours around the second day's peak; pool ``b`` always offers 2. Every strategy runs once on it
+(:func:`agent.backtesting.run_strategies`, about 10 s in all), and the tests read the reports.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+
+from agent.backtesting import STRATEGIES, BacktestRun, Setup, StrategyReport, make_policy, run_strategies
+from agent.config import Settings, load_settings, resolve_catalog
+from agent.core.capacity import SloConfig, rps_per_instance
+from agent.core.catalog import Catalog, InstanceType
+from agent.core.demand import Demand
+from agent.core.hindsight import hindsight_plan
+from agent.sim.backtest import Market, SimConfig, run_backtest
+from agent.sim.strategies import SkyServePolicy, peak_nodes
+from agent.sim.traces import DEFAULT_START_EPOCH
+
+STEP_S = 300.0
+DAY_STEPS = round(86400 / STEP_S)
+PEAK = 6
+PROMPT, OUTPUT = 1000.0, 250.0
+SLO = SloConfig()
+# hindsight_plan stops the MILP within a relative gap of 1e-3: "no more than" holds up to that.
+SOLVER_GAP = 1e-3
+
+
+def seed_catalog() -> Catalog:
+    seed = resolve_catalog("seed")
+    types = {k: dataclasses.replace(t, pools=("a", "b")) for k, t in seed.types.items()}
+    return dataclasses.replace(seed, types=types)
+
+
+CATALOG = seed_catalog()
+MAIN = CATALOG.main_type
+PER_NODE = rps_per_instance(MAIN, PROMPT, OUTPUT, SLO)
+
+
+def diurnal(days: int) -> list[Demand]:
+    """A daily sine between 20% and 100% of a peak that needs 5.5 main-type nodes (so PEAK whole)."""
+    peak = (PEAK - 0.5) * PER_NODE
+    return [
+        Demand(peak * (0.6 + 0.4 * math.sin(2 * math.pi * i / DAY_STEPS)), PROMPT, OUTPUT)
+        for i in range(days * DAY_STEPS)
+    ]
+
+
+def two_pool_market(steps: int) -> Market:
+    keys = tuple(CATALOG.pools())
+    pool_a = np.full(steps, 4, dtype=np.int64)
+    peak_step = DAY_STEPS + DAY_STEPS // 4  # the sine's top on day 2
+    pool_a[peak_step - 12 : peak_step + 12] = 0
+    pool_b = np.full(steps, 2, dtype=np.int64)
+    return Market(keys, np.stack([pool_a if pool == "a" else pool_b for _, pool in keys], axis=1))
+
+
+def small_setup() -> Setup:
+    demand = diurnal(days=2)
+    sim = SimConfig(step_s=STEP_S, policy_interval_s=300.0, warmup_days=1, slo=SLO)
+    return Setup(CATALOG, demand, two_pool_market(len(demand)), DEFAULT_START_EPOCH, sim, {})
+
+
+SETUP = small_setup()
+SCORED_HOURS = (len(SETUP.demand) - SETUP.warmup_steps) * STEP_S / 3600
+
+
+@pytest.fixture(scope="module")
+def settings() -> Settings:
+    return load_settings(env={})
+
+
+@pytest.fixture(scope="module")
+def backtest(settings: Settings) -> BacktestRun:
+    return run_strategies(SETUP, STRATEGIES, settings, keep_records=("rolling",))
+
+
+def report(run: BacktestRun, name: str) -> StrategyReport:
+    return next(r for r in run.reports if r.name == name)
+
+
+def test_the_setup_peaks_at_the_intended_number_of_main_type_nodes() -> None:
+    assert SETUP.warmup_steps == DAY_STEPS
+    assert peak_nodes(CATALOG, SETUP.demand[SETUP.warmup_steps :], SLO) == PEAK
+
+
+def test_every_strategy_reports_once_in_the_order_asked(backtest: BacktestRun) -> None:
+    assert [r.name for r in backtest.reports] == list(STRATEGIES)
+
+
+# -- the static baselines ----------------------------------------------------------------------------
+
+
+def test_all_ondemand_sized_for_the_peak_serves_all_demand_without_preemptions(backtest: BacktestRun) -> None:
+    r = report(backtest, "all-ondemand")
+    assert r.slo_attainment == pytest.approx(1.0, abs=1e-12)
+    assert r.shortfall_minutes == 0
+    assert r.preemptions == 0
+    assert r.reserved == {}
+    assert r.ondemand_hours == pytest.approx(PEAK * SCORED_HOURS)
+    assert r.cost == pytest.approx(PEAK * MAIN.ondemand_hourly * SCORED_HOURS)
+
+
+def test_all_reserved_serves_all_demand_at_peak_times_the_reserved_price(backtest: BacktestRun) -> None:
+    r = report(backtest, "all-reserved")
+    assert r.slo_attainment == pytest.approx(1.0, abs=1e-12)
+    assert r.shortfall_minutes == 0
+    assert r.preemptions == 0
+    assert r.reserved == {MAIN.name: PEAK}
+    assert r.cost == pytest.approx(PEAK * MAIN.reserved_hourly * SCORED_HOURS)
+
+
+# -- hindsight, the lower bound ----------------------------------------------------------------------
+
+
+def test_hindsight_never_costs_more_than_a_strategy_that_served_all_demand(backtest: BacktestRun) -> None:
+    best = report(backtest, "hindsight")
+    full = [r for r in backtest.reports if r.name != "hindsight" and r.shortfall_minutes == 0]
+    assert {"all-ondemand", "all-reserved"} <= {r.name for r in full}  # the comparison is not empty
+    for r in full:
+        assert best.cost <= r.cost * (1 + SOLVER_GAP), r.name
+        assert r.ratio_to_hindsight is not None
+        assert r.ratio_to_hindsight >= 1 - SOLVER_GAP, r.name
+
+
+def test_hindsight_serves_all_demand_and_is_the_ratios_unit(backtest: BacktestRun) -> None:
+    best = report(backtest, "hindsight")
+    assert best.slo_attainment == 1.0
+    assert best.shortfall_minutes == 0
+    assert best.preemptions == 0
+    assert best.ratio_to_hindsight == 1.0
+    for r in backtest.reports:
+        assert r.ratio_to_hindsight == pytest.approx(r.cost / best.cost)
+
+
+def test_hindsight_uses_no_more_spot_than_the_pools_offer(backtest: BacktestRun) -> None:
+    plan = backtest.hindsight
+    assert plan is not None
+    scored = SETUP.market.available[SETUP.warmup_steps :]
+    for j, name in enumerate(CATALOG.types):
+        columns = [i for i, key in enumerate(SETUP.market.pools) if key[0] == name]
+        offered = scored[:, columns].sum(axis=1)  # one block is one step: the policy interval is the step
+        assert np.all(plan.spot[:, j] <= offered), name
+
+
+def test_hindsight_covers_every_step_of_a_block_whatever_its_token_mix() -> None:
+    gpu = InstanceType("gpu", 8, "H100", 30.0, 20.0, 10.0, 0.05, 1, 1000.0, 1000.0, pools=("a",))
+    catalog = Catalog("tiny", {"gpu": gpu})
+    # One node serves 1 request/s of 350 + 350 tokens, 0.5 of 700 + 700.
+    demand = [Demand(1.0, 350, 350), Demand(0.9, 700, 700)]
+    plan = hindsight_plan(catalog, demand, np.zeros((2, 1)), STEP_S / 3600, SLO, block_steps=2)
+
+    nodes = plan.reserved["gpu"] + plan.spot[0, 0] + plan.ondemand[0, 0]
+    for d in demand:
+        assert nodes * rps_per_instance(gpu, d.prompt_tokens, d.output_tokens, SLO) >= d.rps
+
+
+# -- the dynamic strategies --------------------------------------------------------------------------
+
+
+def test_rolling_never_changes_its_reserved_count_after_the_start(backtest: BacktestRun) -> None:
+    r = report(backtest, "rolling")
+    records = backtest.records["rolling"]
+    assert len(records) == len(SETUP.demand) - SETUP.warmup_steps
+    committed = sum(
+        n * rps_per_instance(CATALOG.types[name], PROMPT, OUTPUT, SLO) for name, n in r.reserved.items()
+    )
+    assert committed > 0  # the day-long base load is worth reserving: the check is not vacuous
+    for rec in records:
+        assert rec.capacity_rps["reserved"] == pytest.approx(committed), rec.t
+
+
+@pytest.mark.parametrize("base", [1, 2])
+def test_skyserve_keeps_at_least_its_base_ondemand_nodes_serving(base: int) -> None:
+    policy = SkyServePolicy(CATALOG, SLO, base_ondemand=base)
+    result = run_backtest(
+        CATALOG,
+        SETUP.demand,
+        SETUP.market,
+        policy,
+        SETUP.sim,
+        start_epoch=SETUP.start_epoch,
+        keep_records=True,
+    )
+    ondemand_nodes = [rec.capacity_rps["ondemand"] / PER_NODE for rec in result.records]
+    assert min(ondemand_nodes) >= base - 1e-9
+    assert result.reserved == {}
+
+
+def test_skyserve_from_make_policy_keeps_one_ondemand_node_and_no_reserved(
+    backtest: BacktestRun, settings: Settings
+) -> None:
+    policy = make_policy("skyserve", SETUP, settings, settings.optimizer.to_core())
+    assert isinstance(policy, SkyServePolicy)
+    assert policy.base_ondemand == 1
+    assert report(backtest, "skyserve").reserved == {}
+
+
+def test_ondemand_only_strategies_are_never_preempted_and_reserve_nothing(backtest: BacktestRun) -> None:
+    for name in ("all-ondemand", "elastic-ondemand"):
+        r = report(backtest, name)
+        assert r.preemptions == 0, name
+        assert r.reserved == {}, name
+
+
+def test_make_policy_rejects_an_unknown_strategy(settings: Settings) -> None:
+    with pytest.raises(ValueError, match="unknown strategy 'spot-only'"):
+        make_policy("spot-only", SETUP, settings, settings.optimizer.to_core())
+
+
+def test_make_policy_builds_every_strategy_but_hindsight_which_is_a_program(settings: Settings) -> None:
+    cfg = settings.optimizer.to_core()
+    for name in STRATEGIES:
+        if name == "hindsight":
+            with pytest.raises(ValueError, match="unknown strategy"):
+                make_policy(name, SETUP, settings, cfg)
+        else:
+            assert make_policy(name, SETUP, settings, cfg).name == name
