@@ -143,7 +143,8 @@ def make_policy(name: str, setup: Setup, settings: Settings, cfg: OptimizerConfi
             horizon_days=settings.planner.horizon_days,
             levels=settings.planner.levels,
             lead_steps=lead,
-            headroom_budget=1 - settings.slo.target_attainment,
+            # Half the SLO's allowed miss for demand surprises; the other half is left for reclaims.
+            headroom_budget=(1 - settings.slo.target_attainment) / 2,
             use_spot=spot,
             use_reserved=reserved,
             use_ondemand=ondemand,

@@ -38,7 +38,7 @@ class _Section(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 class SloSettings(_Section, frozen=True):
     utilization_target: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.70
     target_attainment: Annotated[float, msgspec.Meta(gt=0, lt=1)] = 0.999
-    """Share of demand (token-weighted) to serve within its step: sizes the headroom for demand surprises."""
+    """Share of demand (token-weighted) to serve within its step; half the miss sizes the headroom."""
 
 
 class OptimizerSettings(_Section, frozen=True):
