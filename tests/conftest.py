@@ -1,7 +1,7 @@
 """Shared test settings.
 
-Hypothesis profiles: ``ci`` (default, 150 examples a property, fits the suite's time budget) and
-``thorough`` (3,000 examples), chosen with ``HYPOTHESIS_PROFILE=thorough``.
+Hypothesis profiles: ``ci`` (default, 150 derandomized examples a property, fits the suite's time
+budget) and ``thorough`` (3,000 random examples), chosen with ``HYPOTHESIS_PROFILE=thorough``.
 """
 
 import os

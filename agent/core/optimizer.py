@@ -230,9 +230,9 @@ def _problem(catalog: Catalog, inp: TickInput, slo: SloConfig, cfg: OptimizerCon
         spot_cap=spot_cap,
         cur_spot=cur_spot,
         cur_od=cur_od,
-        need_now=max(0.0, inp.demand_now.rps - reserved_cap_now),
+        need_now=_significant(inp.demand_now.rps - reserved_cap_now),
         need_now_total=inp.demand_now.rps,
-        need_next=max(0.0, inp.demand_next.rps - reserved_cap_next),
+        need_next=_significant(inp.demand_next.rps - reserved_cap_next),
         need_non_spot=max(0.0, cfg.min_non_spot_instances - reserved_n),
         need_non_spot_rps=max(0.0, cfg.min_non_spot_fraction * inp.demand_next.rps - reserved_cap_next),
         reserved_cost=sum(catalog.type(t).reserved_hourly * r for t, r in inp.fleet.reserved.items()),
@@ -241,6 +241,11 @@ def _problem(catalog: Catalog, inp: TickInput, slo: SloConfig, cfg: OptimizerCon
         quotas=quotas,
         share_applies=cfg.max_pool_share < 1 and n >= 2,
     )
+
+
+def _significant(rps: float) -> float:
+    """Demand left to cover, with amounts below the solver's tolerance (one request a week) taken as 0."""
+    return rps if rps > _TOLERANCE else 0.0
 
 
 def _capacities(catalog: Catalog, type_name: str, inp: TickInput, slo: SloConfig) -> tuple[float, float]:
