@@ -10,19 +10,16 @@ when the shared data directory is absent.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cli import run_cost_agent
 
-import agent
 from agent.sim.traces import TraceError, find_data_dir
 
-ROOT = Path(agent.__file__).resolve().parent.parent
 RUN_TIMEOUT_S = 110
 STRATEGIES = ["all-ondemand", "skyserve", "rolling", "hindsight"]
 REPORT_KEYS = {
@@ -41,22 +38,8 @@ SOLVER_GAP = 1e-3
 
 
 def cost_agent(*args: str) -> subprocess.CompletedProcess[str]:
-    """``cost-agent backtest ARGS`` from the project root, through the installed console script."""
-    script = Path(sys.executable).parent / "cost-agent"
-    command = [str(script)] if script.is_file() else [sys.executable, "-m", "agent"]
-    # Settings come from the command line only: no COST_AGENT_* override from the calling shell.
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith("COST_AGENT_") or k == "COST_AGENT_DATA_DIR"
-    }
-    return subprocess.run(
-        [*command, "backtest", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=RUN_TIMEOUT_S,
-        check=False,
-    )
+    """``cost-agent backtest ARGS`` from the project root."""
+    return run_cost_agent("backtest", *args, timeout_s=RUN_TIMEOUT_S)
 
 
 @dataclass(frozen=True)

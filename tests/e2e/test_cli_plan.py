@@ -6,18 +6,15 @@ Each plan run takes several seconds, so the default ``--json`` run is shared by 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cli import run_cost_agent
 
-import agent
 from agent.sim.traces import TraceError, find_data_dir
 
-ROOT = Path(agent.__file__).resolve().parent.parent
 RUN_TIMEOUT_S = 90
 
 STRATEGIES = [
@@ -40,22 +37,8 @@ Row = dict[str, Any]
 
 
 def cost_agent(*args: str) -> subprocess.CompletedProcess[str]:
-    """``cost-agent plan ARGS`` from the project root, through the installed console script."""
-    script = Path(sys.executable).parent / "cost-agent"
-    command = [str(script)] if script.is_file() else [sys.executable, "-m", "agent"]
-    # Settings come from the command line only: no COST_AGENT_* override from the calling shell.
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith("COST_AGENT_") or k == "COST_AGENT_DATA_DIR"
-    }
-    return subprocess.run(
-        [*command, "plan", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=RUN_TIMEOUT_S,
-        check=False,
-    )
+    """``cost-agent plan ARGS`` from the project root."""
+    return run_cost_agent("plan", *args, timeout_s=RUN_TIMEOUT_S)
 
 
 def json_rows(*args: str) -> list[Row]:
