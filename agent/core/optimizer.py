@@ -234,7 +234,7 @@ def _problem(catalog: Catalog, inp: TickInput, slo: SloConfig, cfg: OptimizerCon
         need_now_total=inp.demand_now.rps,
         need_next=_significant(inp.demand_next.rps - reserved_cap_next),
         need_non_spot=max(0.0, cfg.min_non_spot_instances - reserved_n),
-        need_non_spot_rps=max(0.0, cfg.min_non_spot_fraction * inp.demand_next.rps - reserved_cap_next),
+        need_non_spot_rps=_significant(cfg.min_non_spot_fraction * inp.demand_next.rps - reserved_cap_next),
         reserved_cost=sum(catalog.type(t).reserved_hourly * r for t, r in inp.fleet.reserved.items()),
         reserved_cap_now=reserved_cap_now,
         reserved_cap_next=reserved_cap_next,
@@ -407,7 +407,7 @@ def _build(
             rows.add(
                 f"zone_loss:{zone}",
                 row,
-                cfg.survive_zone_loss * p.need_now_total - p.reserved_cap_now,
+                _significant(cfg.survive_zone_loss * p.need_now_total - p.reserved_cap_now),
                 math.inf,
             )
     if p.share_applies:

@@ -283,3 +283,24 @@ def test_cost_never_falls_when_demand_rises(
     if low.status == "fallback" or high.status == "fallback":
         return  # past the quota both are best effort; nothing to compare
     assert high.hourly_cost >= low.hourly_cost * (1 - 1e-6) - 1e-6
+
+
+def test_losing_every_spot_node_of_any_one_zone_still_leaves_demand_covered() -> None:
+    catalog = only_h100(("a", "b", "c"))
+    cfg = dataclasses.replace(NO_LIMITS, survive_zone_loss=1.0, max_pool_share=1.0)
+    inp = TickInput(demand(6), demand(6))
+    alloc = optimize_tick(catalog, inp, cfg=cfg)
+    assert alloc.status == "optimal"
+    for zone in ("a", "b", "c"):
+        lost = alloc.spot.get(("h100_8x", zone), 0) * H100_RPS * H100.spot_reliability
+        assert alloc.capacity_now_rps - lost >= inp.demand_now.rps - 1e-9
+    assert len(alloc.spot) >= 2  # spread: spare spot elsewhere is cheaper than on-demand
+
+
+def test_a_reserved_and_spot_only_fleet_never_plans_on_demand() -> None:
+    cfg = dataclasses.replace(NO_LIMITS, allow_ondemand=False)
+    alloc = optimize_tick(
+        only_h100(), TickInput(demand(5), demand(5), Fleet(reserved={"h100_8x": 1})), cfg=cfg
+    )
+    assert alloc.ondemand == {}
+    assert alloc.capacity_next_rps >= demand(5).rps
