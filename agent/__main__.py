@@ -7,12 +7,18 @@ import json
 import sys
 from collections.abc import Sequence
 
-from agent.backtesting import STRATEGIES, BacktestRun, build_setup, run_strategies
+from agent.backtesting import (
+    STRATEGIES,
+    BacktestRun,
+    build_setup,
+    parse_strategies,
+    run_strategies,
+    sim_config,
+)
 from agent.config import ConfigError, load_settings, resolve_catalog
 from agent.core.catalog import HOURS_PER_MONTH, CatalogError
 from agent.core.comparison import ComparisonRow, monthly_comparison
 from agent.planning import DemandSourceError, build_horizon
-from agent.sim.backtest import SimConfig
 from agent.sim.traces import TraceError
 
 
@@ -127,18 +133,13 @@ def _plan(args: argparse.Namespace) -> int:
 def _backtest(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     catalog = resolve_catalog(args.catalog or settings.catalog)
-    strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
-    unknown = [s for s in strategies if s not in STRATEGIES]
-    if unknown:
-        raise ConfigError(f"--strategies: unknown {', '.join(unknown)} (have: {', '.join(STRATEGIES)})")
     try:
-        sim = SimConfig(
-            step_s=args.step,
-            policy_interval_s=settings.optimizer.interval_seconds,
-            notice_s=args.notice,
-            boot_s=args.boot,
-            warmup_days=args.warmup_days,
-            slo=settings.slo_config(),
+        strategies = parse_strategies(args.strategies)
+    except ValueError as exc:
+        raise ConfigError(f"--strategies: {exc}") from None
+    try:
+        sim = sim_config(
+            settings, step_s=args.step, notice_s=args.notice, boot_s=args.boot, warmup_days=args.warmup_days
         )
     except ValueError as exc:
         raise ConfigError(f"backtest: {exc}") from None

@@ -37,6 +37,29 @@ STRATEGIES: tuple[str, ...] = (
 )
 
 
+def parse_strategies(text: str) -> list[str]:
+    """A comma-separated list of strategy names; ``ValueError`` names any unknown one."""
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = [s for s in names if s not in STRATEGIES]
+    if unknown:
+        raise ValueError(f"unknown {', '.join(unknown)} (have: {', '.join(STRATEGIES)})")
+    return names
+
+
+def sim_config(
+    settings: Settings, *, step_s: float, notice_s: float, boot_s: float, warmup_days: float
+) -> SimConfig:
+    """The simulation's settings: the tick interval and SLO from the agent's settings."""
+    return SimConfig(
+        step_s=step_s,
+        policy_interval_s=settings.optimizer.interval_seconds,
+        notice_s=notice_s,
+        boot_s=boot_s,
+        warmup_days=warmup_days,
+        slo=settings.slo_config(),
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Setup:
     catalog: Catalog

@@ -28,9 +28,15 @@ from pathlib import Path
 import numpy as np
 import scipy
 
-from agent.backtesting import STRATEGIES, StrategyReport, build_setup, run_strategies
+from agent.backtesting import (
+    STRATEGIES,
+    StrategyReport,
+    build_setup,
+    parse_strategies,
+    run_strategies,
+    sim_config,
+)
 from agent.config import load_settings, resolve_catalog
-from agent.sim.backtest import SimConfig
 
 TARGET_SECONDS = 60.0
 
@@ -78,20 +84,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, help="also write the JSON to this file")
     args = parser.parse_args(argv)
-    strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
-    unknown = sorted(set(strategies) - set(STRATEGIES))
-    if unknown:
-        parser.error(f"--strategies: unknown {', '.join(unknown)} (have: {', '.join(STRATEGIES)})")
+    try:
+        strategies = parse_strategies(args.strategies)
+    except ValueError as exc:
+        parser.error(f"--strategies: {exc}")
 
     settings = load_settings(args.config)
     catalog = resolve_catalog(args.catalog)
-    sim = SimConfig(
-        step_s=args.step,
-        policy_interval_s=settings.optimizer.interval_seconds,
-        notice_s=args.notice,
-        boot_s=args.boot,
-        warmup_days=args.warmup_days,
-        slo=settings.slo_config(),
+    sim = sim_config(
+        settings, step_s=args.step, notice_s=args.notice, boot_s=args.boot, warmup_days=args.warmup_days
     )
     started = time.perf_counter()
     setup = build_setup(catalog, args.trace, args.spot, sim, peak=args.peak_nodes or None)
