@@ -8,8 +8,8 @@ Time advances in fixed steps (default 1 minute). Every step:
 2. Nodes whose boot finished (``boot_s`` after launch) start serving; nodes past their deadline go.
 3. The policy acts every ``policy_interval_s`` and on every notice: it returns spot and on-demand targets
    per (type, pool). Launches start booting (spot only where the market has room); releases take booting
-   nodes first, then running ones. A running node is released make-before-break: while any launched node
-   is still booting it keeps serving (and costing), as an actuator replacing nodes would do.
+   nodes first, then running ones. A running node is released make-before-break: until the nodes booting
+   at that moment are up it keeps serving (and costing), as an actuator replacing nodes would do.
 4. Capacity is what serves: reserved, running and draining nodes, each at its type's requests/s for the
    step's token mix at the SLO's utilization target. Demand above it is unserved in that step.
 5. Cost: every held node (booting, running, draining) at its tier's price; reserved for every step.
@@ -109,7 +109,8 @@ class _Node:
     serves: bool = True
     """False for a node reclaimed while still booting: it goes at its deadline without ever serving."""
     leaving: bool = False
-    """Released, but kept serving until no launched node is still booting (make before break)."""
+    """Released, but kept serving until the nodes launched with it are up (make before break)."""
+    leave_at: float = math.inf
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,8 +219,8 @@ def run_backtest(
 
         # 2. Nodes past their deadline are gone; released nodes go once nothing is booting.
         nodes = [n for n in nodes if n.deadline > t]
-        if not any(n.ready_at > t for n in nodes if not n.leaving and n.deadline == math.inf):
-            nodes = [n for n in nodes if not n.leaving]
+        booting = any(n.ready_at > t for n in nodes if not n.leaving and n.deadline == math.inf)
+        nodes = [n for n in nodes if not (n.leaving and (not booting or n.leave_at <= t))]
 
         # 3. The policy.
         if reason is not None:
@@ -336,9 +337,11 @@ def _apply(
                 staying = staying + [_Node(key, tier, ready_at) for _ in range(extra)]
             keep.extend(staying)
             keep.extend(leaving)
-    booting = any(n.ready_at > t for n in keep if n.deadline == math.inf and not n.leaving)
+    booting = [n.ready_at for n in keep if n.deadline == math.inf and not n.leaving and n.ready_at > t]
     if booting:
+        # Until the nodes now booting are up, at the latest; not while later launches keep booting.
         for node in releasing:
             node.leaving = True
+            node.leave_at = max(booting)
         keep.extend(releasing)
     return keep
