@@ -92,7 +92,7 @@ class RollingPolicy:
             self._observed.popleft()
 
     def _current_headroom(self, t: float) -> float:
-        if t - self._headroom_at >= 3600:  # refit hourly: the quantile moves slowly
+        if t - self._headroom_at >= 3600:  # refit hourly: a week of history moves slowly
             self._headroom = headroom_for_budget(list(self._observed), self.lead_steps, self.headroom_budget)
             self._headroom_at = t
         return self._headroom
@@ -140,6 +140,7 @@ class RollingPolicy:
                 ahead = observed
             demand_next = _larger(demand_now, ahead.scaled(headroom))
         available = view.available if self.use_spot else {k: 0 for k in view.available}
+        # The optimizer discounts spot by (1 − this): here the share lost before a replacement serves.
         market = SpotMarket(available=available, reclaim_per_hour=self.reclaim)
         cfg = self.cfg if self.use_ondemand else dataclasses.replace(self.cfg, allow_ondemand=False)
         alloc = optimize_tick(
