@@ -143,15 +143,18 @@ def _backtest(args: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         raise ConfigError(f"backtest: {exc}") from None
-    setup = build_setup(
-        catalog,
-        args.trace,
-        args.spot,
-        sim,
-        peak=args.peak_nodes or None,
-        scale=args.scale,
-        spot_scale=args.spot_scale,
-    )
+    try:
+        setup = build_setup(
+            catalog,
+            args.trace,
+            args.spot,
+            sim,
+            peak=args.peak_nodes or None,
+            scale=args.scale,
+            spot_scale=args.spot_scale,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"backtest: {exc}") from None
     keep = ["rolling"] if args.plot else []
     if args.no_progress or not sys.stderr.isatty():
         run = run_strategies(setup, strategies, settings, keep_records=keep)

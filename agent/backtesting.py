@@ -23,7 +23,7 @@ from agent.core.optimizer import OptimizerConfig
 from agent.sim.backtest import BacktestResult, Market, Policy, SimConfig, StepRecord, run_backtest
 from agent.sim.spot_traces import load_spot_traces
 from agent.sim.strategies import RollingPolicy, SeedHybridPolicy, SkyServePolicy, StaticPolicy, peak_nodes
-from agent.sim.traces import load_demand, peak_nodes_factor, resample, scale_trace
+from agent.sim.traces import DemandStep, DemandTrace, load_demand, peak_nodes_factor, resample, scale_trace
 
 STRATEGIES: tuple[str, ...] = (
     "all-ondemand",
@@ -112,7 +112,13 @@ def build_setup(
 ) -> Setup:
     trace = resample(load_demand(trace_spec), sim.step_s)
     factor = peak_nodes_factor(trace, catalog.main_type, sim.slo, peak) if peak else scale
-    trace = scale_trace(trace, factor)
+    trace = fill_gaps(scale_trace(trace, factor), sim.step_s)
+    warmup = round(sim.warmup_days * 86400 / sim.step_s)
+    if warmup >= len(trace.steps):
+        raise ValueError(
+            f"the warm-up ({sim.warmup_days:g} days) covers the whole trace "
+            f"({len(trace.steps) * sim.step_s / 86400:.2f} days): nothing would be scored"
+        )
     spot = load_spot_traces(spot_spec, scale=spot_scale)
     pools = tuple(s.pool for s in spot)
     catalog = dataclasses.replace(
@@ -149,10 +155,23 @@ def build_setup(
     )
 
 
+def fill_gaps(trace: DemandTrace, step_s: float) -> DemandTrace:
+    """Zero-traffic steps where the trace has gaps: the engine reads step ``i`` as ``start + i × step``."""
+    steps: list[DemandStep] = []
+    for step in trace.steps:
+        while steps and step.time_s - steps[-1].time_s > step_s * 1.5:
+            last = steps[-1]
+            quiet = Demand(0.0, last.demand.prompt_tokens, last.demand.output_tokens)
+            steps.append(DemandStep(last.time_s + step_s, step_s, quiet))
+        steps.append(step)
+    return DemandTrace(trace.name, tuple(steps))
+
+
 def make_policy(name: str, setup: Setup, settings: Settings, cfg: OptimizerConfig) -> Policy:
     catalog, slo = setup.catalog, setup.sim.slo
     scored = setup.demand[setup.warmup_steps :]
     lead = max(1, round((setup.sim.boot_s + setup.sim.policy_interval_s) / setup.sim.step_s))
+    week = round(7 * 86400 / setup.sim.step_s)
 
     def rolling(
         label: str, *, spot: bool = True, reserved: bool = True, ondemand: bool = True
@@ -166,6 +185,7 @@ def make_policy(name: str, setup: Setup, settings: Settings, cfg: OptimizerConfi
             horizon_days=settings.planner.horizon_days,
             levels=settings.planner.levels,
             lead_steps=lead,
+            history_steps=week,
             # Half the SLO's allowed miss for demand surprises; the other half is left for reclaims.
             headroom_budget=(1 - settings.slo.target_attainment) / 2,
             use_spot=spot,

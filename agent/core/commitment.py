@@ -93,7 +93,8 @@ class _Level:
 
 
 def group_levels(steps: Sequence[PlanningStep], levels: int) -> list[_Level]:
-    """Group steps into at most ``levels`` bands of equal width by the larger of their two demands."""
+    """Group steps into bands of equal width by the larger of their two demands: at most ``levels``,
+    plus one for steps with no demand at all."""
     if levels < 1:
         raise ValueError("levels must be ≥ 1")
     top = max((max(s.now.rps, s.next_hour.rps) for s in steps), default=0.0)

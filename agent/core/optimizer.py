@@ -396,7 +396,7 @@ def _build(
         rows.add("non_spot_fraction", row, p.need_non_spot_rps, math.inf)
     if cfg.survive_zone_loss > 0:
         zones = sorted({pool for _t, pool in p.pools})
-        for zone in zones if len(zones) > 1 else []:
+        for zone in zones:
             row = np.zeros(width)
             row[s] = [
                 0.0 if pool == zone else c

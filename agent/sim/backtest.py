@@ -170,6 +170,8 @@ def run_backtest(
 ) -> BacktestResult:
     """Run ``policy`` over ``demand`` (one value per ``cfg.step_s``) against ``market``."""
     n_steps = len(demand)
+    if n_steps == 0:
+        raise ValueError("no demand to replay")
     if market.available.shape != (n_steps, len(market.pools)):
         raise ValueError(
             f"market.available has shape {market.available.shape}, expected ({n_steps}, {len(market.pools)})"
@@ -219,8 +221,9 @@ def run_backtest(
 
         # 2. Nodes past their deadline are gone; released nodes go once nothing is booting.
         nodes = [n for n in nodes if n.deadline > t]
-        booting = any(n.ready_at > t for n in nodes if not n.leaving and n.deadline == math.inf)
-        nodes = [n for n in nodes if not (n.leaving and (not booting or n.leave_at <= t))]
+        # Released nodes stay until the launches they wait for were due, even if those were reclaimed
+        # meanwhile (the policy, woken by the notice, may then take them back).
+        nodes = [n for n in nodes if not (n.leaving and n.leave_at <= t)]
 
         # 3. The policy.
         if reason is not None:

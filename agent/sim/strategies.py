@@ -100,8 +100,8 @@ class RollingPolicy:
     def commit(self, t: float, market: Market) -> dict[str, int]:
         history = market.available
         self.reclaim = _reclaim_over_lead_time(market, self.lead_steps)
-        if not self.use_reserved:
-            return {}
+        if not self.use_reserved or self.profiler.sample_count == 0:
+            return {}  # nothing observed yet (no warm-up): commit to nothing rather than guess
         headroom = self._current_headroom(t)
 
         def as_the_tick_sizes(at: float) -> DemandForecast:
@@ -209,8 +209,11 @@ class SkyServePolicy:
         per_replica = rps_per_instance(main, d.prompt_tokens, d.output_tokens, self.slo)
         desired = math.ceil(d.rps / per_replica - 1e-9) if per_replica > 0 else 0
         if view.reason == "start":
-            self._target = desired
-        elif desired != self._target:
+            self._target = self._pending = desired
+            self._pending_since = view.t
+        elif desired == self._target:
+            self._pending, self._pending_since = desired, view.t  # the change did not hold
+        else:
             if desired != self._pending:
                 self._pending, self._pending_since = desired, view.t
             delay = self.upscale_delay_s if desired > self._target else self.downscale_delay_s
@@ -218,7 +221,10 @@ class SkyServePolicy:
                 self._target = desired
         pools = [k for k in view.available if k[0] == main.name]
         spot = _spread(self._target, pools, view.spot, view.available)
-        ready = sum(n for k, n in view.spot_ready.items() if k[0] == main.name)
+        if view.reason == "start":  # the scored start has every planned node up already
+            ready = sum(n for k, n in spot.items() if view.available.get(k, 0) >= n)
+        else:
+            ready = sum(n for k, n in view.spot_ready.items() if k[0] == main.name)
         fallback = self.base_ondemand + max(0, self._target - ready)
         return Targets(spot, {(main.name, main.pools[0]): fallback})
 
@@ -268,6 +274,8 @@ class SeedHybridPolicy:
         self.profiler.record(t, demand.rps, demand.prompt_tokens, demand.output_tokens)
 
     def commit(self, t: float, market: Market) -> dict[str, int]:
+        if self.profiler.sample_count == 0:
+            return {}  # no warm-up: the rule has no forecast to take percentiles of
         steps = planning_steps(self.profiler.predict, t, self.horizon_days * 24, self.profiler.bin_minutes)
         rule = seed_rule(self.catalog, steps, self.slo)
         self._reserved, self._spot_max, self._od_max = rule.reserved, rule.spot, rule.ondemand_max

@@ -322,3 +322,13 @@ def test_warm_up_steps_are_observed_by_the_policy_but_not_scored() -> None:
 def test_a_market_that_does_not_match_the_demand_is_rejected() -> None:
     with pytest.raises(ValueError, match=r"market\.available has shape"):
         run(Scripted({0: ask()}), flat(1.0, 5), market([1] * 4))
+
+
+def test_a_released_node_stays_when_its_replacement_is_reclaimed_while_booting() -> None:
+    # Two on-demand nodes are swapped for spot at step 5; at step 6 the pool empties and both booting
+    # spot nodes are reclaimed. The policy, woken by the notice, takes the on-demand nodes back: no gap.
+    policy = Scripted({0: ask(ondemand=2), 5: ask(spot=2), 6: ask(ondemand=2)})
+    result = run(policy, flat(2.0, 12), market([PLENTY] * 6 + [0] * 6))
+    assert serving(result, "ondemand") == [2.0] * 12
+    assert result.shortfall_minutes == 0
+    assert (6, "notice") in policy.calls()

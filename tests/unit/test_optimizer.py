@@ -304,3 +304,9 @@ def test_a_reserved_and_spot_only_fleet_never_plans_on_demand() -> None:
     )
     assert alloc.ondemand == {}
     assert alloc.capacity_next_rps >= demand(5).rps
+
+
+def test_with_a_single_zone_the_zone_loss_rule_falls_on_reliable_nodes() -> None:
+    cfg = dataclasses.replace(NO_LIMITS, survive_zone_loss=0.8, min_non_spot_instances=0)
+    alloc = optimize_tick(only_h100(), TickInput(demand(5), demand(5)), cfg=cfg)
+    assert alloc.total("ondemand") * H100_RPS >= 0.8 * demand(5).rps - 1e-9
