@@ -82,6 +82,18 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _padded(
+    header: Sequence[str], body: Sequence[Sequence[str]]
+) -> tuple[list[str], list[list[str]], list[int]]:
+    """Header and rows with every cell padded to its column's width (and the widths)."""
+    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(header)]
+    return (
+        [h.ljust(w) for h, w in zip(header, widths, strict=True)],
+        [[c.ljust(w) for c, w in zip(b, widths, strict=True)] for b in body],
+        widths,
+    )
+
+
 def _table(rows: Sequence[ComparisonRow]) -> str:
     header = ("Strategy", "Reserved", "Spot (avg)", "On-demand (avg)", "Monthly cost", "Savings")
     body = [
@@ -95,12 +107,9 @@ def _table(rows: Sequence[ComparisonRow]) -> str:
         )
         for r in rows
     ]
-    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(header)]
-    lines = [
-        "| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |",
-        "|" + "|".join("-" * (w + 2) for w in widths) + "|",
-    ]
-    lines += ["| " + " | ".join(c.ljust(w) for c, w in zip(b, widths, strict=True)) + " |" for b in body]
+    head, cells, widths = _padded(header, body)
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in cells]
     lines += [f"  {r.strategy}: {r.detail}" for r in rows if r.detail]
     return "\n".join(lines)
 
@@ -171,21 +180,8 @@ def _backtest(args: argparse.Namespace) -> int:
             run = run_strategies(setup, strategies, settings, keep_records=keep, progress=advance)
     print(_backtest_table(run))
     if args.json_path:
-        keys = (
-            "name",
-            "cost",
-            "monthly_cost",
-            "cost_per_mtok",
-            "slo_attainment",
-            "shortfall_minutes",
-            "preemptions",
-            "ondemand_hours",
-            "ratio_to_hindsight",
-            "reserved",
-        )
-        doc = {"strategies": [{k: getattr(r, k) for k in keys} for r in run.reports], "inputs": setup.inputs}
         with open(args.json_path, "w", encoding="utf-8") as fh:
-            json.dump(doc, fh, indent=2)
+            json.dump(run.document(), fh, indent=2)
         print(f"wrote {args.json_path}")
     if args.plot:
         from agent.sim.plot import plot_backtest
@@ -224,10 +220,9 @@ def _backtest_table(run: BacktestRun) -> str:
         )
         for r in run.reports
     ]
-    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(header)]
-    lines = [" | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
-    lines.append("-+-".join("-" * w for w in widths))
-    lines += [" | ".join(c.ljust(w) for c, w in zip(b, widths, strict=True)) for b in body]
+    head, cells, widths = _padded(header, body)
+    lines = [" | ".join(head), "-+-".join("-" * w for w in widths)]
+    lines += [" | ".join(row) for row in cells]
     inputs = run.setup.inputs
     lines.insert(
         0,

@@ -99,6 +99,13 @@ class BacktestRun:
     records: dict[str, tuple[StepRecord, ...]] = field(default_factory=dict)
     hindsight: HindsightPlan | None = None
 
+    def document(self) -> dict[str, object]:
+        """What ``--json`` writes: every strategy's figures and the inputs they came from."""
+        return {
+            "strategies": [{k: v for k, v in r.to_dict().items() if k != "seconds"} for r in self.reports],
+            "inputs": self.setup.inputs,
+        }
+
 
 def build_setup(
     catalog: Catalog,
