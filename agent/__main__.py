@@ -44,6 +44,27 @@ def _parser() -> argparse.ArgumentParser:
     )
     plan.add_argument("--json", action="store_true", help="print the rows as JSON")
 
+    run = sub.add_parser("run", help="run the agent on NATS until SIGTERM/SIGINT")
+    run.add_argument("--config", help="settings TOML file (see deploy/agent.example.toml)")
+    run.add_argument("--catalog", help="built-in catalog name or a catalog TOML path")
+    run.add_argument(
+        "--nats-url",
+        help="NATS server URL (default: [bus] url, then NATS_URL, else an embedded nats-server)",
+    )
+    run.add_argument("--log-level", default="info", help="debug, info, warning or error")
+    run.add_argument(
+        "--log-format",
+        choices=["auto", "json", "console"],
+        default="auto",
+        help="JSON lines, or readable lines (auto: readable on a terminal)",
+    )
+
+    schemas = sub.add_parser("schemas", help="write the wire messages' JSON Schema files")
+    schemas.add_argument("--out", help="directory (default: schemas/jsonschema in the source tree)")
+    schemas.add_argument(
+        "--check", action="store_true", help="write nothing; exit 1 if the files differ from the Structs"
+    )
+
     bt = sub.add_parser("backtest", help="replay real demand and spot traces through every strategy")
     bt.add_argument("--config", help="settings TOML file (see deploy/agent.example.toml)")
     bt.add_argument("--catalog", help="built-in catalog name or a catalog TOML path")
@@ -233,6 +254,46 @@ def _backtest_table(run: BacktestRun) -> str:
     return "\n".join(lines)
 
 
+def _run(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from agent.runtime.logs import configure_logging
+    from agent.runtime.nats_server import NatsServerError
+    from agent.service import serve
+
+    settings = load_settings(args.config)
+    catalog = resolve_catalog(args.catalog or settings.catalog)
+    fmt = {"auto": None, "json": True, "console": False}[args.log_format]
+    try:
+        configure_logging(json=fmt, level=args.log_level)
+    except ValueError as exc:
+        raise ConfigError(f"--log-level: {exc}") from None
+    try:
+        return asyncio.run(serve(settings, catalog, args.nats_url))
+    except (ConnectionError, NatsServerError, OSError) as exc:
+        print(f"cost-agent: {exc}", file=sys.stderr)
+        return 2
+
+
+def _schemas(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from schemas.jsonschema_files import SCHEMA_DIR, drift, write_schemas
+
+    directory = Path(args.out) if args.out else SCHEMA_DIR
+    if args.check:
+        stale = drift(directory)
+        if stale:
+            print(f"cost-agent: JSON Schemas out of date in {directory}: {', '.join(stale)}", file=sys.stderr)
+            print("run `cost-agent schemas` and commit the result", file=sys.stderr)
+            return 1
+        print(f"JSON Schemas in {directory} match the message Structs")
+        return 0
+    for path in write_schemas(directory):
+        print(f"wrote {path}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -240,6 +301,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _plan(args)
         if args.command == "backtest":
             return _backtest(args)
+        if args.command == "run":
+            return _run(args)
+        if args.command == "schemas":
+            return _schemas(args)
     except (ConfigError, CatalogError, DemandSourceError, TraceError) as exc:
         print(f"cost-agent: {exc}", file=sys.stderr)
         return 2

@@ -1,7 +1,8 @@
 """Settings: a TOML file, then environment overrides; and the instance catalogs by name or path.
 
-File sections: ``catalog`` (a built-in name or a path), ``[slo]``, ``[optimizer]``, ``[profiler]`` and
-``[planner]``; every field has a default a user can defend (see ``deploy/agent.example.toml``).
+File sections: ``catalog`` (a built-in name or a path), ``[slo]``, ``[optimizer]``, ``[profiler]``,
+``[planner]``, and for ``cost-agent run`` ``[bus]``, ``[metrics]``, ``[reporter]`` and ``[supervisor]``;
+every field has a default a user can defend (see ``deploy/agent.example.toml``).
 Environment: ``COST_AGENT_CATALOG`` and ``COST_AGENT_<SECTION>__<FIELD>`` (for example
 ``COST_AGENT_OPTIMIZER__MAX_STEP_UP=3``), values read as TOML literals. Anything invalid raises
 :class:`ConfigError` with one line naming the file (or variable) and the field.
@@ -51,6 +52,7 @@ class OptimizerSettings(_Section, frozen=True):
     max_step_down: Annotated[int, msgspec.Meta(ge=0)] = 1
     switching_cost_hours: Annotated[float, msgspec.Meta(ge=0)] = 0.0
     discount_spot_by_reliability: bool = True
+    spot_price_max_age_seconds: Annotated[float, msgspec.Meta(gt=0)] = 1800.0
 
     def to_core(self) -> OptimizerConfig:
         return OptimizerConfig(
@@ -70,6 +72,8 @@ class ProfilerSettings(_Section, frozen=True):
     timezone: str = "UTC"
     neighbour_bins: Annotated[int, msgspec.Meta(ge=0)] = 2
     residual_spread: bool = True
+    close_delay_seconds: Annotated[float, msgspec.Meta(ge=0)] = 15.0
+    stale_after_seconds: Annotated[float, msgspec.Meta(gt=0)] = 60.0
 
     def build(self) -> DemandProfiler:
         return DemandProfiler(
@@ -86,12 +90,39 @@ class PlannerSettings(_Section, frozen=True):
     levels: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 48
 
 
+class BusSettings(_Section, frozen=True):
+    namespace: Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9_-]+(\.[a-z0-9_-]+)*$")] = "costagent"
+    url: str = ""
+    """Empty: the NATS_URL environment variable, else an embedded nats-server."""
+    source: Annotated[str, msgspec.Meta(min_length=1)] = "cost-agent"
+
+
+class MetricsSettings(_Section, frozen=True):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 9464
+
+
+class ReporterSettings(_Section, frozen=True):
+    interval_seconds: Annotated[float, msgspec.Meta(gt=0)] = 60.0
+
+
+class SupervisorSettings(_Section, frozen=True):
+    max_restarts: Annotated[int, msgspec.Meta(ge=0)] = 5
+    window_seconds: Annotated[float, msgspec.Meta(gt=0)] = 60.0
+    shutdown_grace_seconds: Annotated[float, msgspec.Meta(gt=0)] = 4.0
+
+
 class Settings(_Section, frozen=True):
     catalog: str = "seed"
     slo: SloSettings = msgspec.field(default_factory=SloSettings)
     optimizer: OptimizerSettings = msgspec.field(default_factory=OptimizerSettings)
     profiler: ProfilerSettings = msgspec.field(default_factory=ProfilerSettings)
     planner: PlannerSettings = msgspec.field(default_factory=PlannerSettings)
+    bus: BusSettings = msgspec.field(default_factory=BusSettings)
+    metrics: MetricsSettings = msgspec.field(default_factory=MetricsSettings)
+    reporter: ReporterSettings = msgspec.field(default_factory=ReporterSettings)
+    supervisor: SupervisorSettings = msgspec.field(default_factory=SupervisorSettings)
 
     def slo_config(self) -> SloConfig:
         return SloConfig(utilization_target=self.slo.utilization_target)

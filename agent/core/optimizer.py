@@ -251,9 +251,13 @@ def _significant(rps: float) -> float:
 def _capacities(catalog: Catalog, type_name: str, inp: TickInput, slo: SloConfig) -> tuple[float, float]:
     """Requests/s one node of the type serves at the SLO, for the current and the next-hour token mix."""
     itype = catalog.type(type_name)
+    now = rps_per_instance(itype, inp.demand_now.prompt_tokens, inp.demand_now.output_tokens, slo)
+    nxt = rps_per_instance(itype, inp.demand_next.prompt_tokens, inp.demand_next.output_tokens, slo)
+    # Requests without tokens (no traffic yet, or an empty mix) cost no node time: one node serves them
+    # all. A finite figure keeps the program's coefficients finite.
     return (
-        rps_per_instance(itype, inp.demand_now.prompt_tokens, inp.demand_now.output_tokens, slo),
-        rps_per_instance(itype, inp.demand_next.prompt_tokens, inp.demand_next.output_tokens, slo),
+        now if math.isfinite(now) else max(inp.demand_now.rps, 1.0),
+        nxt if math.isfinite(nxt) else max(inp.demand_next.rps, 1.0),
     )
 
 

@@ -310,3 +310,13 @@ def test_with_a_single_zone_the_zone_loss_rule_falls_on_reliable_nodes() -> None
     cfg = dataclasses.replace(NO_LIMITS, survive_zone_loss=0.8, min_non_spot_instances=0)
     alloc = optimize_tick(only_h100(), TickInput(demand(5), demand(5)), cfg=cfg)
     assert alloc.total("ondemand") * H100_RPS >= 0.8 * demand(5).rps - 1e-9
+
+
+@pytest.mark.parametrize("rps", [0.0, 3.0])
+def test_demand_without_tokens_keeps_the_minimum_fleet_rather_than_failing(rps: float) -> None:
+    # Before any worker reports a token mix, the agent still plans: requests that cost no node time fit
+    # on the one non-spot node the floor keeps.
+    alloc = optimize_tick(SEED, TickInput(Demand(rps, 0, 0), Demand(rps, 0, 0)))
+    assert alloc.status == "optimal"
+    assert alloc.total("spot") + alloc.total("ondemand") == 1
+    assert alloc.total("ondemand") == 1

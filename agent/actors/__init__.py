@@ -1,0 +1,1 @@
+"""Thin actors: subscribe → decode → call the pure core → publish. One file each."""

@@ -1,0 +1,231 @@
+"""OptimizerTick actor.
+
+Listens to: its timer (``[optimizer] interval_seconds``), ``{ns}.cmd.plan.tick`` (ReplanRequest),
+``{ns}.evt.fleet.instance.*`` (InstanceEvent) and ``{ns}.evt.spot.price.*`` (SpotPrice).
+Publishes:  ``{ns}.evt.plan.allocation`` (AllocationPlan).
+Guarantees:
+- Each trigger (a timer tick, a request's ``msg_id``, a fleet event's ``msg_id``) is planned for at most
+  once: a redelivered request is ignored. Triggers that arrive while a plan is being made are answered
+  together by the next plan, which lists all their ids.
+- A fleet change triggers a plan only when it takes the fleet below the latest plan (a node lost or
+  draining that the plan wanted); the changes the plan itself asked for do not.
+- The plan covers the larger of the profile's P75 now and the demand observed now, and the profile's
+  next-hour P95 (``agent.core.tick_demand``); reserved nodes are never changed; spot prices older than
+  ``spot_price_max_age_seconds`` are ignored.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final
+
+import structlog
+from nats.aio.msg import Msg
+
+from agent.bus import Bus, Rejected
+from agent.config import OptimizerSettings
+from agent.core.capacity import SloConfig
+from agent.core.catalog import Catalog, Tier
+from agent.core.demand_bins import DemandBins
+from agent.core.fleet_state import FleetState
+from agent.core.optimizer import Allocation, SpotMarket, TickInput, optimize_tick
+from agent.core.profiler import DemandProfiler
+from agent.core.tick_demand import tick_demand
+from agent.runtime.actor import Actor, Listen
+from agent.runtime.clock import Clock
+from schemas import AllocationPlan, InstanceEvent, PlanReason, ReplanRequest, SpotPrice, Target, new_msg_id
+
+# Ids of triggers already planned for, kept to recognise a redelivery.
+_REMEMBER_TRIGGERS: Final = 4096
+_PRIORITY: Final[dict[str, int]] = {"tick": 0, "fleet": 1, "manual": 2, "preemption": 3}
+
+
+@dataclass(frozen=True, slots=True)
+class _Quote:
+    at: float
+    price: float
+    available: int | None
+    reclaim_per_hour: float | None
+
+
+class OptimizerTickActor(Actor):
+    name = "optimizer_tick"
+
+    def __init__(
+        self,
+        bus: Bus,
+        clock: Clock,
+        *,
+        catalog: Catalog,
+        slo: SloConfig,
+        settings: OptimizerSettings,
+        profiler: DemandProfiler,
+        bins: DemandBins,
+        fleet: FleetState,
+    ) -> None:
+        super().__init__(bus, clock, interval_s=settings.interval_seconds)
+        self.catalog = catalog
+        self.slo = slo
+        self.settings = settings
+        self.config = settings.to_core()
+        self.profiler = profiler
+        self.bins = bins
+        self.fleet = fleet
+        self.last_plan: AllocationPlan | None = None
+        self.plans = 0
+        self._quotes: dict[tuple[str, str], _Quote] = {}
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._pending: list[tuple[PlanReason, str]] = []
+        self._planning = False
+        self._log = structlog.get_logger("agent.optimizer").bind(actor=self.name)
+
+    def subscriptions(self) -> Sequence[Listen]:
+        s = self.bus.subjects
+        return [
+            Listen(s.plan_tick, ReplanRequest, self.on_replan),
+            Listen(s.fleet_instance_all, InstanceEvent, self.on_instance),
+            Listen(s.spot_price_all, SpotPrice, self.on_price),
+        ]
+
+    async def on_timer(self) -> None:
+        await self.trigger("tick", f"tick-{new_msg_id()}")
+
+    async def on_replan(self, request: ReplanRequest, _raw: Msg) -> None:
+        await self.trigger("manual", request.msg_id)
+
+    async def on_instance(self, event: InstanceEvent, _raw: Msg) -> None:
+        try:
+            changed = self.fleet.apply(
+                event.instance_id, event.instance_type, event.pool, event.tier, event.state, event.sent_at
+            )
+        except ValueError as err:
+            raise Rejected(str(err)) from None
+        if changed and event.state in ("draining", "terminated") and self._below_plan(event):
+            await self.trigger("fleet", event.msg_id)
+
+    async def on_price(self, quote: SpotPrice, _raw: Msg) -> None:
+        try:
+            self.fleet.check(quote.instance_type, quote.pool, "spot")
+        except ValueError as err:
+            raise Rejected(str(err)) from None
+        key = (quote.instance_type, quote.pool)
+        held = self._quotes.get(key)
+        if held is None or quote.sent_at >= held.at:
+            self._quotes[key] = _Quote(
+                quote.sent_at, quote.price_hourly, quote.available, quote.reclaim_per_hour
+            )
+
+    def _below_plan(self, event: InstanceEvent) -> bool:
+        plan = self.last_plan
+        if plan is None or event.tier == "reserved":
+            return False
+        wanted = sum(
+            t.count
+            for t in plan.targets
+            if (t.instance_type, t.pool, t.tier) == (event.instance_type, event.pool, event.tier)
+        )
+        fleet = self.fleet.fleet()
+        held = (fleet.spot if event.tier == "spot" else fleet.ondemand).get(
+            (event.instance_type, event.pool), 0
+        )
+        return held < wanted
+
+    async def trigger(self, reason: PlanReason, trigger_id: str) -> bool:
+        """Plan for this trigger unless it was planned for already; False for a repeat."""
+        if trigger_id in self._seen:
+            return False
+        self._seen[trigger_id] = None
+        if len(self._seen) > _REMEMBER_TRIGGERS:
+            self._seen.popitem(last=False)
+        self._pending.append((reason, trigger_id))
+        if self._planning:
+            return True  # the plan in progress picks it up when it is done
+        self._planning = True
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                await self._plan(batch)
+        finally:
+            self._planning = False
+        return True
+
+    def market(self, now: float) -> SpotMarket:
+        fresh = {
+            k: q for k, q in self._quotes.items() if q.at >= now - self.settings.spot_price_max_age_seconds
+        }
+        return SpotMarket(
+            price={k: q.price for k, q in fresh.items()},
+            available={k: q.available for k, q in fresh.items() if q.available is not None},
+            reclaim_per_hour={
+                k: q.reclaim_per_hour for k, q in fresh.items() if q.reclaim_per_hour is not None
+            },
+        )
+
+    async def _plan(self, batch: list[tuple[PlanReason, str]]) -> None:
+        now = self.clock.now()
+        demand = tick_demand(self.profiler, now, self.bins.current(now))
+        fleet = self.fleet.fleet()
+        inp = TickInput(demand.now, demand.next_hour, fleet, self.market(now))
+        alloc = optimize_tick(self.catalog, inp, self.slo, self.config)
+        reason = max((r for r, _ in batch), key=_PRIORITY.__getitem__)
+        plan = AllocationPlan(
+            **self.bus.envelope(correlation_id=batch[0][1]),
+            plan_id=new_msg_id(),
+            reason=reason,
+            trigger_ids=[t for _, t in batch],
+            targets=self._targets(alloc),
+            hourly_cost=alloc.hourly_cost,
+            status=alloc.status,
+            binding=list(alloc.binding),
+            detail=f"{alloc.reason}; demand from {demand.source}",
+            demand_now_rps=demand.now.rps,
+            demand_next_rps=demand.next_hour.rps,
+            capacity_now_rps=alloc.capacity_now_rps,
+            capacity_next_rps=alloc.capacity_next_rps,
+            solve_seconds=alloc.solve_seconds,
+        )
+        metrics = self.bus.metrics
+        metrics.solve_seconds.observe(alloc.solve_seconds)
+        for tier in ("reserved", "spot", "ondemand"):
+            metrics.planned_instances.labels(tier).set(alloc.total(tier))
+        metrics.planned_hourly_cost.set(alloc.hourly_cost)
+        metrics.plans_published.labels(reason).inc()
+        self.last_plan = plan
+        self.plans += 1
+        await self.bus.publish(self.bus.subjects.plan_allocation, plan)
+        self._log.info(
+            "plan_published",
+            plan_id=plan.plan_id,
+            msg_id=plan.msg_id,
+            reason=reason,
+            triggers=len(batch),
+            status=alloc.status,
+            hourly_cost=round(alloc.hourly_cost, 2),
+            reserved=alloc.total("reserved"),
+            spot=alloc.total("spot"),
+            ondemand=alloc.total("ondemand"),
+            demand_now_rps=round(demand.now.rps, 3),
+            solve_ms=round(alloc.solve_seconds * 1000, 2),
+        )
+
+    def _targets(self, alloc: Allocation) -> list[Target]:
+        targets: list[Target] = []
+        reserved_pools: dict[tuple[str, str], int] = {}
+        for inst in self.fleet.instances():
+            if inst.tier == "reserved" and inst.state != "draining":
+                key = (inst.instance_type, inst.pool)
+                reserved_pools[key] = reserved_pools.get(key, 0) + 1
+        for (name, pool), count in sorted(reserved_pools.items()):
+            targets.append(Target(instance_type=name, pool=pool, tier="reserved", count=count))
+        tiers: tuple[tuple[Tier, dict[tuple[str, str], int]], ...] = (
+            ("spot", alloc.spot),
+            ("ondemand", alloc.ondemand),
+        )
+        for tier, counts in tiers:
+            for name, pool in self.catalog.pools():
+                targets.append(
+                    Target(instance_type=name, pool=pool, tier=tier, count=counts.get((name, pool), 0))
+                )
+        return targets

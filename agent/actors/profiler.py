@@ -1,0 +1,81 @@
+"""DemandProfiler actor.
+
+Listens to: ``{ns}.evt.worker.metrics.*`` (WorkerMetrics from every worker).
+Publishes:  ``{ns}.evt.demand.snapshot`` (DemandSnapshot), one per closed bin.
+Guarantees: each report costs O(1) (added to its bin's sums); a bin closes ``close_delay_seconds`` after
+it ends and becomes one profiler sample; a late report is counted in the open bin, never dropped. The
+profile and the current demand it keeps are read by the optimizer tick in the same process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from nats.aio.msg import Msg
+
+from agent.bus import Bus
+from agent.core.demand_bins import ClosedBin, DemandBins
+from agent.core.profiler import DemandProfiler, ProfilerEmptyError
+from agent.runtime.actor import Actor, Listen
+from agent.runtime.clock import Clock
+from schemas import Band, DemandSnapshot, WorkerMetrics
+
+
+class DemandProfilerActor(Actor):
+    name = "demand_profiler"
+
+    def __init__(self, bus: Bus, clock: Clock, profiler: DemandProfiler, bins: DemandBins) -> None:
+        # Check for closed bins often enough that a snapshot is at most a few seconds late.
+        super().__init__(bus, clock, interval_s=min(bins.bin_seconds / 10, 5.0))
+        self.profiler = profiler
+        self.bins = bins
+        self.snapshots = 0
+        self._late = bus.metrics.late_reports
+        self._closed = bus.metrics.profiler_bins
+
+    def subscriptions(self) -> Sequence[Listen]:
+        return [Listen(self.bus.subjects.worker_metrics_all, WorkerMetrics, self.on_metrics)]
+
+    async def on_metrics(self, m: WorkerMetrics, _raw: Msg) -> None:
+        late = self.bins.add(
+            m.worker_id,
+            m.sent_at,
+            m.interval_s,
+            m.requests_completed,
+            m.prompt_tokens,
+            m.output_tokens,
+            m.in_flight,
+            m.queued,
+        )
+        if late:
+            self._late.inc()
+
+    async def on_timer(self) -> None:
+        for closed in self.bins.close_due(self.clock.now()):
+            self.profiler.record(closed.start, closed.rps, closed.prompt_mean, closed.output_mean)
+            self._closed.inc()
+            await self.bus.publish(self.bus.subjects.demand_snapshot, self._snapshot(closed))
+            self.snapshots += 1
+
+    def _snapshot(self, closed: ClosedBin) -> DemandSnapshot:
+        try:
+            forecast = self.profiler.predict(closed.start)
+            band: Band | None = Band(
+                p50_rps=forecast.p50.rps, p75_rps=forecast.p75.rps, p95_rps=forecast.p95.rps
+            )
+        except ProfilerEmptyError:
+            band = None
+        return DemandSnapshot(
+            **self.bus.envelope(),
+            bin_start=closed.start,
+            bin_seconds=closed.seconds,
+            rps=closed.rps,
+            tokens_per_s=closed.tokens_per_s,
+            prompt_tokens_mean=closed.prompt_mean,
+            output_tokens_mean=closed.output_mean,
+            workers=closed.workers,
+            reports=closed.reports,
+            in_flight=closed.in_flight,
+            queued=closed.queued,
+            forecast=band,
+        )

@@ -1,0 +1,158 @@
+"""CostReporter actor.
+
+Listens to: ``{ns}.evt.fleet.instance.*`` (what is paid for), ``{ns}.evt.spot.price.*`` (what spot costs),
+``{ns}.evt.worker.metrics.*`` (tokens and requests served), ``{ns}.req.cost.report`` (CostReportRequest).
+Publishes:  ``{ns}.evt.cost.report`` (CostReport) every ``[reporter] interval_seconds``, and answers each
+request with the report as of that moment.
+Guarantees: instance-hours are accrued on the agent's clock from the moment it starts, at each instance
+type's own price per tier (spot at the latest fresh quote for the pools held, else the catalog's); every
+node from ``launched`` until ``terminated`` is paid for. Memory is bounded by the catalog and the live
+fleet, not by how long it runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from nats.aio.msg import Msg
+
+from agent.bus import Bus, Rejected
+from agent.core.catalog import Catalog
+from agent.core.fleet_state import FleetState
+from agent.core.ledger import CostLedger
+from agent.runtime.actor import Actor, Listen
+from agent.runtime.clock import Clock
+from schemas import CostReport, CostReportRequest, InstanceEvent, SpotPrice, WorkerMetrics
+
+_SECONDS_PER_HOUR = 3600.0
+
+
+class CostReporterActor(Actor):
+    name = "cost_reporter"
+
+    def __init__(
+        self,
+        bus: Bus,
+        clock: Clock,
+        *,
+        catalog: Catalog,
+        fleet: FleetState,
+        interval_s: float,
+        price_max_age_s: float,
+    ) -> None:
+        super().__init__(bus, clock, interval_s=interval_s)
+        self.catalog = catalog
+        self.fleet = fleet
+        self.ledger = CostLedger(catalog)
+        self.price_max_age_s = price_max_age_s
+        self.reports = 0
+        self._since: float | None = None
+        self._tokens = 0.0
+        self._requests = 0.0
+        self._quotes: dict[tuple[str, str], tuple[float, float]] = {}  # (type, pool) → (at, $/h)
+
+    async def on_start(self) -> None:
+        if self._since is None:
+            self._since = self.clock.now()
+
+    def subscriptions(self) -> Sequence[Listen]:
+        s = self.bus.subjects
+        return [
+            Listen(s.fleet_instance_all, InstanceEvent, self.on_instance),
+            Listen(s.spot_price_all, SpotPrice, self.on_price),
+            Listen(s.worker_metrics_all, WorkerMetrics, self.on_metrics),
+            Listen(s.cost_report_request, CostReportRequest, self.on_request),
+        ]
+
+    async def on_instance(self, event: InstanceEvent, _raw: Msg) -> None:
+        try:
+            self.fleet.check(event.instance_type, event.pool, event.tier)
+        except ValueError as err:
+            raise Rejected(str(err)) from None
+        self.accrue()  # the fleet as it was up to now, then the change
+        self.fleet.apply(
+            event.instance_id, event.instance_type, event.pool, event.tier, event.state, event.sent_at
+        )
+
+    async def on_price(self, quote: SpotPrice, _raw: Msg) -> None:
+        try:
+            self.fleet.check(quote.instance_type, quote.pool, "spot")
+        except ValueError as err:
+            raise Rejected(str(err)) from None
+        key = (quote.instance_type, quote.pool)
+        held = self._quotes.get(key)
+        if held is None or quote.sent_at >= held[0]:
+            self.accrue()  # time so far at the old price
+            self._quotes[key] = (quote.sent_at, quote.price_hourly)
+
+    async def on_metrics(self, m: WorkerMetrics, _raw: Msg) -> None:
+        self._tokens += m.prompt_tokens + m.output_tokens
+        self._requests += m.requests_completed
+
+    async def on_request(self, request: CostReportRequest, raw: Msg) -> None:
+        await self.bus.respond(raw, self.report(correlation_id=request.msg_id))
+
+    async def on_timer(self) -> None:
+        await self.bus.publish(self.bus.subjects.cost_report, self.report())
+        self.reports += 1
+
+    def _spot_prices(self, now: float) -> dict[str, float]:
+        """Per type: the held-weighted mean of fresh quotes over the pools its spot nodes run in."""
+        weighted: dict[str, tuple[float, int]] = {}
+        for (name, pool), count in self.fleet.spot_pools_held().items():
+            quote = self._quotes.get((name, pool))
+            if quote is None or quote[0] < now - self.price_max_age_s:
+                price = self.catalog.types[name].spot_hourly
+            else:
+                price = quote[1]
+            total, n = weighted.get(name, (0.0, 0))
+            weighted[name] = (total + price * count, n + count)
+        return {name: total / n for name, (total, n) in weighted.items() if n > 0}
+
+    def accrue(self) -> None:
+        now = self.clock.now()
+        since = now if self._since is None else self._since
+        if now < since:
+            return  # a clock step back: accrue from where the ledger is, once time passes it
+        self.ledger.record(
+            (now - since) / _SECONDS_PER_HOUR,
+            self.fleet.paid_counts(),
+            tokens=self._tokens,
+            requests=self._requests,
+            spot_prices=self._spot_prices(now),
+            start_h=since / _SECONDS_PER_HOUR,
+        )
+        self._since = now
+        self._tokens = 0.0
+        self._requests = 0.0
+
+    def report(self, correlation_id: str = "") -> CostReport:
+        self.accrue()
+        r = self.ledger.report()
+        self.bus.metrics.cost_total.set(r.total_cost)
+        start = r.period_start_h * _SECONDS_PER_HOUR if r.period_start_h is not None else self.clock.now()
+        end = r.period_end_h * _SECONDS_PER_HOUR if r.period_end_h is not None else start
+        return CostReport(
+            **self.bus.envelope(correlation_id=correlation_id),
+            period_start=start,
+            period_end=end,
+            hours=r.hours,
+            total_cost=r.total_cost,
+            avg_hourly_cost=r.avg_hourly_cost,
+            monthly_cost=r.monthly_cost,
+            tokens=r.tokens,
+            requests=r.requests,
+            cost_per_mtok=r.cost_per_mtok,
+            cost_per_request=r.cost_per_request,
+            instance_hours={str(k): v for k, v in r.instance_hours.items()},
+            instance_hours_by_type={
+                n: {str(k): v for k, v in d.items()} for n, d in r.instance_hours_by_type.items()
+            },
+            cost_by_tier={str(k): v for k, v in r.cost_by_tier.items()},
+            cost_by_type=dict(r.cost_by_type),
+            spot_fraction=r.spot_fraction,
+            ondemand_equivalent_cost=r.ondemand_equivalent_cost,
+            savings=r.savings,
+            savings_fraction=r.savings_fraction,
+            intervals=r.intervals,
+        )

@@ -1,0 +1,160 @@
+"""The one wrapper around the NATS connection: typed publish, subscribe and request.
+
+- ``publish`` encodes a message (msgspec JSON) and counts it.
+- ``subscribe`` decodes every message into one type before the handler sees it. A message that does not
+  decode, or that the handler refuses by raising :class:`Rejected`, is counted
+  (``costagent_messages_rejected``), logged once per kind (subject, reason, error text) and dropped; when
+  it was a request, the requester gets an :class:`~schemas.ErrorReply` at once instead of a timeout.
+  Any other exception from a handler is a bug: the subscription stops handling and ``on_crash`` is called,
+  so the owning actor fails and its supervisor restarts it.
+- ``request`` sends a request and decodes the reply, with a timeout.
+
+Handlers run on nats-py's per-subscription task, one message at a time, in arrival order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, Final, TypeVar
+
+import msgspec
+import structlog
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from agent.core.validation import split_error
+from agent.runtime.clock import Clock
+from agent.runtime.metrics import AgentMetrics
+from agent.subjects import Subjects
+from schemas import Envelope, ErrorReply, Message, new_msg_id, tag_of
+
+M = TypeVar("M", bound=Message)
+R = TypeVar("R", bound=Message)
+
+Handler = Callable[[M, Msg], Awaitable[None]]
+
+# Distinct kinds of bad message logged before the log goes quiet (the counter keeps counting).
+_MAX_LOGGED_KINDS: Final = 1000
+
+
+class Rejected(Exception):
+    """Raised by a handler for a message that decoded but cannot be used; the text names the field."""
+
+
+def describe_decode_error(err: Exception) -> str:
+    if isinstance(err, msgspec.ValidationError):
+        path, reason = split_error(err)
+        return f"{path}: {reason}"
+    return f"not JSON: {err}"
+
+
+class Bus:
+    def __init__(
+        self,
+        nc: NATS,
+        subjects: Subjects,
+        *,
+        source: str,
+        clock: Clock,
+        metrics: AgentMetrics,
+    ) -> None:
+        self.nc = nc
+        self.subjects = subjects
+        self.source = source
+        self.clock = clock
+        self.metrics = metrics
+        self._encoder = msgspec.json.Encoder()
+        self._decoders: dict[Any, msgspec.json.Decoder[Any]] = {}
+        self._logged: set[tuple[str, str, str]] = set()
+        self._log = structlog.get_logger("agent.bus")
+
+    def envelope(self, correlation_id: str = "") -> Envelope:
+        return Envelope(
+            msg_id=new_msg_id(), sent_at=self.clock.now(), source=self.source, correlation_id=correlation_id
+        )
+
+    def encode(self, message: Message) -> bytes:
+        return self._encoder.encode(message)
+
+    def decoder(self, kind: Any) -> msgspec.json.Decoder[Any]:
+        decoder = self._decoders.get(kind)
+        if decoder is None:
+            decoder = self._decoders[kind] = msgspec.json.Decoder(kind)
+        return decoder
+
+    async def publish(self, subject: str, message: Message) -> None:
+        await self.nc.publish(subject, self._encoder.encode(message))
+        self.metrics.messages_published.labels(tag_of(type(message))).inc()
+
+    async def respond(self, raw: Msg, message: Message) -> None:
+        if raw.reply:
+            await self.nc.publish(raw.reply, self._encoder.encode(message))
+            self.metrics.messages_published.labels(tag_of(type(message))).inc()
+
+    async def request(
+        self, subject: str, message: Message, reply_kind: type[R], wait_s: float = 2.0
+    ) -> R | ErrorReply:
+        raw = await self.nc.request(subject, self._encoder.encode(message), timeout=wait_s)
+        reply: R | ErrorReply = self.decoder(reply_kind | ErrorReply).decode(raw.data)
+        return reply
+
+    async def subscribe(
+        self,
+        subject: str,
+        kind: type[M],
+        handler: Handler[M],
+        *,
+        actor: str,
+        on_crash: Callable[[BaseException], None],
+    ) -> Subscription:
+        label = self.subjects.label(subject)
+        tag = tag_of(kind)
+        decoder = self.decoder(kind)
+        handled = self.metrics.messages_handled.labels(actor, label, tag)
+        crashed = False
+
+        async def deliver(raw: Msg) -> None:
+            nonlocal crashed
+            if crashed:
+                return
+            try:
+                message = decoder.decode(raw.data)
+            except (msgspec.DecodeError, msgspec.ValidationError) as err:
+                await self._reject(raw, actor, label, tag, "malformed", describe_decode_error(err), "")
+                return
+            try:
+                await handler(message, raw)
+            except Rejected as err:
+                await self._reject(raw, actor, label, tag, "invalid", str(err), message.msg_id)
+                return
+            except Exception as err:  # a bug in the actor: let its supervisor restart it
+                crashed = True
+                on_crash(err)
+                return
+            handled.inc()
+
+        return await self.nc.subscribe(subject, cb=deliver)
+
+    async def _reject(
+        self, raw: Msg, actor: str, label: str, tag: str, reason: str, error: str, msg_id: str
+    ) -> None:
+        self.metrics.messages_rejected.labels(actor, label, tag, reason).inc()
+        kind = (label, reason, error[:200])
+        if kind not in self._logged and len(self._logged) < _MAX_LOGGED_KINDS:
+            self._logged.add(kind)
+            self._log.warning(
+                "bad_message",
+                actor=actor,
+                subject=raw.subject,
+                type=tag,
+                reason=reason,
+                error=error,
+                msg_id=msg_id,
+                size=len(raw.data),
+            )
+        if raw.reply:
+            await self.respond(
+                raw,
+                ErrorReply(**self.envelope(correlation_id=msg_id), error=f"{tag}: {error}"),
+            )

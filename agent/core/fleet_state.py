@@ -1,0 +1,114 @@
+"""The fleet as the actuator reports it: one record per live instance, built from lifecycle events.
+
+Lifecycle: ``launched → ready → draining → terminated``. An instance is paid for from ``launched`` until
+``terminated`` (:meth:`FleetState.paid_counts`, what the ledger prices) and counts as capacity the
+optimizer can keep while ``launched`` or ``ready`` (:meth:`FleetState.fleet`); a draining node is leaving.
+
+Events may arrive late or twice (NATS is at-most-once per subscriber, actuators retry): an event that
+would move an instance backwards (``ready`` after ``draining``) is ignored, and ``terminated`` is final,
+remembered for the last ``remember_terminated`` instances. Unknown types, or spot/on-demand pools that
+the catalog does not list, raise ``ValueError`` naming the field; nothing is changed then.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Final, Literal
+
+from agent.core.catalog import Catalog, Tier
+from agent.core.optimizer import Fleet
+
+InstanceState = Literal["launched", "ready", "draining", "terminated"]
+_ORDER: Final[dict[str, int]] = {"launched": 0, "ready": 1, "draining": 2, "terminated": 3}
+
+
+@dataclass(frozen=True, slots=True)
+class Instance:
+    instance_id: str
+    instance_type: str
+    pool: str
+    tier: Tier
+    state: InstanceState
+    since: float
+
+
+class FleetState:
+    def __init__(self, catalog: Catalog, remember_terminated: int = 10_000) -> None:
+        self.catalog = catalog
+        self._live: dict[str, Instance] = {}
+        self._gone: set[str] = set()
+        self._gone_order: deque[str] = deque()
+        self._remember = remember_terminated
+
+    def check(self, instance_type: str, pool: str, tier: Tier) -> None:
+        itype = self.catalog.types.get(instance_type)
+        if itype is None:
+            raise ValueError(
+                f"instance_type: {instance_type!r} is not in catalog {self.catalog.name!r} "
+                f"(known: {', '.join(self.catalog.types)})"
+            )
+        if tier != "reserved" and pool not in itype.pools:
+            raise ValueError(
+                f"pool: {pool!r} is not a pool of {instance_type!r} in catalog {self.catalog.name!r} "
+                f"(known: {', '.join(itype.pools)})"
+            )
+
+    def apply(
+        self, instance_id: str, instance_type: str, pool: str, tier: Tier, state: InstanceState, at: float
+    ) -> bool:
+        """Apply one event; False when it changed nothing (a duplicate, a late event, or news of an instance
+        already terminated). A bad event raises ``ValueError`` and changes nothing."""
+        self.check(instance_type, pool, tier)
+        if instance_id in self._gone:
+            return False
+        previous = self._live.get(instance_id)
+        if previous is not None and _ORDER[state] <= _ORDER[previous.state]:
+            return False
+        if state == "terminated":
+            self._live.pop(instance_id, None)
+            self._gone.add(instance_id)
+            self._gone_order.append(instance_id)
+            if len(self._gone_order) > self._remember:
+                self._gone.discard(self._gone_order.popleft())
+        else:
+            self._live[instance_id] = Instance(instance_id, instance_type, pool, tier, state, at)
+        return True
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    def instances(self) -> list[Instance]:
+        return list(self._live.values())
+
+    def paid_counts(self) -> dict[tuple[str, Tier], int]:
+        counts: dict[tuple[str, Tier], int] = {}
+        for inst in self._live.values():
+            key = (inst.instance_type, inst.tier)
+            counts[key] = counts.get(key, 0) + 1
+        return counts
+
+    def fleet(self) -> Fleet:
+        """Nodes the optimizer may keep: launched or ready (draining ones are already leaving)."""
+        reserved: dict[str, int] = {}
+        spot: dict[tuple[str, str], int] = {}
+        ondemand: dict[tuple[str, str], int] = {}
+        for inst in self._live.values():
+            if inst.state == "draining":
+                continue
+            if inst.tier == "reserved":
+                reserved[inst.instance_type] = reserved.get(inst.instance_type, 0) + 1
+            else:
+                held = spot if inst.tier == "spot" else ondemand
+                key = (inst.instance_type, inst.pool)
+                held[key] = held.get(key, 0) + 1
+        return Fleet(reserved=reserved, spot=spot, ondemand=ondemand)
+
+    def spot_pools_held(self) -> dict[tuple[str, str], int]:
+        """Paid spot nodes per (type, pool): weights for the spot price the ledger charges."""
+        held: dict[tuple[str, str], int] = {}
+        for inst in self._live.values():
+            if inst.tier == "spot":
+                key = (inst.instance_type, inst.pool)
+                held[key] = held.get(key, 0) + 1
+        return held

@@ -1,0 +1,108 @@
+"""Actor base: subscriptions and an optional timer, run until stopped or crashed.
+
+An actor declares what it listens to (:meth:`Actor.subscriptions`) and, for a timer actor, an interval
+and :meth:`Actor.on_timer`. :meth:`Actor.run` subscribes, sets ``ready``, and returns when the stop event
+is set; it raises when a handler or the timer crashes, after unsubscribing, so that the supervisor can
+start it again from a clean slate. State kept on the actor object survives a restart; a subscription does
+not.
+
+The timer keeps a drift-free schedule (``next += interval``); ticks missed while a tick ran long are
+skipped, not bunched. It waits through the clock, so a fake clock drives it in tests and a stop wakes it
+at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from nats.aio.subscription import Subscription
+from nats.errors import Error as NatsError
+
+from agent.bus import Bus, Handler
+from agent.runtime.clock import Clock
+from schemas import Message
+
+
+@dataclass(frozen=True, slots=True)
+class Listen:
+    subject: str
+    kind: type[Message]
+    handler: Handler[Any]
+
+
+class Actor:
+    name: ClassVar[str]
+
+    def __init__(self, bus: Bus, clock: Clock, *, interval_s: float | None = None) -> None:
+        if interval_s is not None and not interval_s > 0:
+            raise ValueError(f"{type(self).__name__}: timer interval must be > 0, got {interval_s!r}")
+        self.bus = bus
+        self.clock = clock
+        self.interval_s = interval_s
+        self.ready = asyncio.Event()
+        self.ticks = 0
+
+    def subscriptions(self) -> Sequence[Listen]:
+        return ()
+
+    async def on_start(self) -> None:
+        """Called at each (re)start, before subscribing."""
+
+    async def on_timer(self) -> None:
+        """Called every ``interval_s`` seconds of the actor's clock (timer actors only)."""
+
+    async def run(self, stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        crashed: asyncio.Future[None] = loop.create_future()
+
+        def on_crash(err: BaseException) -> None:
+            if not crashed.done():
+                crashed.set_exception(err)
+
+        subs: list[Subscription] = []
+        waits: list[asyncio.Future[Any]] = [crashed]
+        try:
+            await self.on_start()
+            for listen in self.subscriptions():
+                subs.append(
+                    await self.bus.subscribe(
+                        listen.subject, listen.kind, listen.handler, actor=self.name, on_crash=on_crash
+                    )
+                )
+            if subs:
+                # The server knows our interest before anyone is told we are ready.
+                await self.bus.nc.flush()
+            if self.interval_s is not None:
+                waits.append(asyncio.ensure_future(self._timer(stop, self.interval_s)))
+            waits.append(asyncio.ensure_future(stop.wait()))
+            self.ready.set()
+            done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            for future in done:
+                future.result()  # re-raises a crash of a handler or of the timer
+        finally:
+            self.ready.clear()
+            for future in waits[1:]:
+                if not future.done():
+                    future.cancel()
+            if not crashed.done():
+                crashed.cancel()
+            elif not crashed.cancelled():
+                crashed.exception()  # retrieved: it was raised above
+            if not stop.is_set() and not (self.bus.nc.is_closed or self.bus.nc.is_draining):
+                for sub in subs:
+                    with contextlib.suppress(NatsError):
+                        await sub.unsubscribe()
+
+    async def _timer(self, stop: asyncio.Event, interval: float) -> None:
+        deadline = self.clock.now() + interval
+        while not await self.clock.wait_until(deadline, stop):
+            await self.on_timer()
+            self.ticks += 1
+            deadline += interval
+            now = self.clock.now()
+            if deadline <= now:
+                deadline += interval * ((now - deadline) // interval + 1)

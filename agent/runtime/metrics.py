@@ -1,0 +1,66 @@
+"""The agent's Prometheus metrics, in a registry of its own (so tests can run several agents).
+
+Labels are bounded: ``actor`` is an actor's name (each actor subscribes for itself, so one message
+that two actors read counts once for each), ``subject`` is a subscription pattern without the namespace
+(``evt.worker.metrics.*``), ``type`` a message tag, ``reason`` one of ``malformed`` (did not decode) or
+``invalid`` (decoded, but refused by the actor, e.g. an unknown instance type).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_SOLVE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class AgentMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.messages_handled = Counter(
+            "costagent_messages_handled",
+            "Messages decoded and handled, per actor, subscription subject and message type.",
+            ["actor", "subject", "type"],
+            registry=r,
+        )
+        self.messages_rejected = Counter(
+            "costagent_messages_rejected",
+            "Messages dropped as malformed (did not decode) or invalid (refused by the actor).",
+            ["actor", "subject", "type", "reason"],
+            registry=r,
+        )
+        self.messages_published = Counter(
+            "costagent_messages_published",
+            "Messages published, per message type.",
+            ["type"],
+            registry=r,
+        )
+        self.actor_restarts = Counter(
+            "costagent_actor_restarts", "Actor restarts after a crash.", ["actor"], registry=r
+        )
+        self.solve_seconds = Histogram(
+            "costagent_optimizer_solve_seconds",
+            "Wall time of one optimizer tick (all attempts).",
+            buckets=_SOLVE_BUCKETS,
+            registry=r,
+        )
+        self.planned_instances = Gauge(
+            "costagent_planned_instances", "Instances in the latest plan, per tier.", ["tier"], registry=r
+        )
+        self.planned_hourly_cost = Gauge(
+            "costagent_planned_hourly_cost_dollars", "Hourly cost of the latest plan.", registry=r
+        )
+        self.plans_published = Counter(
+            "costagent_plans_published", "Allocation plans published, per trigger.", ["reason"], registry=r
+        )
+        self.cost_total = Gauge(
+            "costagent_cost_dollars", "Fleet cost accrued since start, by the ledger.", registry=r
+        )
+        self.profiler_bins = Counter(
+            "costagent_profiler_bins_closed", "Demand bins closed and recorded.", registry=r
+        )
+        self.late_reports = Counter(
+            "costagent_profiler_late_reports",
+            "Worker reports for an already closed bin, counted into the open bin.",
+            registry=r,
+        )

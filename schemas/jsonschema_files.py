@@ -1,0 +1,62 @@
+"""JSON Schema files for every wire message, generated from the Structs (``cost-agent schemas``).
+
+One file per message, named by its tag (``worker.metrics.v1.json``), so that a worker or actuator
+written in any language can validate what it sends. The files are checked in; a test fails when they no
+longer match the Structs.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from schemas import MESSAGE_TYPES, tag_of
+
+SCHEMA_DIR = Path(__file__).parent / "jsonschema"
+_DRAFT = "https://json-schema.org/draft/2020-12/schema"
+
+
+def schema_documents() -> dict[str, dict[str, Any]]:
+    """File name → schema document, for every message type."""
+    out: dict[str, dict[str, Any]] = {}
+    for kind in MESSAGE_TYPES:
+        tag = tag_of(kind)
+        schema = msgspec.json.schema(kind)
+        doc: dict[str, Any] = {"$schema": _DRAFT, "$id": f"https://cost-agent.dev/schemas/{tag}.json"}
+        doc["title"] = tag
+        doc.update(schema)
+        out[f"{tag}.json"] = doc
+    return out
+
+
+def render(doc: dict[str, Any]) -> str:
+    return json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def write_schemas(directory: Path = SCHEMA_DIR) -> list[Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    documents = schema_documents()
+    for name, doc in documents.items():
+        path = directory / name
+        path.write_text(render(doc), encoding="utf-8")
+        written.append(path)
+    for stale in directory.glob("*.json"):
+        if stale.name not in documents:
+            stale.unlink()
+    return written
+
+
+def drift(directory: Path = SCHEMA_DIR) -> list[str]:
+    """File names that are missing, stale or different from what the Structs generate."""
+    documents = schema_documents()
+    problems = []
+    for name, doc in documents.items():
+        path = directory / name
+        if not path.is_file() or path.read_text(encoding="utf-8") != render(doc):
+            problems.append(name)
+    problems += sorted(p.name for p in directory.glob("*.json") if p.name not in documents)
+    return problems

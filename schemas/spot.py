@@ -1,0 +1,23 @@
+"""Spot market observations (``{ns}.evt.spot.price.{pool}``)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+
+from schemas.envelope import Count, Key, Message, NonNegative, Positive
+
+
+class SpotPrice(Message, frozen=True, tag="spot.price.v1"):
+    """The spot price of one instance type in one pool (zone) at ``sent_at``.
+
+    ``available`` is how many more nodes the market would grant now, when the feed knows it;
+    ``reclaim_per_hour`` is the observed probability that a node is reclaimed within an hour.
+    """
+
+    instance_type: Key
+    pool: Key
+    price_hourly: Positive
+    available: Count | None = None
+    reclaim_per_hour: Annotated[NonNegative, msgspec.Meta(le=1)] | None = None
