@@ -35,6 +35,8 @@ from agent.subjects import Subjects
 
 log = structlog.get_logger("agent.service")
 
+STARTUP_CONNECT_ATTEMPTS = 3
+
 
 @dataclass(slots=True)
 class Agent:
@@ -156,16 +158,21 @@ async def connect(url: str, name: str, closing: asyncio.Event | None = None) -> 
     async def on_reconnect() -> None:
         log.info("nats_reconnected")
 
-    return await nats.connect(
+    nc = await nats.connect(
         url,
         name=name,
         connect_timeout=5,
         allow_reconnect=True,
-        max_reconnect_attempts=-1,
+        # nats-py retries a failed *first* connect as often as it would reconnect later; with -1 that is
+        # for ever, and a wrong URL would hang start-up. Few tries first, then reconnect for ever.
+        max_reconnect_attempts=STARTUP_CONNECT_ATTEMPTS,
+        reconnect_time_wait=1,
         error_cb=on_error,
         disconnected_cb=on_disconnect,
         reconnected_cb=on_reconnect,
     )
+    nc.options["max_reconnect_attempts"] = -1
+    return nc
 
 
 async def serve(settings: Settings, catalog: Catalog, nats_url: str | None = None) -> int:

@@ -22,7 +22,7 @@ _SAFE = re.compile(r"[A-Za-z0-9_\-]")
 
 def check_namespace(ns: str) -> str:
     """Lowercase tokens of letters, digits, ``_`` and ``-``, separated by dots."""
-    if not _NAMESPACE.match(ns):
+    if not _NAMESPACE.fullmatch(ns):  # not match: "$" would accept a trailing newline
         raise ValueError(
             f"namespace {ns!r}: use lowercase letters, digits, '_' or '-', in dot-separated tokens"
         )

@@ -20,7 +20,8 @@ class Target(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class AllocationPlan(Message, frozen=True, tag="plan.allocation.v1"):
-    """The fleet the agent wants now: every (type, pool, tier) with its target count, zeros included.
+    """The fleet the agent wants now: every spot and on-demand (type, pool) of the catalog with its target
+    count, zeros included, and the reserved nodes as held (the tick never changes them).
 
     ``reason`` is what triggered the plan (the timer, a preemption, a manual request, a fleet change);
     ``trigger_ids`` are the ids of the triggering messages or timer ticks, each planned for exactly once.

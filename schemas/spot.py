@@ -12,7 +12,8 @@ from schemas.envelope import Count, Key, Message, NonNegative, Positive
 class SpotPrice(Message, frozen=True, tag="spot.price.v1"):
     """The spot price of one instance type in one pool (zone) at ``sent_at``.
 
-    ``available`` is how many more nodes the market would grant now, when the feed knows it;
+    ``available`` is how many spot nodes of this type the pool can hold now in all (the ones already held
+    included), when the feed knows it; the plan never asks for more;
     ``reclaim_per_hour`` is the observed probability that a node is reclaimed within an hour.
     """
 

@@ -7,8 +7,9 @@ Guarantees:
 - Each trigger (a timer tick, a request's ``msg_id``, a fleet event's ``msg_id``) is planned for at most
   once: a redelivered request is ignored. Triggers that arrive while a plan is being made are answered
   together by the next plan, which lists all their ids.
-- A fleet change triggers a plan only when it takes the fleet below the latest plan (a node lost or
-  draining that the plan wanted); the changes the plan itself asked for do not.
+- A fleet change triggers a plan only when it takes the fleet below the latest plan (a launched or ready
+  node the plan wanted starts draining or is gone); the changes the plan itself asked for do not, nor
+  does the termination of a node already draining.
 - The plan covers the larger of the profile's P75 now and the demand observed now, and the profile's
   next-hour P95 (``agent.core.tick_demand``); reserved nodes are never changed; spot prices older than
   ``spot_price_max_age_seconds`` are ignored.
@@ -96,13 +97,17 @@ class OptimizerTickActor(Actor):
         await self.trigger("manual", request.msg_id)
 
     async def on_instance(self, event: InstanceEvent, _raw: Msg) -> None:
+        before = self.fleet.state(event.instance_id)
         try:
             changed = self.fleet.apply(
                 event.instance_id, event.instance_type, event.pool, event.tier, event.state, event.sent_at
             )
         except ValueError as err:
             raise Rejected(str(err)) from None
-        if changed and event.state in ("draining", "terminated") and self._below_plan(event):
+        # Capacity is lost when a serving (or booting) node starts draining or vanishes; a node that was
+        # already draining, or never seen, takes nothing more away when it terminates.
+        lost = before in ("launched", "ready") and event.state in ("draining", "terminated")
+        if changed and lost and self._below_plan(event):
             await self.trigger("fleet", event.msg_id)
 
     async def on_price(self, quote: SpotPrice, _raw: Msg) -> None:

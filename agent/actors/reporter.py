@@ -96,12 +96,13 @@ class CostReporterActor(Actor):
         await self.bus.publish(self.bus.subjects.cost_report, self.report())
         self.reports += 1
 
-    def _spot_prices(self, now: float) -> dict[str, float]:
-        """Per type: the held-weighted mean of fresh quotes over the pools its spot nodes run in."""
+    def _spot_prices(self, since: float) -> dict[str, float]:
+        """Per type: the held-weighted mean of the quotes for the pools its spot nodes run in, each quote
+        that was fresh when the interval began (the catalog's price otherwise)."""
         weighted: dict[str, tuple[float, int]] = {}
         for (name, pool), count in self.fleet.spot_pools_held().items():
             quote = self._quotes.get((name, pool))
-            if quote is None or quote[0] < now - self.price_max_age_s:
+            if quote is None or quote[0] < since - self.price_max_age_s:
                 price = self.catalog.types[name].spot_hourly
             else:
                 price = quote[1]
@@ -119,7 +120,7 @@ class CostReporterActor(Actor):
             self.fleet.paid_counts(),
             tokens=self._tokens,
             requests=self._requests,
-            spot_prices=self._spot_prices(now),
+            spot_prices=self._spot_prices(since),
             start_h=since / _SECONDS_PER_HOUR,
         )
         self._since = now

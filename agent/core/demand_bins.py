@@ -56,8 +56,9 @@ class _Open:
         self.prompt = 0.0
         self.output = 0.0
         self.reports = 0
-        # worker → (in_flight, queued) at its latest report in the bin: gauges are not summed over time.
-        self.gauges: dict[str, tuple[int, int]] = {}
+        # worker → (t, in_flight, queued) of its latest report in the bin, by report time (reports may
+        # arrive out of order): gauges are not summed over time.
+        self.gauges: dict[str, tuple[float, int, int]] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +103,9 @@ class DemandBins:
         acc.prompt += prompt_tokens
         acc.output += output_tokens
         acc.reports += 1
-        acc.gauges[worker] = (in_flight, queued)
+        gauge = acc.gauges.get(worker)
+        if gauge is None or t >= gauge[0]:
+            acc.gauges[worker] = (t, in_flight, queued)
         previous = self._latest.get(worker)
         if previous is None or t >= previous.t:
             self._latest[worker] = _Latest(
@@ -126,12 +129,13 @@ class DemandBins:
                     output_tokens=acc.output,
                     workers=len(acc.gauges),
                     reports=acc.reports,
-                    in_flight=sum(g[0] for g in acc.gauges.values()),
-                    queued=sum(g[1] for g in acc.gauges.values()),
+                    in_flight=sum(g[1] for g in acc.gauges.values()),
+                    queued=sum(g[2] for g in acc.gauges.values()),
                 )
             )
         if horizon >= self._closed_until:
-            self._closed_until = math.floor(horizon / self.bin_seconds) * self.bin_seconds + self.bin_seconds
+            # (k + 1) × bin, computed as ``add`` computes a bin's start: k × bin + bin may be another float.
+            self._closed_until = (math.floor(horizon / self.bin_seconds) + 1) * self.bin_seconds
         stale = [w for w, latest in self._latest.items() if latest.t < now - self.stale_after_s]
         for worker in stale:
             del self._latest[worker]

@@ -75,6 +75,11 @@ class FleetState:
             self._live[instance_id] = Instance(instance_id, instance_type, pool, tier, state, at)
         return True
 
+    def state(self, instance_id: str) -> InstanceState | None:
+        """The instance's state, or None when it is not live (never seen, or terminated)."""
+        live = self._live.get(instance_id)
+        return live.state if live is not None else None
+
     def __len__(self) -> int:
         return len(self._live)
 

@@ -48,7 +48,9 @@ class NatsServer:
         args += ["-l", str(self.log_file)]
         if self.jetstream:
             args += ["-js", "-sd", str(workdir / "js")]
-        self._proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        self._proc = subprocess.Popen(
+            args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         ports_file = workdir / f"{self.binary.name}_{self._proc.pid}.ports"
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

@@ -1,0 +1,200 @@
+"""The optimizer tick on a real nats-server: what triggers a plan, what a plan holds, what it never does."""
+
+from __future__ import annotations
+
+from harness import START, Inbox, Peer, handled, rejected
+
+from agent.service import Agent
+from schemas import AllocationPlan, InstanceEvent, ReplanRequest, SpotPrice, WorkerMetrics
+
+
+async def report_demand(peer: Peer, rps_per_worker: float = 10.0, workers: int = 3) -> None:
+    """Workers report a steady load: 1,500 prompt and 500 output tokens a request."""
+    for w in range(workers):
+        requests = int(rps_per_worker * 5)
+        await peer.send(
+            peer.subjects.worker_metrics(f"w{w}"),
+            WorkerMetrics(
+                **peer.env(f"w{w}"),
+                worker_id=f"w{w}",
+                instance_id=f"i{w}",
+                instance_type="h100_8x",
+                pool="default",
+                tier="ondemand",
+                interval_s=5.0,
+                requests_completed=requests,
+                prompt_tokens=requests * 1500,
+                output_tokens=requests * 500,
+            ),
+        )
+
+
+async def replan(peer: Peer, msg_id: str | None = None) -> ReplanRequest:
+    env = peer.env("operator")
+    if msg_id is not None:
+        env["msg_id"] = msg_id
+    request = ReplanRequest(**env, note="test")
+    await peer.send(peer.subjects.plan_tick, request)
+    return request
+
+
+async def instance(
+    peer: Peer, instance_id: str, state: str, type_: str, pool: str, tier: str
+) -> InstanceEvent:
+    event = InstanceEvent(
+        **peer.env("actuator"),
+        instance_id=instance_id,
+        instance_type=type_,
+        pool=pool,
+        tier=tier,  # type: ignore[arg-type]
+        state=state,  # type: ignore[arg-type]
+    )
+    await peer.send(peer.subjects.fleet_instance(instance_id), event)
+    return event
+
+
+async def test_a_replan_request_gets_a_plan_for_the_observed_demand(running: tuple[Agent, Peer]) -> None:
+    agent, peer = running
+    plans = await Inbox.open(peer.nc, peer.subjects.plan_allocation, AllocationPlan)
+    await report_demand(peer, rps_per_worker=10.0, workers=3)
+    await handled(agent, "demand_profiler", "evt.worker.metrics.*", 3)
+    request = await replan(peer)
+
+    plan = await plans.next()
+    assert plan.reason == "manual"
+    assert plan.trigger_ids == [request.msg_id]
+    assert plan.correlation_id == request.msg_id
+    assert plan.demand_now_rps == 30.0
+    assert plan.capacity_now_rps >= plan.demand_now_rps
+    # Every (type, pool) appears for spot and on-demand, zeros included, so an actuator can converge.
+    keys = {(t.instance_type, t.pool, t.tier) for t in plan.targets}
+    assert {
+        (name, pool, tier) for name, pool in agent.optimizer.catalog.pools() for tier in ("spot", "ondemand")
+    } <= keys
+    assert sum(t.count for t in plan.targets if t.tier == "ondemand") >= 1  # never an all-spot fleet
+    assert plan.hourly_cost > 0
+
+
+async def test_the_same_request_delivered_twice_is_planned_for_once(running: tuple[Agent, Peer]) -> None:
+    agent, peer = running
+    plans = await Inbox.open(peer.nc, peer.subjects.plan_allocation, AllocationPlan)
+    first = await replan(peer, msg_id="request-1")
+    await replan(peer, msg_id="request-1")
+    second = await replan(peer, msg_id="request-2")
+
+    assert (await plans.next()).trigger_ids == [first.msg_id]
+    # The next plan answers the second request: the repeat of the first produced nothing.
+    assert (await plans.next()).trigger_ids == [second.msg_id]
+    assert agent.optimizer.plans == 2
+
+
+async def test_the_timer_plans_every_interval_of_the_agents_clock(running: tuple[Agent, Peer]) -> None:
+    agent, peer = running
+    plans = await Inbox.open(peer.nc, peer.subjects.plan_allocation, AllocationPlan)
+    peer.clock.advance(agent.optimizer.interval_s or 0)
+    plan = await plans.next()
+    assert plan.reason == "tick"
+    assert plan.trigger_ids[0].startswith("tick-")
+    assert plan.sent_at == START + 300
+
+
+async def test_losing_a_planned_node_triggers_a_plan_but_the_plans_own_changes_do_not(
+    running: tuple[Agent, Peer],
+) -> None:
+    agent, peer = running
+    plans = await Inbox.open(peer.nc, peer.subjects.plan_allocation, AllocationPlan)
+    await report_demand(peer, rps_per_worker=10.0, workers=3)
+    await handled(agent, "demand_profiler", "evt.worker.metrics.*", 3)
+    await replan(peer)
+    plan = await plans.next()
+
+    # The actuator brings the fleet to the plan, plus one spare spot node it then scales down.
+    wanted = [t for t in plan.targets if t.count > 0 and t.tier == "spot"]
+    assert wanted, "the plan should use spot for this demand"
+    launched = 0
+    for target in plan.targets:
+        for k in range(target.count):
+            iid = f"{target.instance_type}-{target.pool}-{target.tier}-{k}"
+            await instance(peer, iid, "launched", target.instance_type, target.pool, target.tier)
+            await instance(peer, iid, "ready", target.instance_type, target.pool, target.tier)
+            launched += 2
+    spare = wanted[0]
+    await instance(peer, "spare", "launched", spare.instance_type, spare.pool, "spot")
+    await instance(peer, "spare", "terminated", spare.instance_type, spare.pool, "spot")
+    await handled(agent, "optimizer_tick", "evt.fleet.instance.*", launched + 2)
+
+    # A planned spot node is reclaimed: the fleet is now below the plan.
+    lost = await instance(
+        peer,
+        f"{spare.instance_type}-{spare.pool}-spot-0",
+        "terminated",
+        spare.instance_type,
+        spare.pool,
+        "spot",
+    )
+    replacement = await plans.next()
+    assert replacement.reason == "fleet"
+    assert replacement.trigger_ids == [lost.msg_id]
+    assert agent.optimizer.plans == 2  # the launches and the spare's scale-down planned nothing
+
+
+async def test_a_spot_quote_changes_the_plan_and_a_stale_one_is_ignored(running: tuple[Agent, Peer]) -> None:
+    agent, peer = running
+    plans = await Inbox.open(peer.nc, peer.subjects.plan_allocation, AllocationPlan)
+    await report_demand(peer, rps_per_worker=10.0, workers=3)
+    await handled(agent, "demand_profiler", "evt.worker.metrics.*", 3)
+    # Spot dearer than on-demand for both types: the plan should hold no spot at all.
+    for name, price in (("h100_8x", 40.0), ("a100_8x", 30.0)):
+        await peer.send(
+            peer.subjects.spot_price("default"),
+            SpotPrice(**peer.env("feed"), instance_type=name, pool="default", price_hourly=price),
+        )
+    await handled(agent, "optimizer_tick", "evt.spot.price.*", 2)
+    await replan(peer)
+    assert sum(t.count for t in (await plans.next()).targets if t.tier == "spot") == 0
+
+    # Half an hour and a second later the quotes are too old to trust: the catalog's prices apply again.
+    peer.clock.advance(agent.optimizer.settings.spot_price_max_age_seconds + 1)
+    await plans.next()  # the timer's ticks in between
+    await replan(peer)
+    plan = await plans.next()
+    while plan.reason != "manual":
+        plan = await plans.next()
+    assert agent.optimizer.market(peer.clock.now()).price == {}
+
+
+async def test_an_event_for_an_unknown_instance_type_is_refused_and_counted(
+    running: tuple[Agent, Peer],
+) -> None:
+    agent, peer = running
+    await instance(peer, "x1", "launched", "tpu_v9", "default", "spot")
+    await rejected(agent, "optimizer_tick", "evt.fleet.instance.*", "invalid", 1)
+    assert len(agent.optimizer.fleet) == 0
+    # The actor is still there and still plans.
+    plans = await Inbox.open(peer.nc, peer.subjects.plan_allocation, AllocationPlan)
+    await replan(peer)
+    assert (await plans.next()).reason == "manual"
+
+
+async def test_a_node_lost_through_draining_then_terminated_is_planned_for_once(
+    running: tuple[Agent, Peer],
+) -> None:
+    agent, peer = running
+    plans = await Inbox.open(peer.nc, peer.subjects.plan_allocation, AllocationPlan)
+    await report_demand(peer, rps_per_worker=10.0, workers=3)
+    await handled(agent, "demand_profiler", "evt.worker.metrics.*", 3)
+    await replan(peer)
+    plan = await plans.next()
+    spot = next(t for t in plan.targets if t.tier == "spot" and t.count > 0)
+    sent = 0
+    for k in range(spot.count):
+        await instance(peer, f"s{k}", "ready", spot.instance_type, spot.pool, "spot")
+        sent += 1
+    await handled(agent, "optimizer_tick", "evt.fleet.instance.*", sent)
+
+    draining = await instance(peer, "s0", "draining", spot.instance_type, spot.pool, "spot")
+    await instance(peer, "s0", "terminated", spot.instance_type, spot.pool, "spot")
+    await handled(agent, "optimizer_tick", "evt.fleet.instance.*", sent + 2)
+    request = await replan(peer)
+    assert (await plans.next()).trigger_ids == [draining.msg_id]
+    assert (await plans.next()).trigger_ids == [request.msg_id]
