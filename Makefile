@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/optimizer.py
 	$(BIN)/python bench/forecast.py
 	$(BIN)/python bench/backtest.py
+	$(BIN)/python bench/ingest.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -46,6 +46,8 @@ def describe_decode_error(err: Exception) -> str:
     if isinstance(err, msgspec.ValidationError):
         path, reason = split_error(err)
         return f"{path}: {reason}"
+    if isinstance(err, UnicodeDecodeError):
+        return f"not UTF-8: {err.reason} at byte {err.start}"
     return f"not JSON: {err}"
 
 
@@ -111,7 +113,7 @@ class Bus:
         label = self.subjects.label(subject)
         tag = tag_of(kind)
         decoder = self.decoder(kind)
-        handled = self.metrics.messages_handled.labels(actor, label, tag)
+        handled = self.metrics.messages_handled.cell(actor, label, tag)
         crashed = False
 
         async def deliver(raw: Msg) -> None:
@@ -120,7 +122,7 @@ class Bus:
                 return
             try:
                 message = decoder.decode(raw.data)
-            except (msgspec.DecodeError, msgspec.ValidationError) as err:
+            except (msgspec.DecodeError, UnicodeDecodeError) as err:  # ValidationError is a DecodeError
                 await self._reject(raw, actor, label, tag, "malformed", describe_decode_error(err), "")
                 return
             try:
@@ -132,7 +134,7 @@ class Bus:
                 crashed = True
                 on_crash(err)
                 return
-            handled.inc()
+            handled[0] += 1
 
         return await self.nc.subscribe(subject, cb=deliver)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from agent.core.demand import Demand
 
@@ -61,8 +62,8 @@ class _Open:
         self.gauges: dict[str, tuple[float, int, int]] = {}
 
 
-@dataclass(frozen=True, slots=True)
-class _Latest:
+class _Latest(NamedTuple):
+    # A tuple, not a dataclass: one is built per report, on the ingest hot path (bench/ingest.py).
     t: float
     rps: float
     prompt_per_s: float

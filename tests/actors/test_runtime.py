@@ -188,3 +188,17 @@ async def test_a_scaled_clock_runs_faster_and_a_stop_wakes_its_waiters() -> None
     assert clock.now() >= START + 5
     stop.set()
     assert await clock.wait_until(clock.now() + 3600, stop) is True
+
+
+async def test_invalid_utf8_inside_a_string_is_malformed_and_a_request_still_gets_a_reply(bus: Bus) -> None:
+    stop = asyncio.Event()
+    actor = Recorder(bus, FakeClock(START))
+    task = await run_until_ready(actor, Supervisor([actor], stop, bus.metrics, FAST))
+    data = b'{"type":"plan.replan.v1","msg_id":"m","sent_at":1,"source":"t","note":"\xff"}'
+    reply = await bus.nc.request(bus.subjects.plan_tick, data, timeout=5)
+    error = bus.decoder(ErrorReply).decode(reply.data)
+    assert "not UTF-8" in error.error
+    labels = {"actor": "recorder", "subject": "cmd.plan.tick", "type": "plan.replan.v1"}
+    assert sample(bus, "costagent_messages_rejected_total", **labels, reason="malformed") == 1
+    stop.set()
+    await task
