@@ -116,11 +116,10 @@ class OptimizerTickActor(Actor):
         except ValueError as err:
             raise Rejected(str(err)) from None
         key = (quote.instance_type, quote.pool)
+        at = min(quote.sent_at, self.clock.now())  # a feed clock running ahead must not pin its quote
         held = self._quotes.get(key)
-        if held is None or quote.sent_at >= held.at:
-            self._quotes[key] = _Quote(
-                quote.sent_at, quote.price_hourly, quote.available, quote.reclaim_per_hour
-            )
+        if held is None or at >= held.at:
+            self._quotes[key] = _Quote(at, quote.price_hourly, quote.available, quote.reclaim_per_hour)
 
     def _below_plan(self, event: InstanceEvent) -> bool:
         plan = self.last_plan

@@ -3,7 +3,8 @@
 Listens to: ``{ns}.evt.worker.metrics.*`` (WorkerMetrics from every worker).
 Publishes:  ``{ns}.evt.demand.snapshot`` (DemandSnapshot), one per closed bin.
 Guarantees: each report costs O(1) (added to its bin's sums); a bin closes ``close_delay_seconds`` after
-it ends and becomes one profiler sample; a late report is counted in the open bin, never dropped. The
+it ends and becomes one profiler sample; a late report is counted in the open bin, and a report stamped
+more than one bin ahead of the agent's clock is counted now, so none is dropped. The
 profile and the current demand it keeps are read by the optimizer tick in the same process.
 """
 
@@ -32,14 +33,22 @@ class DemandProfilerActor(Actor):
         self.snapshots = 0
         self._late = bus.metrics.late_reports
         self._closed = bus.metrics.profiler_bins
+        self._skewed = bus.metrics.clock_skew_reports
 
     def subscriptions(self) -> Sequence[Listen]:
         return [Listen(self.bus.subjects.worker_metrics_all, WorkerMetrics, self.on_metrics)]
 
     async def on_metrics(self, m: WorkerMetrics, _raw: Msg) -> None:
+        t = m.sent_at
+        now = self.clock.now()
+        if t > now + self.bins.bin_seconds:
+            # A worker whose clock runs ahead would open bins that close only in its future (and grow
+            # memory with every odd timestamp): count its report now instead, and say so in a metric.
+            t = now
+            self._skewed.inc()
         late = self.bins.add(
             m.worker_id,
-            m.sent_at,
+            t,
             m.interval_s,
             m.requests_completed,
             m.prompt_tokens,

@@ -80,10 +80,11 @@ class CostReporterActor(Actor):
         except ValueError as err:
             raise Rejected(str(err)) from None
         key = (quote.instance_type, quote.pool)
+        at = min(quote.sent_at, self.clock.now())  # a feed clock running ahead must not pin its quote
         held = self._quotes.get(key)
-        if held is None or quote.sent_at >= held[0]:
+        if held is None or at >= held[0]:
             self.accrue()  # time so far at the old price
-            self._quotes[key] = (quote.sent_at, quote.price_hourly)
+            self._quotes[key] = (at, quote.price_hourly)
 
     async def on_metrics(self, m: WorkerMetrics, _raw: Msg) -> None:
         self._tokens += m.prompt_tokens + m.output_tokens

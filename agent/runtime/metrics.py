@@ -85,6 +85,11 @@ class AgentMetrics:
         self.profiler_bins = Counter(
             "costagent_profiler_bins_closed", "Demand bins closed and recorded.", registry=r
         )
+        self.clock_skew_reports = Counter(
+            "costagent_profiler_clock_skew_reports",
+            "Worker reports stamped more than one bin ahead of the agent's clock, counted as of now.",
+            registry=r,
+        )
         self.late_reports = Counter(
             "costagent_profiler_late_reports",
             "Worker reports for an already closed bin, counted into the open bin.",

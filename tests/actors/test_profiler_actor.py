@@ -88,3 +88,17 @@ async def test_a_malformed_report_is_counted_and_the_next_one_still_counts(
     await rejected(agent, "demand_profiler", "evt.worker.metrics.*", "malformed", 3)
     await handled(agent, "demand_profiler", "evt.worker.metrics.*", 1)
     assert agent.supervisor.running["demand_profiler"]
+
+
+async def test_a_report_from_a_clock_running_ahead_is_counted_now(running: tuple[Agent, Peer]) -> None:
+    agent, peer = running
+    snapshots = await Inbox.open(peer.nc, peer.subjects.demand_snapshot, DemandSnapshot)
+    bin_s = agent.profiler.bins.bin_seconds
+    ahead = msgspec.structs.replace(report(peer, "w1", 40), sent_at=START + 86_400)
+    await peer.send(peer.subjects.worker_metrics("w1"), ahead)
+    await handled(agent, "demand_profiler", "evt.worker.metrics.*", 1)
+    peer.clock.advance(bin_s + agent.profiler.bins.close_delay_s)
+    snap = await snapshots.next()
+    assert snap.bin_start == START
+    assert snap.rps * bin_s == 40
+    assert counter(agent, "costagent_profiler_clock_skew_reports_total") == 1
