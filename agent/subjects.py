@@ -4,10 +4,7 @@ Form: ``{ns}.{evt|cmd|req}.{domain}.{name}[.{key}]``. The namespace comes first 
 JetStream streams can scope by ``{ns}.>``; a key comes last and is escaped (see :func:`escape_key`), so an
 instance id with a dot cannot split into two tokens. Subscriptions use the ``*_all`` patterns.
 
-Reserved for the preemption work (named here so nobody else takes them): ``{ns}.evt.spot.notice.{id}``
-(a sidecar's preemption notice), ``{ns}.cmd.drain.order.{id}`` (drain orders),
-``{ns}.evt.drain.result.{id}`` (migration results) and ``{ns}.req.worker.{worker_id}.{verb}`` (orders to a
-worker, request/reply).
+The worker protocol, ``{ns}.req.worker.{worker_id}.{op}``, carries two keys: the worker and the operation.
 """
 
 from __future__ import annotations
@@ -111,15 +108,50 @@ class Subjects:
     def cost_report_request(self) -> str:
         return f"{self.ns}.req.cost.report"
 
-    # Reserved for preemption handling (issue 5).
+    # Spot preemption.
     def spot_notice(self, instance_id: str) -> str:
+        """A node sidecar's (or the simulated cloud's) preemption notice."""
         return f"{self.ns}.evt.spot.notice.{escape_key(instance_id)}"
 
-    def drain_order(self, instance_id: str) -> str:
-        return f"{self.ns}.cmd.drain.order.{escape_key(instance_id)}"
+    @property
+    def spot_notice_all(self) -> str:
+        return f"{self.ns}.evt.spot.notice.*"
 
-    def drain_result(self, instance_id: str) -> str:
-        return f"{self.ns}.evt.drain.result.{escape_key(instance_id)}"
+    def spot_drain(self, instance_id: str) -> str:
+        """Drain orders, spot monitor → migration coordinator."""
+        return f"{self.ns}.evt.spot.drain.{escape_key(instance_id)}"
 
-    def worker_request(self, worker_id: str, verb: str) -> str:
-        return f"{self.ns}.req.worker.{escape_key(worker_id)}.{escape_key(verb)}"
+    @property
+    def spot_drain_all(self) -> str:
+        return f"{self.ns}.evt.spot.drain.*"
+
+    def migration_report(self, instance_id: str) -> str:
+        return f"{self.ns}.evt.migration.report.{escape_key(instance_id)}"
+
+    @property
+    def migration_report_all(self) -> str:
+        return f"{self.ns}.evt.migration.report.*"
+
+    # The router (frontend) and the workers.
+    def router_command(self, op: str) -> str:
+        """``stop_routing``, ``requeue``, ``worker_lost``: request/reply, answered with a RouterAck."""
+        return f"{self.ns}.cmd.router.{escape_key(op)}"
+
+    @property
+    def router_command_all(self) -> str:
+        return f"{self.ns}.cmd.router.*"
+
+    def worker_request(self, worker_id: str, op: str) -> str:
+        """The worker protocol (schemas/workerproto.py), request/reply."""
+        return f"{self.ns}.req.worker.{escape_key(worker_id)}.{escape_key(op)}"
+
+    def worker_requests_all(self, worker_id: str) -> str:
+        return f"{self.ns}.req.worker.{escape_key(worker_id)}.*"
+
+    def request_update(self, worker_id: str) -> str:
+        """Request progress, worker → router."""
+        return f"{self.ns}.evt.request.update.{escape_key(worker_id)}"
+
+    @property
+    def request_update_all(self) -> str:
+        return f"{self.ns}.evt.request.update.*"

@@ -45,19 +45,41 @@ FIXED = {
     "worker_metrics_all": "costagent.evt.worker.metrics.*",
     "spot_price_all": "costagent.evt.spot.price.*",
     "fleet_instance_all": "costagent.evt.fleet.instance.*",
+    "spot_notice_all": "costagent.evt.spot.notice.*",
+    "spot_drain_all": "costagent.evt.spot.drain.*",
+    "migration_report_all": "costagent.evt.migration.report.*",
+    "router_command_all": "costagent.cmd.router.*",
+    "request_update_all": "costagent.evt.request.update.*",
 }
 KEYED: dict[str, tuple[Callable[[str], str], str]] = {
     "worker_metrics": (S.worker_metrics, "costagent.evt.worker.metrics.w-7"),
     "spot_price": (S.spot_price, "costagent.evt.spot.price.w-7"),
     "fleet_instance": (S.fleet_instance, "costagent.evt.fleet.instance.w-7"),
     "spot_notice": (S.spot_notice, "costagent.evt.spot.notice.w-7"),
-    "drain_order": (S.drain_order, "costagent.cmd.drain.order.w-7"),
-    "drain_result": (S.drain_result, "costagent.evt.drain.result.w-7"),
+    "spot_drain": (S.spot_drain, "costagent.evt.spot.drain.w-7"),
+    "migration_report": (S.migration_report, "costagent.evt.migration.report.w-7"),
+    "request_update": (S.request_update, "costagent.evt.request.update.w-7"),
 }
+# Operations, not keys: the router's commands are ``{ns}.cmd.router.{op}``; the worker protocol is
+# ``{ns}.req.worker.{worker_id}.{op}``.
+OPERATIONS = {
+    "router_command": (S.router_command("stop_routing"), "costagent.cmd.router.stop_routing"),
+    "worker_request": (S.worker_request("w-7", "inflight"), "costagent.req.worker.w-7.inflight"),
+    "worker_requests_all": (S.worker_requests_all("w-7"), "costagent.req.worker.w-7.*"),
+}
+
+
+@pytest.mark.parametrize(("name", "built", "subject"), [(n, b, s) for n, (b, s) in OPERATIONS.items()])
+def test_each_operation_subject(name: str, built: str, subject: str) -> None:
+    assert built == subject
 PATTERN_OF = {
     "worker_metrics": S.worker_metrics_all,
     "spot_price": S.spot_price_all,
     "fleet_instance": S.fleet_instance_all,
+    "spot_notice": S.spot_notice_all,
+    "spot_drain": S.spot_drain_all,
+    "migration_report": S.migration_report_all,
+    "request_update": S.request_update_all,
 }
 
 
@@ -83,7 +105,7 @@ def test_every_subject_has_the_documented_form() -> None:
 def test_the_table_above_covers_every_public_subject() -> None:
     # A new subject added to Subjects must be added here too, so its form is checked.
     public = {name for name in dir(Subjects) if not name.startswith("_")} - {"ns", "label"}
-    assert public == set(FIXED) | set(KEYED) | {"worker_request"}
+    assert public == set(FIXED) | set(KEYED) | set(OPERATIONS)
 
 
 def test_a_worker_request_carries_the_worker_and_the_verb_as_two_escaped_tokens() -> None:
