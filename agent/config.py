@@ -1,7 +1,8 @@
 """Settings: a TOML file, then environment overrides; and the instance catalogs by name or path.
 
 File sections: ``catalog`` (a built-in name or a path), ``[slo]``, ``[optimizer]``, ``[profiler]``,
-``[planner]``, and for ``cost-agent run`` ``[bus]``, ``[metrics]``, ``[reporter]`` and ``[supervisor]``;
+``[planner]``, and for ``cost-agent run`` ``[bus]``, ``[metrics]``, ``[reporter]``, ``[supervisor]``,
+``[spot_monitor]`` and ``[migration]``;
 every field has a default a user can defend (see ``deploy/agent.example.toml``).
 Environment: ``COST_AGENT_CATALOG`` and ``COST_AGENT_<SECTION>__<FIELD>`` (for example
 ``COST_AGENT_OPTIMIZER__MAX_STEP_UP=3``), values read as TOML literals. Anything invalid raises
@@ -14,7 +15,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -90,6 +91,24 @@ class PlannerSettings(_Section, frozen=True):
     levels: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 48
 
 
+class SpotMonitorSettings(_Section, frozen=True):
+    health_check_seconds: Annotated[float, msgspec.Meta(gt=0)] = 10.0
+    missed_intervals: Annotated[float, msgspec.Meta(gt=0)] = 3.0
+    prelaunch_on_rebalance: bool = False
+
+
+class MigrationSettings(_Section, frozen=True):
+    policy: Literal["deadline", "migrate_top_n", "let_short_finish"] = "deadline"
+    safety_margin_seconds: Annotated[float, msgspec.Meta(ge=0)] = 5.0
+    same_node_gbytes_per_s: Annotated[float, msgspec.Meta(gt=0)] = 100.0
+    cross_node_gbytes_per_s: Annotated[float, msgspec.Meta(gt=0)] = 3.125
+    kv_bytes_per_token: Annotated[float, msgspec.Meta(gt=0)] = 327_680.0
+    block_tokens: Annotated[int, msgspec.Meta(ge=1)] = 16
+    max_concurrency: Annotated[int, msgspec.Meta(ge=1)] = 32
+    command_timeout_seconds: Annotated[float, msgspec.Meta(gt=0)] = 2.0
+    hot_blocks: Annotated[int, msgspec.Meta(ge=0)] = 100
+
+
 class BusSettings(_Section, frozen=True):
     namespace: Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9_-]+(\.[a-z0-9_-]+)*$")] = "costagent"
     url: str = ""
@@ -123,6 +142,8 @@ class Settings(_Section, frozen=True):
     metrics: MetricsSettings = msgspec.field(default_factory=MetricsSettings)
     reporter: ReporterSettings = msgspec.field(default_factory=ReporterSettings)
     supervisor: SupervisorSettings = msgspec.field(default_factory=SupervisorSettings)
+    spot_monitor: SpotMonitorSettings = msgspec.field(default_factory=SpotMonitorSettings)
+    migration: MigrationSettings = msgspec.field(default_factory=MigrationSettings)
 
     def slo_config(self) -> SloConfig:
         return SloConfig(utilization_target=self.slo.utilization_target)

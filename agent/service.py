@@ -20,11 +20,13 @@ from nats.aio.client import Client as NATS
 from agent.actors.optimizer import OptimizerTickActor
 from agent.actors.profiler import DemandProfilerActor
 from agent.actors.reporter import CostReporterActor
+from agent.actors.spot_monitor import SpotMonitorActor
 from agent.bus import Bus
 from agent.config import Settings
 from agent.core.catalog import Catalog
 from agent.core.demand_bins import DemandBins
 from agent.core.fleet_state import FleetState
+from agent.core.workers import WorkerRegistry
 from agent.runtime.actor import Actor
 from agent.runtime.clock import Clock, RealClock
 from agent.runtime.http import MetricsServer
@@ -46,6 +48,7 @@ class Agent:
     profiler: DemandProfilerActor
     optimizer: OptimizerTickActor
     reporter: CostReporterActor
+    spot_monitor: SpotMonitorActor
     supervisor: Supervisor
     stop_event: asyncio.Event
     grace_s: float
@@ -53,7 +56,7 @@ class Agent:
 
     @property
     def actors(self) -> list[Actor]:
-        return [self.profiler, self.optimizer, self.reporter]
+        return list(self.supervisor.actors)
 
     async def start(self) -> None:
         """Start every actor and return once each is subscribed and ready."""
@@ -135,14 +138,20 @@ def build_agent(
         interval_s=settings.reporter.interval_seconds,
         price_max_age_s=settings.optimizer.spot_price_max_age_seconds,
     )
+    registry = WorkerRegistry()
+    spot_monitor = SpotMonitorActor(
+        bus, clock, settings=settings.spot_monitor, registry=registry, capacity_lost=optimizer.capacity_lost
+    )
     sup = settings.supervisor
     supervisor = Supervisor(
-        [profiler_actor, optimizer, reporter],
+        [profiler_actor, optimizer, reporter, spot_monitor],
         stop,
         metrics,
         RestartPolicy(max_restarts=sup.max_restarts, window_s=sup.window_seconds),
     )
-    return Agent(bus, profiler_actor, optimizer, reporter, supervisor, stop, sup.shutdown_grace_seconds)
+    return Agent(
+        bus, profiler_actor, optimizer, reporter, spot_monitor, supervisor, stop, sup.shutdown_grace_seconds
+    )
 
 
 async def connect(url: str, name: str, closing: asyncio.Event | None = None) -> NATS:

@@ -17,6 +17,7 @@ Guarantees:
 
 from __future__ import annotations
 
+import contextlib
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -109,6 +110,24 @@ class OptimizerTickActor(Actor):
         lost = before in ("launched", "ready") and event.state in ("draining", "terminated")
         if changed and lost and self._below_plan(event):
             await self.trigger("fleet", event.msg_id)
+
+    async def capacity_lost(
+        self, instance_id: str, trigger_id: str, described: tuple[str, str, str] | None
+    ) -> None:
+        """A node is going (a preemption notice, or its workers fell silent): plan without it, now."""
+        before = self.fleet.state(instance_id)
+        if before in ("launched", "ready"):
+            inst = next(i for i in self.fleet.instances() if i.instance_id == instance_id)
+            self.fleet.apply(
+                instance_id, inst.instance_type, inst.pool, inst.tier, "draining", self.clock.now()
+            )
+        elif before is None and described is not None:
+            name, pool, tier = described
+            if tier in ("reserved", "spot", "ondemand"):
+                # Not a catalog node (ValueError): there is nothing to take out of the plan's fleet.
+                with contextlib.suppress(ValueError):
+                    self.fleet.apply(instance_id, name, pool, tier, "draining", self.clock.now())  # type: ignore[arg-type]
+        await self.trigger("preemption", trigger_id)
 
     async def on_price(self, quote: SpotPrice, _raw: Msg) -> None:
         try:

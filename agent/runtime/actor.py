@@ -44,6 +44,8 @@ class Actor:
         self.clock = clock
         self.interval_s = interval_s
         self.ready = asyncio.Event()
+        self.stopping = asyncio.Event()
+        """The stop event of the current run: long work started by a handler waits on it too."""
         self.ticks = 0
 
     def subscriptions(self) -> Sequence[Listen]:
@@ -56,6 +58,7 @@ class Actor:
         """Called every ``interval_s`` seconds of the actor's clock (timer actors only)."""
 
     async def run(self, stop: asyncio.Event) -> None:
+        self.stopping = stop
         loop = asyncio.get_running_loop()
         crashed: asyncio.Future[None] = loop.create_future()
 

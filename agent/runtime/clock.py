@@ -21,6 +21,10 @@ class Clock(Protocol):
         """Return when ``now() >= deadline`` (False) or when ``stop`` is set (True), whichever is first."""
         ...
 
+    def real_seconds(self, clock_seconds: float) -> float:
+        """How long ``clock_seconds`` of this clock last in real time (for network timeouts)."""
+        ...
+
 
 async def wait_event(event: asyncio.Event, seconds: float) -> bool:
     # asyncio.wait, not wait_for: on Python 3.11 wait_for can swallow a cancellation (CONVENTIONS.md).
@@ -36,6 +40,9 @@ async def wait_event(event: asyncio.Event, seconds: float) -> bool:
 class RealClock:
     def now(self) -> float:
         return time.time()
+
+    def real_seconds(self, clock_seconds: float) -> float:
+        return clock_seconds
 
     async def wait_until(self, deadline: float, stop: asyncio.Event) -> bool:
         while not stop.is_set():
@@ -59,6 +66,9 @@ class ScaledClock:
     def now(self) -> float:
         return self._start + (time.monotonic() - self._mono) * self.speed
 
+    def real_seconds(self, clock_seconds: float) -> float:
+        return clock_seconds / self.speed
+
     async def wait_until(self, deadline: float, stop: asyncio.Event) -> bool:
         while not stop.is_set():
             remaining = deadline - self.now()
@@ -77,6 +87,10 @@ class FakeClock:
 
     def now(self) -> float:
         return self._now
+
+    def real_seconds(self, clock_seconds: float) -> float:
+        # The fake clock stands still while a network call is in flight: give it real time as is.
+        return clock_seconds
 
     def advance(self, seconds: float) -> None:
         if seconds < 0:

@@ -72,6 +72,8 @@ OPERATIONS = {
 @pytest.mark.parametrize(("name", "built", "subject"), [(n, b, s) for n, (b, s) in OPERATIONS.items()])
 def test_each_operation_subject(name: str, built: str, subject: str) -> None:
     assert built == subject
+
+
 PATTERN_OF = {
     "worker_metrics": S.worker_metrics_all,
     "spot_price": S.spot_price_all,

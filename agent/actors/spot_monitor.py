@@ -1,0 +1,138 @@
+"""SpotMonitor actor.
+
+Listens to: ``{ns}.evt.spot.notice.*`` (PreemptionNotice from node sidecars or the simulated cloud),
+``{ns}.evt.worker.metrics.*`` (which workers run on which instance, and that they are alive),
+``{ns}.evt.fleet.instance.*`` (which instances exist), and its health-check timer
+(``[spot_monitor] health_check_seconds``).
+Publishes:  ``{ns}.evt.spot.drain.{instance_id}`` (DrainOrder) and wakes the optimizer in-process.
+Guarantees:
+- Each instance goes ``active → draining → gone``. The first terminate/stop notice for an active instance
+  orders a drain of all its workers and wakes the optimizer at once (reason ``preemption``), so that
+  replacement capacity is planned on the notice, not at the next tick. A repeated notice changes nothing.
+  A notice for an instance nobody has reported is refused (``invalid``) and counted.
+- A rebalance recommendation is logged; with ``prelaunch_on_rebalance`` it also wakes the optimizer with
+  the node counted as leaving, so a replacement is launched before any notice.
+- A worker of an active instance that misses ``missed_intervals`` reports is declared lost: a DrainOrder
+  with reason ``lost`` (the coordinator has the router requeue its requests from the prompt) and the
+  optimizer is woken to replace the node.
+- After its deadline a draining instance is gone and forgotten.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+
+import structlog
+from nats.aio.msg import Msg
+
+from agent.bus import Bus, Rejected
+from agent.config import SpotMonitorSettings
+from agent.core.workers import WorkerRegistry
+from agent.runtime.actor import Actor, Listen
+from agent.runtime.clock import Clock
+from schemas import DrainOrder, InstanceEvent, PreemptionNotice, WorkerMetrics
+from schemas.preemption import DrainReason
+
+# (instance id, trigger id) → the optimizer plans without that instance's capacity.
+CapacityLost = Callable[[str, str, tuple[str, str, str] | None], Awaitable[None]]
+
+
+class SpotMonitorActor(Actor):
+    name = "spot_monitor"
+
+    def __init__(
+        self,
+        bus: Bus,
+        clock: Clock,
+        *,
+        settings: SpotMonitorSettings,
+        registry: WorkerRegistry,
+        capacity_lost: CapacityLost,
+    ) -> None:
+        super().__init__(bus, clock, interval_s=settings.health_check_seconds)
+        self.settings = settings
+        self.registry = registry
+        self.capacity_lost = capacity_lost
+        self._deadlines: dict[str, float] = {}
+        self.drains = 0
+        self._log = structlog.get_logger("agent.spot_monitor").bind(actor=self.name)
+
+    def subscriptions(self) -> Sequence[Listen]:
+        s = self.bus.subjects
+        return [
+            Listen(s.spot_notice_all, PreemptionNotice, self.on_notice),
+            Listen(s.worker_metrics_all, WorkerMetrics, self.on_metrics),
+            Listen(s.fleet_instance_all, InstanceEvent, self.on_instance),
+        ]
+
+    async def on_metrics(self, m: WorkerMetrics, _raw: Msg) -> None:
+        self.registry.observe(
+            m.worker_id, m.instance_id, m.instance_type, m.pool, m.tier, self.clock.now(), m.interval_s
+        )
+
+    async def on_instance(self, event: InstanceEvent, _raw: Msg) -> None:
+        if event.state == "terminated":
+            if self.registry.knows(event.instance_id):
+                self.registry.set_life(event.instance_id, "gone")
+                self._deadlines.pop(event.instance_id, None)
+        else:
+            self.registry.add_instance(event.instance_id, event.instance_type, event.pool, event.tier)
+
+    async def on_notice(self, notice: PreemptionNotice, _raw: Msg) -> None:
+        life = self.registry.life(notice.instance_id)
+        if life is None:
+            raise Rejected(f"instance_id: {notice.instance_id!r} is not an instance this agent knows")
+        log = self._log.bind(instance_id=notice.instance_id, msg_id=notice.msg_id, kind=notice.kind)
+        if notice.kind == "rebalance":
+            log.info("rebalance_recommendation", prelaunch=self.settings.prelaunch_on_rebalance)
+            if self.settings.prelaunch_on_rebalance and life == "active":
+                await self.capacity_lost(
+                    notice.instance_id, notice.msg_id, self.registry.describe(notice.instance_id)
+                )
+            return
+        if life != "active":
+            return  # already draining or gone: a repeat
+        self.registry.set_life(notice.instance_id, "draining")
+        self._deadlines[notice.instance_id] = notice.deadline
+        await self._drain(notice.instance_id, notice.deadline, "notice", notice.msg_id)
+        log.info("drain_ordered", deadline_in_s=round(notice.deadline - self.clock.now(), 3))
+        await self.capacity_lost(
+            notice.instance_id, notice.msg_id, self.registry.describe(notice.instance_id)
+        )
+
+    async def _drain(self, instance_id: str, deadline: float, reason: DrainReason, cause: str) -> None:
+        workers = [w.worker_id for w in self.registry.workers_of(instance_id)]
+        order = DrainOrder(
+            **self.bus.envelope(correlation_id=cause),
+            instance_id=instance_id,
+            worker_ids=workers,
+            deadline=deadline,
+            reason=reason,
+        )
+        await self.bus.publish(self.bus.subjects.spot_drain(instance_id), order)
+        self.drains += 1
+
+    async def on_timer(self) -> None:
+        now = self.clock.now()
+        for instance_id, deadline in list(self._deadlines.items()):
+            if now >= deadline:
+                del self._deadlines[instance_id]
+                self.registry.set_life(instance_id, "gone")
+        silent = self.registry.newly_silent(now, self.settings.missed_intervals)
+        by_instance: dict[str, list[str]] = {}
+        for info in silent:
+            by_instance.setdefault(info.instance_id, []).append(info.worker_id)
+        for instance_id, workers in by_instance.items():
+            cause = f"lost-{instance_id}-{now:.3f}"
+            self._log.warning("workers_lost", instance_id=instance_id, workers=workers)
+            order = DrainOrder(
+                **self.bus.envelope(correlation_id=cause),
+                instance_id=instance_id,
+                worker_ids=workers,
+                deadline=now,
+                reason="lost",
+            )
+            await self.bus.publish(self.bus.subjects.spot_drain(instance_id), order)
+            self.drains += 1
+            if not any(not w.lost for w in self.registry.workers_of(instance_id)):
+                await self.capacity_lost(instance_id, cause, self.registry.describe(instance_id))
