@@ -30,7 +30,8 @@ Policies:
 - ``deadline`` (default) never leaves a request at risk. Whatever can finish in place by B does. Every
   other request, in the greedy order explained at ``_plan_deadline``, takes the option that completes
   earliest among a transfer ready by B and a re-prefill, on any target with a free slot (ties: fewer
-  tokens recomputed, then fewer bytes, then the earlier target in ``targets``); with no slot left
+  tokens recomputed, then fewer bytes, then the target with the most free slots left, which spreads the
+  load, then the earlier target in ``targets``); with no slot left
   anywhere, it is requeued. O(requests × targets) choices after one sort (finding a cached-prefix overlap
   walks the request's leading blocks).
 - ``migrate_top_n`` and ``let_short_finish`` are the seed sketch's ``SpotDrainStrategy`` rules, kept to
@@ -388,19 +389,20 @@ def _plan_deadline(requests: Sequence[InFlight], fleet: _Fleet, settings: DrainS
         if not fleet.open:
             actions.append(_requeue(r))
             continue
-        best: tuple[float, float, float] | None = None
+        best: tuple[float, float, float, int] | None = None
         best_i = -1
         best_transfer = False
         for i in fleet.open:
             decode = r.remaining_tokens / fleet.per_seq[i]
+            slots_taken = -fleet.slots[i]
             _, ready = fleet.transfer_window(r, i)
             if ready <= budget:
-                key = (ready + decode, 0.0, r.kv_bytes)
+                key = (ready + decode, 0.0, r.kv_bytes, slots_taken)
                 if best is None or key < best:
                     best, best_i, best_transfer = key, i, True
             tokens = float(r.context_tokens - fleet.overlap_tokens(r, i))
             _, end = fleet.prefill_window(tokens, i)
-            key = (end + decode, tokens, 0.0)
+            key = (end + decode, tokens, 0.0, slots_taken)
             if best is None or key < best:
                 best, best_i, best_transfer = key, i, False
         actions.append(fleet.transfer(r, best_i) if best_transfer else fleet.reprefill(r, best_i))

@@ -1,0 +1,471 @@
+"""MigrationCoordinator actor.
+
+Listens to: ``{ns}.evt.spot.drain.*`` (DrainOrder from the spot monitor).
+Publishes:  ``{ns}.evt.migration.report.{instance_id}`` (MigrationReport); commands the router
+(``{ns}.cmd.router.{op}``) and the workers (``{ns}.req.worker.{worker_id}.{op}``), request/reply.
+Guarantees, for a drain on a notice, per worker of the instance:
+1. ``stop_routing`` is sent first, at once.
+2. The worker's in-flight requests and every routable target's status are read (in parallel).
+3. ``agent.core.drain.plan_drain`` decides each request: finish in place, KV transfer, re-prefill, requeue
+   (``[migration] policy``; the default never leaves a request depending on the node past its deadline
+   minus ``safety_margin_seconds``).
+4. The commands run with at most ``max_concurrency`` in flight; each has a timeout that never passes the
+   deadline. A failed transfer or re-prefill is retried on the next target, then requeued through the
+   router: a request is never dropped by the coordinator.
+5. At the deadline minus the margin, anything still on the worker (a request expected to finish in place
+   that did not) is cancelled and requeued with the tokens it has generated.
+6. Hot prefix blocks are copied to a survivor with the time left; a MigrationReport says what happened.
+For a drain of workers that went silent (reason ``lost``), the router requeues their requests from the
+prompt (``worker_lost``); nothing can be read from a dead worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import structlog
+from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
+
+from agent.bus import Bus
+from agent.config import MigrationSettings
+from agent.core.catalog import Catalog
+from agent.core.drain import DrainAction, DrainSettings, InFlight, TargetWorker, plan_drain
+from agent.core.workers import WorkerRegistry
+from agent.runtime.actor import Actor, Listen
+from agent.runtime.clock import Clock
+from schemas import (
+    Block,
+    Cancel,
+    DrainOrder,
+    ErrorReply,
+    HotBlocks,
+    HotBlocksQuery,
+    InflightList,
+    InflightQuery,
+    Message,
+    MigrationCounts,
+    MigrationReport,
+    ReceiveBlocks,
+    Reprefill,
+    Requeue,
+    Resume,
+    RouterAck,
+    StatusQuery,
+    StopRouting,
+    TransferKv,
+    WorkerAck,
+    WorkerLost,
+    WorkerStatus,
+)
+
+R = TypeVar("R", bound=Message)
+_GB = 1e9
+
+
+class CommandFailed(Exception):
+    pass
+
+
+@dataclass(slots=True)
+class _Tally:
+    finished_in_place: int = 0
+    kv_moved: int = 0
+    reprefilled: int = 0
+    requeued: int = 0
+    failed: int = 0
+    lost: int = 0
+    requests: int = 0
+    bytes_moved: float = 0.0
+    tokens_recomputed: float = 0.0
+    hot_blocks: int = 0
+    first_commands_at: float = 0.0
+    placed: set[str] = field(default_factory=set)
+
+
+class MigrationCoordinatorActor(Actor):
+    name = "migration_coordinator"
+
+    def __init__(
+        self,
+        bus: Bus,
+        clock: Clock,
+        *,
+        catalog: Catalog,
+        settings: MigrationSettings,
+        registry: WorkerRegistry,
+    ) -> None:
+        super().__init__(bus, clock)
+        self.catalog = catalog
+        self.settings = settings
+        self.registry = registry
+        self.reports: list[MigrationReport] = []
+        self._active: dict[str, asyncio.Task[None]] = {}
+        self._log = structlog.get_logger("agent.migration").bind(actor=self.name)
+
+    def subscriptions(self) -> Sequence[Listen]:
+        return [Listen(self.bus.subjects.spot_drain_all, DrainOrder, self.on_drain)]
+
+    async def on_drain(self, order: DrainOrder, _raw: Msg) -> None:
+        if order.instance_id in self._active and not self._active[order.instance_id].done():
+            return  # already draining this node
+        # A drain runs for up to the notice's length: in its own task, so other orders are not held up.
+        task = asyncio.ensure_future(self._drain(order))
+        self._active[order.instance_id] = task
+        task.add_done_callback(lambda t, iid=order.instance_id: self._finished(iid, t))  # type: ignore[misc]
+
+    def _finished(self, instance_id: str, task: asyncio.Task[None]) -> None:
+        if self._active.get(instance_id) is task:
+            del self._active[instance_id]
+        if not task.cancelled() and task.exception() is not None:
+            self._log.error("drain_failed", instance_id=instance_id, exc_info=task.exception())
+
+    # --- commands --------------------------------------------------------------------------------
+
+    def _timeout(self, deadline: float) -> float:
+        """Real seconds to wait for a reply: the command timeout, never past the deadline."""
+        left = self.clock.real_seconds(max(deadline - self.clock.now(), 0.0))
+        return max(0.05, min(self.settings.command_timeout_seconds, left))
+
+    async def _ask(self, subject: str, message: Message, reply: type[R], deadline: float) -> R:
+        try:
+            answer = await self.bus.request(subject, message, reply, self._timeout(deadline))
+        except (TimeoutError, NatsError) as err:
+            raise CommandFailed(f"{subject}: {type(err).__name__}") from None
+        if isinstance(answer, ErrorReply):
+            raise CommandFailed(f"{subject}: {answer.error}")
+        return answer
+
+    async def _worker(self, worker_id: str, op: str, message: Message, reply: type[R], deadline: float) -> R:
+        return await self._ask(self.bus.subjects.worker_request(worker_id, op), message, reply, deadline)
+
+    async def _router(self, op: str, message: Message, deadline: float) -> RouterAck:
+        return await self._ask(self.bus.subjects.router_command(op), message, RouterAck, deadline)
+
+    # --- one drain -------------------------------------------------------------------------------
+
+    async def _drain(self, order: DrainOrder) -> None:
+        started = self.clock.now()
+        tally = _Tally()
+        log = self._log.bind(instance_id=order.instance_id, correlation_id=order.correlation_id)
+        if order.reason == "lost":
+            await self._requeue_lost(order, tally)
+        else:
+            await asyncio.gather(*(self._drain_worker(order, w, tally) for w in order.worker_ids))
+        report = MigrationReport(
+            **self.bus.envelope(correlation_id=order.correlation_id),
+            instance_id=order.instance_id,
+            policy=self.settings.policy,
+            reason=order.reason,
+            requests=tally.requests,
+            counts=MigrationCounts(
+                finished_in_place=tally.finished_in_place,
+                kv_moved=tally.kv_moved,
+                reprefilled=tally.reprefilled,
+                requeued=tally.requeued,
+                failed=tally.failed,
+            ),
+            lost=tally.lost,
+            bytes_moved=tally.bytes_moved,
+            tokens_recomputed=tally.tokens_recomputed,
+            hot_blocks_moved=tally.hot_blocks,
+            notice_at=order.sent_at,
+            first_commands_at=tally.first_commands_at or started,
+            completed_at=self.clock.now(),
+            deadline=order.deadline,
+        )
+        self.reports.append(report)
+        await self.bus.publish(self.bus.subjects.migration_report(order.instance_id), report)
+        log.info(
+            "migration_reported",
+            requests=tally.requests,
+            finished_in_place=tally.finished_in_place,
+            kv_moved=tally.kv_moved,
+            reprefilled=tally.reprefilled,
+            requeued=tally.requeued,
+            lost=tally.lost,
+            seconds_before_deadline=round(order.deadline - report.completed_at, 3),
+        )
+
+    async def _requeue_lost(self, order: DrainOrder, tally: _Tally) -> None:
+        far = self.clock.now() + self.settings.command_timeout_seconds * 10
+        for worker_id in order.worker_ids:
+            try:
+                ack = await self._router(
+                    "worker_lost", WorkerLost(**self.bus.envelope(), worker_id=worker_id), far
+                )
+            except CommandFailed as err:
+                self._log.error("router_unreachable", worker_id=worker_id, error=str(err))
+                continue
+            tally.requests += ack.requests
+            tally.requeued += ack.requests
+        tally.first_commands_at = self.clock.now()
+
+    async def _drain_worker(self, order: DrainOrder, worker_id: str, tally: _Tally) -> None:
+        deadline = order.deadline
+        started = self.clock.now()
+        env = self.bus.envelope
+        # 1. Stop routing first: nothing new should land on a node that is going.
+        try:
+            await self._router("stop_routing", StopRouting(**env(), worker_id=worker_id), deadline)
+        except CommandFailed as err:
+            self._log.warning("stop_routing_failed", worker_id=worker_id, error=str(err))
+        # 2. What is in flight, and where it could go.
+        try:
+            inflight = await self._worker(
+                worker_id, "inflight", InflightQuery(**env()), InflightList, deadline
+            )
+        except CommandFailed as err:
+            self._log.error("inflight_unreadable", worker_id=worker_id, error=str(err))
+            return
+        targets = await self._targets(order.instance_id, deadline)
+        requests = [
+            InFlight(
+                request_id=r.request_id,
+                prompt_tokens=r.prompt_tokens,
+                generated_tokens=r.generated_tokens,
+                remaining_tokens=r.expected_remaining_tokens,
+                kv_bytes=r.kv_bytes,
+                prefix_blocks=tuple(r.prefix_blocks),
+            )
+            for r in inflight.requests
+        ]
+        tally.requests += len(requests)
+        by_id = {r.request_id: r for r in inflight.requests}
+        margin = self.settings.safety_margin_seconds
+        plan = plan_drain(
+            requests,
+            list(targets.values()),
+            DrainSettings(
+                time_left_s=max(deadline - self.clock.now(), 0.0),
+                source_decode_tokens_per_s=inflight.decode_tokens_per_s,
+                source_max_batch=max(inflight.max_batch, 1),
+                same_node_bytes_per_s=self.settings.same_node_gbytes_per_s * _GB,
+                cross_node_bytes_per_s=self.settings.cross_node_gbytes_per_s * _GB,
+                safety_margin_s=margin,
+                block_tokens=self.settings.block_tokens,
+                policy=self.settings.policy,
+            ),
+        )
+        # 3-4. Execute with bounded concurrency, in the plan's order.
+        gate = asyncio.Semaphore(self.settings.max_concurrency)
+        order_of_targets = sorted(targets, key=lambda t: -targets[t].free_slots)
+
+        async def run(action: DrainAction) -> None:
+            async with gate:
+                await self._execute(
+                    worker_id, action, by_id[action.request_id], order_of_targets, targets, deadline, tally
+                )
+
+        moves = [a for a in plan.actions if a.kind != "finish"]
+        tasks = [asyncio.ensure_future(run(a)) for a in moves]
+        tally.first_commands_at = max(tally.first_commands_at, self.clock.now())
+        if tasks:
+            await asyncio.gather(*tasks)
+        # 5. Hot prefix blocks, with the time left.
+        await self._hot_blocks(worker_id, order_of_targets, deadline, tally)
+        # 6. The safety net for what was left to finish in place: look when the plan expects them done,
+        # and at the deadline minus the margin; whatever is still there then goes back to the router.
+        finishing = {
+            a.request_id: by_id[a.request_id].generated_tokens for a in plan.actions if a.kind == "finish"
+        }
+        if finishing:
+            expected = max(a.ready_s for a in plan.actions if a.kind == "finish")
+            first_look = min(deadline - margin, started + expected * 1.1 + 1.0)
+            await self.clock.wait_until(first_look, self.stopping)
+            finishing = await self._finished_in_place(worker_id, finishing, deadline, tally)
+            if finishing and not self.stopping.is_set():
+                await self.clock.wait_until(deadline - margin, self.stopping)
+                finishing = await self._finished_in_place(worker_id, finishing, deadline, tally)
+            for rid, generated in finishing.items():
+                generated = await self._cancel(worker_id, rid, generated, deadline)
+                await self._requeue(worker_id, rid, generated, deadline, tally)
+
+    async def _targets(self, instance_id: str, deadline: float) -> dict[str, TargetWorker]:
+        candidates = self.registry.routable(exclude_instance=instance_id)
+
+        async def status(worker_id: str) -> WorkerStatus | None:
+            try:
+                return await self._worker(
+                    worker_id, "status", StatusQuery(**self.bus.envelope()), WorkerStatus, deadline
+                )
+            except CommandFailed:
+                return None
+
+        answers = await asyncio.gather(*(status(w.worker_id) for w in candidates))
+        targets: dict[str, TargetWorker] = {}
+        for answer in answers:
+            if answer is None or not answer.accepting:
+                continue
+            targets[answer.worker_id] = TargetWorker(
+                worker_id=answer.worker_id,
+                instance_id=answer.instance_id,
+                same_node=answer.instance_id == instance_id,
+                free_slots=max(answer.max_batch - answer.active - answer.queued, 0),
+                prefill_tokens_per_s=answer.prefill_tokens_per_s,
+                decode_tokens_per_s=answer.decode_tokens_per_s,
+                max_batch=max(answer.max_batch, 1),
+                cached_blocks=frozenset(answer.cached_blocks),
+            )
+        return targets
+
+    async def _execute(
+        self,
+        source: str,
+        action: DrainAction,
+        request: Any,
+        target_order: list[str],
+        targets: dict[str, TargetWorker],
+        deadline: float,
+        tally: _Tally,
+    ) -> None:
+        env = self.bus.envelope
+        rid = action.request_id
+        if action.kind == "transfer" and action.target is not None:
+            target = targets[action.target]
+            try:
+                ack = await self._worker(
+                    source,
+                    "transfer_kv",
+                    TransferKv(
+                        **env(),
+                        request_id=rid,
+                        target_worker_id=target.worker_id,
+                        target_instance_id=target.instance_id,
+                        reply_by=deadline - self.settings.safety_margin_seconds,
+                    ),
+                    WorkerAck,
+                    deadline,
+                )
+                await self._worker(
+                    target.worker_id,
+                    "resume",
+                    Resume(
+                        **env(),
+                        request_id=rid,
+                        source_worker_id=source,
+                        prompt_tokens=request.prompt_tokens,
+                        generated_tokens=ack.generated_tokens or request.generated_tokens,
+                        expected_remaining_tokens=request.expected_remaining_tokens,
+                        prefix_blocks=request.prefix_blocks,
+                    ),
+                    WorkerAck,
+                    deadline,
+                )
+                tally.kv_moved += 1
+                tally.bytes_moved += ack.bytes_moved
+                tally.placed.add(rid)
+                return
+            except CommandFailed as err:
+                tally.failed += 1
+                self._log.warning("transfer_failed", request_id=rid, target=target.worker_id, error=str(err))
+                # Fall through: re-prefill elsewhere, from what the source has generated.
+        # Re-prefill (planned, or after a failed transfer): cancel on the source, start on a target.
+        generated = await self._cancel(source, rid, request.generated_tokens, deadline)
+        if action.kind in ("transfer", "reprefill"):
+            tried = [action.target] if action.kind == "reprefill" and action.target else []
+            tried += [t for t in target_order if t not in tried and t != action.target]
+            for target_id in tried[:3]:
+                try:
+                    await self._worker(
+                        target_id,
+                        "reprefill",
+                        Reprefill(
+                            **env(),
+                            request_id=rid,
+                            source_worker_id=source,
+                            prompt_tokens=request.prompt_tokens,
+                            generated_tokens=generated,
+                            expected_remaining_tokens=request.expected_remaining_tokens,
+                            reply_by=deadline,
+                            prefix_blocks=request.prefix_blocks,
+                        ),
+                        WorkerAck,
+                        deadline,
+                    )
+                    tally.reprefilled += 1
+                    tally.tokens_recomputed += request.prompt_tokens + generated
+                    tally.placed.add(rid)
+                    return
+                except CommandFailed as err:
+                    tally.failed += 1
+                    self._log.warning("reprefill_failed", request_id=rid, target=target_id, error=str(err))
+        await self._requeue(source, rid, generated, deadline, tally)
+
+    async def _cancel(self, source: str, rid: str, generated: int, deadline: float) -> int:
+        try:
+            ack = await self._worker(
+                source, "cancel", Cancel(**self.bus.envelope(), request_id=rid), WorkerAck, deadline
+            )
+            return ack.generated_tokens
+        except CommandFailed:
+            return generated  # the node may be gone already: resume from what was last reported
+
+    async def _requeue(self, source: str, rid: str, generated: int, deadline: float, tally: _Tally) -> None:
+        # The router must take it: this is the last line before a loss, so it gets the whole command
+        # timeout even past the deadline (the request no longer needs the node).
+        far = max(deadline, self.clock.now()) + self.settings.command_timeout_seconds
+        for _ in range(3):
+            try:
+                await self._router(
+                    "requeue",
+                    Requeue(
+                        **self.bus.envelope(), request_id=rid, worker_id=source, generated_tokens=generated
+                    ),
+                    far,
+                )
+                tally.requeued += 1
+                tally.tokens_recomputed += 0  # counted when the router serves it again
+                tally.placed.add(rid)
+                return
+            except CommandFailed as err:
+                self._log.error("requeue_failed", request_id=rid, error=str(err))
+        tally.lost += 1
+
+    async def _finished_in_place(
+        self, source: str, finishing: dict[str, int], deadline: float, tally: _Tally
+    ) -> dict[str, int]:
+        """Count the requests that finished; return the rest with their generated tokens."""
+        try:
+            left = await self._worker(
+                source, "inflight", InflightQuery(**self.bus.envelope()), InflightList, deadline
+            )
+        except CommandFailed:
+            # The worker cannot answer (gone already): its own report of what it lost is the record.
+            tally.finished_in_place += len(finishing)
+            return {}
+        still = {r.request_id: r.generated_tokens for r in left.requests if r.request_id in finishing}
+        tally.finished_in_place += len(finishing) - len(still)
+        return still
+
+    async def _hot_blocks(self, source: str, target_order: list[str], deadline: float, tally: _Tally) -> None:
+        if self.settings.hot_blocks == 0 or not target_order:
+            return
+        if deadline - self.clock.now() <= self.settings.safety_margin_seconds:
+            return
+        try:
+            hot = await self._worker(
+                source,
+                "hot_blocks",
+                HotBlocksQuery(**self.bus.envelope(), limit=self.settings.hot_blocks),
+                HotBlocks,
+                deadline,
+            )
+            if not hot.blocks:
+                return
+            blocks: list[Block] = list(hot.blocks)
+            await self._worker(
+                target_order[0],
+                "receive_blocks",
+                ReceiveBlocks(
+                    **self.bus.envelope(), source_worker_id=source, blocks=blocks, reply_by=deadline
+                ),
+                WorkerAck,
+                deadline,
+            )
+            tally.hot_blocks += len(blocks)
+        except CommandFailed as err:
+            self._log.info("hot_blocks_skipped", worker_id=source, error=str(err))
