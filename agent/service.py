@@ -17,6 +17,7 @@ import nats
 import structlog
 from nats.aio.client import Client as NATS
 
+from agent.actors.migration import MigrationCoordinatorActor
 from agent.actors.optimizer import OptimizerTickActor
 from agent.actors.profiler import DemandProfilerActor
 from agent.actors.reporter import CostReporterActor
@@ -49,6 +50,7 @@ class Agent:
     optimizer: OptimizerTickActor
     reporter: CostReporterActor
     spot_monitor: SpotMonitorActor
+    migration: MigrationCoordinatorActor
     supervisor: Supervisor
     stop_event: asyncio.Event
     grace_s: float
@@ -142,15 +144,26 @@ def build_agent(
     spot_monitor = SpotMonitorActor(
         bus, clock, settings=settings.spot_monitor, registry=registry, capacity_lost=optimizer.capacity_lost
     )
+    migration = MigrationCoordinatorActor(
+        bus, clock, catalog=catalog, settings=settings.migration, registry=registry
+    )
     sup = settings.supervisor
     supervisor = Supervisor(
-        [profiler_actor, optimizer, reporter, spot_monitor],
+        [profiler_actor, optimizer, reporter, spot_monitor, migration],
         stop,
         metrics,
         RestartPolicy(max_restarts=sup.max_restarts, window_s=sup.window_seconds),
     )
     return Agent(
-        bus, profiler_actor, optimizer, reporter, spot_monitor, supervisor, stop, sup.shutdown_grace_seconds
+        bus,
+        profiler_actor,
+        optimizer,
+        reporter,
+        spot_monitor,
+        migration,
+        supervisor,
+        stop,
+        sup.shutdown_grace_seconds,
     )
 
 

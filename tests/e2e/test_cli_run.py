@@ -172,6 +172,8 @@ async def test_the_agent_plans_reports_survives_garbage_and_stops_cleanly_on_sig
         f"{ns}.evt.spot.price.default",
         f"{ns}.evt.fleet.instance.r-1",
         f"{ns}.cmd.plan.tick",
+        f"{ns}.evt.spot.notice.r-1",
+        f"{ns}.evt.spot.drain.r-1",
     ]
     for subject in subjects:
         for data in garbage:
@@ -193,13 +195,16 @@ async def test_the_agent_plans_reports_survives_garbage_and_stops_cleanly_on_sig
         for line in metrics.splitlines()
         if line.startswith("costagent_messages_rejected_total{")
     }
-    for pattern in (
+    patterns = (
         "evt.worker.metrics.*",
         "evt.spot.price.*",
         "evt.fleet.instance.*",
         "cmd.plan.tick",
         "req.cost.report",
-    ):
+        "evt.spot.notice.*",
+        "evt.spot.drain.*",
+    )
+    for pattern in patterns:
         assert sum(n for labels, n in rejected.items() if f'subject="{pattern}"' in labels) >= 1, pattern
     assert "costagent_optimizer_solve_seconds_count 2.0" in metrics
     assert 'costagent_planned_instances{tier="reserved"} 1.0' in metrics
