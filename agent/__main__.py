@@ -59,6 +59,38 @@ def _parser() -> argparse.ArgumentParser:
         help="JSON lines, or readable lines (auto: readable on a terminal)",
     )
 
+    sidecar = sub.add_parser(
+        "sidecar",
+        help="on a spot node: watch the cloud metadata service, publish preemption notices on NATS",
+    )
+    sidecar.add_argument("--provider", required=True, choices=["aws", "gcp", "azure"], help="the cloud")
+    sidecar.add_argument(
+        "--metadata-url",
+        help="metadata service base URL (default: http://169.254.169.254 for aws and azure, "
+        "http://metadata.google.internal for gcp)",
+    )
+    sidecar.add_argument(
+        "--instance-id",
+        help="this node's instance id (default: from the metadata service: AWS instance-id, "
+        "GCP instance name, Azure VM name)",
+    )
+    sidecar.add_argument("--nats-url", help="NATS server URL (default: NATS_URL)")
+    sidecar.add_argument("--namespace", help="subject namespace (default costagent)")
+    sidecar.add_argument("--poll-seconds", type=float, help="seconds between metadata reads (default 2)")
+    sidecar.add_argument(
+        "--gcp-notice-seconds",
+        type=float,
+        help="GCP: seconds from the preemption notice to shutdown (default 30; 120 for Spot VMs "
+        "created with a 120 s preemption notice)",
+    )
+    sidecar.add_argument("--log-level", default="info", help="debug, info, warning or error")
+    sidecar.add_argument(
+        "--log-format",
+        choices=["auto", "json", "console"],
+        default="auto",
+        help="JSON lines, or readable lines (auto: readable on a terminal)",
+    )
+
     schemas = sub.add_parser("schemas", help="write the wire messages' JSON Schema files")
     schemas.add_argument("--out", help="directory (default: schemas/jsonschema in the source tree)")
     schemas.add_argument(
@@ -275,6 +307,40 @@ def _run(args: argparse.Namespace) -> int:
         return 2
 
 
+def _sidecar(args: argparse.Namespace) -> int:
+    import asyncio
+    import os
+
+    from agent.providers.sidecar import SidecarConfig, run_sidecar
+    from agent.runtime.logs import configure_logging
+
+    given = {
+        "metadata_url": args.metadata_url,
+        "instance_id": args.instance_id,
+        "namespace": args.namespace,
+        "poll_s": args.poll_seconds,
+        "gcp_notice_s": args.gcp_notice_seconds,
+    }
+    try:
+        config = SidecarConfig(
+            provider=args.provider,
+            nats_url=args.nats_url or os.environ.get("NATS_URL", ""),
+            **{k: v for k, v in given.items() if v is not None},
+        )
+    except ValueError as exc:
+        raise ConfigError(f"sidecar: {exc}") from None
+    fmt = {"auto": None, "json": True, "console": False}[args.log_format]
+    try:
+        configure_logging(json=fmt, level=args.log_level)
+    except ValueError as exc:
+        raise ConfigError(f"--log-level: {exc}") from None
+    try:
+        return asyncio.run(run_sidecar(config))
+    except (ConnectionError, OSError) as exc:
+        print(f"cost-agent: {exc}", file=sys.stderr)
+        return 2
+
+
 def _schemas(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -305,6 +371,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(args)
         if args.command == "schemas":
             return _schemas(args)
+        if args.command == "sidecar":
+            return _sidecar(args)
     except (ConfigError, CatalogError, DemandSourceError, TraceError) as exc:
         print(f"cost-agent: {exc}", file=sys.stderr)
         return 2

@@ -117,11 +117,13 @@ class MetadataError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Notice:
-    """A preemption notice read from a metadata service: ``deadline`` in UNIX seconds (absolute);
-    ``key`` is its identity in the provider's document (equal keys: the same notice)."""
+    """A preemption notice read from a metadata service: ``deadline`` and ``received_at`` (when it was
+    read) in UNIX seconds; ``key`` is its identity in the provider's document (equal keys: the same
+    notice)."""
 
     kind: NoticeKind
     deadline: float
+    received_at: float
     key: str
 
 
@@ -195,7 +197,13 @@ def parse_instance_id(field: str, status: int, body: bytes) -> str:
     """A plain-text instance id or name (AWS instance-id, GCP instance/name, Azure compute/name)."""
     if status != 200:
         raise _unexpected_status(field, status)
-    value = _text(field, body).strip()
+    return check_instance_id(field, _text(field, body))
+
+
+def check_instance_id(field: str, raw: str) -> str:
+    """An instance id as a message key: 1 to 128 printable characters, no spaces (surrounding ones are
+    stripped)."""
+    value = raw.strip()
     if not value:
         raise MetadataError(field, "empty")
     if len(value) > _MAX_ID_LENGTH:
@@ -235,7 +243,7 @@ def parse_aws_instance_action(status: int, body: bytes, received_at: float) -> N
     deadline = parse_iso_time(f"{field}.time", raw_time)
     if action == "hibernate":  # hibernation begins at once: no two-minute warning
         deadline = min(deadline, received_at)
-    return Notice(kind=kind, deadline=deadline, key=f"aws:{action}@{raw_time}")
+    return Notice(kind=kind, deadline=deadline, received_at=received_at, key=f"aws:{action}@{raw_time}")
 
 
 def parse_aws_rebalance(status: int, body: bytes, received_at: float) -> Notice | None:
@@ -249,7 +257,9 @@ def parse_aws_rebalance(status: int, body: bytes, received_at: float) -> Notice 
     doc = _json_object(field, body)
     raw_time = _string(field, doc, "noticeTime")
     parse_iso_time(f"{field}.noticeTime", raw_time)  # validated, not used: the deadline is "now"
-    return Notice(kind="rebalance", deadline=received_at, key=f"aws:rebalance@{raw_time}")
+    return Notice(
+        kind="rebalance", deadline=received_at, received_at=received_at, key=f"aws:rebalance@{raw_time}"
+    )
 
 
 # GCP
@@ -266,7 +276,9 @@ def parse_gcp_preempted(
     if value.upper() == "FALSE":
         return None
     if value.upper() == "TRUE":
-        return Notice(kind="terminate", deadline=received_at + notice_s, key="gcp:preempted")
+        return Notice(
+            kind="terminate", deadline=received_at + notice_s, received_at=received_at, key="gcp:preempted"
+        )
     raise MetadataError(field, "neither TRUE nor FALSE", repr(value[:40]))
 
 
@@ -309,7 +321,10 @@ def parse_azure_events(status: int, body: bytes, received_at: float, vm_name: st
             raise MetadataError(f"{where}.NotBefore", "not a string", repr(not_before))
         deadline = parse_http_date(f"{where}.NotBefore", not_before) if not_before.strip() else received_at
         notice = Notice(
-            kind="terminate", deadline=deadline, key=f"azure:{event_id}|{event_status}|{not_before}"
+            kind="terminate",
+            deadline=deadline,
+            received_at=received_at,
+            key=f"azure:{event_id}|{event_status}|{not_before}",
         )
         if found is None or notice.deadline < found.deadline:
             found = notice
