@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import msgspec
 import structlog
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
@@ -125,22 +126,32 @@ class MigrationCoordinatorActor(Actor):
 
     # --- commands --------------------------------------------------------------------------------
 
-    def _timeout(self, deadline: float) -> float:
-        """Real seconds to wait for a reply: the command timeout, never past the deadline."""
+    def _timeout(self, deadline: float, *, cap: bool = True) -> float:
+        """Real seconds to wait for a reply: the command timeout (unless ``cap`` is off, for a command whose
+        reply is due only when its work is done), and never past the deadline."""
         left = self.clock.real_seconds(max(deadline - self.clock.now(), 0.0))
-        return max(0.05, min(self.settings.command_timeout_seconds, left))
+        return max(0.05, min(self.settings.command_timeout_seconds, left) if cap else left)
 
-    async def _ask(self, subject: str, message: Message, reply: type[R], deadline: float) -> R:
+    async def _ask(
+        self, subject: str, message: Message, reply: type[R], deadline: float, *, cap: bool = True
+    ) -> R:
         try:
-            answer = await self.bus.request(subject, message, reply, self._timeout(deadline))
-        except (TimeoutError, NatsError) as err:
+            answer = await self.bus.request(subject, message, reply, self._timeout(deadline, cap=cap))
+        except (NatsError, TimeoutError) as err:
             raise CommandFailed(f"{subject}: {type(err).__name__}") from None
+        except msgspec.DecodeError as err:
+            raise CommandFailed(f"{subject}: unreadable reply: {err}") from None
         if isinstance(answer, ErrorReply):
             raise CommandFailed(f"{subject}: {answer.error}")
+        if not getattr(answer, "ok", True):
+            raise CommandFailed(f"{subject}: refused: {getattr(answer, 'detail', '')}")
         return answer
 
-    async def _worker(self, worker_id: str, op: str, message: Message, reply: type[R], deadline: float) -> R:
-        return await self._ask(self.bus.subjects.worker_request(worker_id, op), message, reply, deadline)
+    async def _worker(
+        self, worker_id: str, op: str, message: Message, reply: type[R], deadline: float, *, cap: bool = True
+    ) -> R:
+        subject = self.bus.subjects.worker_request(worker_id, op)
+        return await self._ask(subject, message, reply, deadline, cap=cap)
 
     async def _router(self, op: str, message: Message, deadline: float) -> RouterAck:
         return await self._ask(self.bus.subjects.router_command(op), message, RouterAck, deadline)
@@ -191,18 +202,22 @@ class MigrationCoordinatorActor(Actor):
         )
 
     async def _requeue_lost(self, order: DrainOrder, tally: _Tally) -> None:
-        far = self.clock.now() + self.settings.command_timeout_seconds * 10
         for worker_id in order.worker_ids:
-            try:
-                ack = await self._router(
-                    "worker_lost", WorkerLost(**self.bus.envelope(), worker_id=worker_id), far
-                )
-            except CommandFailed as err:
-                self._log.error("router_unreachable", worker_id=worker_id, error=str(err))
-                continue
-            tally.requests += ack.requests
-            tally.requeued += ack.requests
+            tally.requests += await self._worker_lost(worker_id, tally)
         tally.first_commands_at = self.clock.now()
+
+    async def _worker_lost(self, worker_id: str, tally: _Tally) -> int:
+        """Have the router requeue, from the prompt, everything it sent ``worker_id`` and saw no end of."""
+        far = self.clock.now() + self.settings.command_timeout_seconds
+        try:
+            ack = await self._router(
+                "worker_lost", WorkerLost(**self.bus.envelope(), worker_id=worker_id), far
+            )
+        except CommandFailed as err:
+            self._log.error("router_unreachable", worker_id=worker_id, error=str(err))
+            return 0
+        tally.requeued += ack.requests
+        return ack.requests
 
     async def _drain_worker(self, order: DrainOrder, worker_id: str, tally: _Tally) -> None:
         deadline = order.deadline
@@ -219,7 +234,9 @@ class MigrationCoordinatorActor(Actor):
                 worker_id, "inflight", InflightQuery(**env()), InflightList, deadline
             )
         except CommandFailed as err:
+            # Nothing can be read from this worker: the router requeues what it sent there, from the prompt.
             self._log.error("inflight_unreadable", worker_id=worker_id, error=str(err))
+            await self._worker_lost(worker_id, tally)
             return
         targets = await self._targets(order.instance_id, deadline)
         requests = [
@@ -252,13 +269,14 @@ class MigrationCoordinatorActor(Actor):
         )
         # 3-4. Execute with bounded concurrency, in the plan's order.
         gate = asyncio.Semaphore(self.settings.max_concurrency)
+        # The plan sends KV transfers one after another over the node's egress (its timing assumes so).
+        link = asyncio.Lock()
         order_of_targets = sorted(targets, key=lambda t: -targets[t].free_slots)
 
         async def run(action: DrainAction) -> None:
-            async with gate:
-                await self._execute(
-                    worker_id, action, by_id[action.request_id], order_of_targets, targets, deadline, tally
-                )
+            request = by_id[action.request_id]
+            async with link if action.kind == "transfer" else gate:
+                await self._execute(worker_id, action, request, order_of_targets, targets, deadline, tally)
 
         moves = [a for a in plan.actions if a.kind != "finish"]
         tasks = [asyncio.ensure_future(run(a)) for a in moves]
@@ -282,7 +300,7 @@ class MigrationCoordinatorActor(Actor):
                 finishing = await self._finished_in_place(worker_id, finishing, deadline, tally)
             for rid, generated in finishing.items():
                 generated = await self._cancel(worker_id, rid, generated, deadline)
-                await self._requeue(worker_id, rid, generated, deadline, tally)
+                await self._requeue(worker_id, rid, generated, deadline, tally, by_id[rid].prompt_tokens)
 
     async def _targets(self, instance_id: str, deadline: float) -> dict[str, TargetWorker]:
         candidates = self.registry.routable(exclude_instance=instance_id)
@@ -338,7 +356,8 @@ class MigrationCoordinatorActor(Actor):
                         reply_by=deadline - self.settings.safety_margin_seconds,
                     ),
                     WorkerAck,
-                    deadline,
+                    deadline - self.settings.safety_margin_seconds,
+                    cap=False,
                 )
                 await self._worker(
                     target.worker_id,
@@ -387,13 +406,16 @@ class MigrationCoordinatorActor(Actor):
                         deadline,
                     )
                     tally.reprefilled += 1
-                    tally.tokens_recomputed += request.prompt_tokens + generated
+                    planned = action.kind == "reprefill" and target_id == action.target
+                    tally.tokens_recomputed += (
+                        action.tokens_recomputed if planned else request.prompt_tokens + generated
+                    )
                     tally.placed.add(rid)
                     return
                 except CommandFailed as err:
                     tally.failed += 1
                     self._log.warning("reprefill_failed", request_id=rid, target=target_id, error=str(err))
-        await self._requeue(source, rid, generated, deadline, tally)
+        await self._requeue(source, rid, generated, deadline, tally, request.prompt_tokens)
 
     async def _cancel(self, source: str, rid: str, generated: int, deadline: float) -> int:
         try:
@@ -404,7 +426,9 @@ class MigrationCoordinatorActor(Actor):
         except CommandFailed:
             return generated  # the node may be gone already: resume from what was last reported
 
-    async def _requeue(self, source: str, rid: str, generated: int, deadline: float, tally: _Tally) -> None:
+    async def _requeue(
+        self, source: str, rid: str, generated: int, deadline: float, tally: _Tally, prompt_tokens: int = 0
+    ) -> None:
         # The router must take it: this is the last line before a loss, so it gets the whole command
         # timeout even past the deadline (the request no longer needs the node).
         far = max(deadline, self.clock.now()) + self.settings.command_timeout_seconds
@@ -418,7 +442,7 @@ class MigrationCoordinatorActor(Actor):
                     far,
                 )
                 tally.requeued += 1
-                tally.tokens_recomputed += 0  # counted when the router serves it again
+                tally.tokens_recomputed += prompt_tokens + generated  # prefilled again wherever it lands
                 tally.placed.add(rid)
                 return
             except CommandFailed as err:
@@ -434,8 +458,9 @@ class MigrationCoordinatorActor(Actor):
                 source, "inflight", InflightQuery(**self.bus.envelope()), InflightList, deadline
             )
         except CommandFailed:
-            # The worker cannot answer (gone already): its own report of what it lost is the record.
-            tally.finished_in_place += len(finishing)
+            # The worker cannot answer: whatever the router still has on it goes back, from the prompt.
+            requeued = await self._worker_lost(source, tally)
+            tally.finished_in_place += max(len(finishing) - requeued, 0)
             return {}
         still = {r.request_id: r.generated_tokens for r in left.requests if r.request_id in finishing}
         tally.finished_in_place += len(finishing) - len(still)

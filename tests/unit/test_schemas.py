@@ -22,16 +22,40 @@ from schemas import (
     MESSAGE_TYPES,
     AllocationPlan,
     Band,
+    Block,
+    Cancel,
     CostReport,
     CostReportRequest,
     DemandSnapshot,
+    DrainOrder,
     ErrorReply,
+    HotBlocks,
+    HotBlocksQuery,
+    InflightList,
+    InflightQuery,
+    InflightRequest,
     InstanceEvent,
     Message,
+    MigrationCounts,
+    MigrationReport,
+    PreemptionNotice,
+    ReceiveBlocks,
     ReplanRequest,
+    Reprefill,
+    RequestUpdate,
+    Requeue,
+    Resume,
+    RouterAck,
     SpotPrice,
+    StatusQuery,
+    StopRouting,
+    Submit,
     Target,
+    TransferKv,
+    WorkerAck,
+    WorkerLost,
     WorkerMetrics,
+    WorkerStatus,
     envelope,
     tag_of,
 )
@@ -212,6 +236,302 @@ GOLDEN: list[tuple[bytes, Message]] = [
             error="instance_type: 'b200' is not in catalog 'seed'",
         ),
     ),
+    (
+        b'{"type":"spot.notice.v1","instance_id":"i-0abc123","kind":"terminate","deadline":1767225630.1,'
+        b'"provider":"gcp","received_at":1767225600.1,"msg_id":"notice-17","sent_at":1767225600.2,'
+        b'"source":"sidecar:i-0abc123","correlation_id":""}',
+        PreemptionNotice(
+            msg_id="notice-17",
+            sent_at=1767225600.2,
+            source="sidecar:i-0abc123",
+            instance_id="i-0abc123",
+            kind="terminate",
+            deadline=1767225630.1,
+            provider="gcp",
+            received_at=1767225600.1,
+        ),
+    ),
+    (
+        b'{"type":"spot.drain.v1","instance_id":"i-0abc123","worker_ids":["worker-7"],"deadline":1767225630.1,'
+        b'"reason":"notice","msg_id":"drain-17","sent_at":1767225600.25,"source":"agent",'
+        b'"correlation_id":"notice-17"}',
+        DrainOrder(
+            msg_id="drain-17",
+            sent_at=1767225600.25,
+            source="agent",
+            correlation_id="notice-17",
+            instance_id="i-0abc123",
+            worker_ids=["worker-7"],
+            deadline=1767225630.1,
+            reason="notice",
+        ),
+    ),
+    (
+        b'{"type":"migration.report.v1","instance_id":"i-0abc123","policy":"deadline","reason":"notice",'
+        b'"requests":17,"counts":{"finished_in_place":9,"kv_moved":5,"reprefilled":2,"requeued":1,"failed":1},'
+        b'"lost":0,"bytes_moved":4128768000.0,"tokens_recomputed":3150.0,"hot_blocks_moved":100,'
+        b'"notice_at":1767225600.25,"first_commands_at":1767225600.31,"completed_at":1767225625.0,'
+        b'"deadline":1767225630.1,"msg_id":"migration-17","sent_at":1767225625.0,"source":"agent",'
+        b'"correlation_id":"notice-17"}',
+        MigrationReport(
+            msg_id="migration-17",
+            sent_at=1767225625.0,
+            source="agent",
+            correlation_id="notice-17",
+            instance_id="i-0abc123",
+            policy="deadline",
+            reason="notice",
+            requests=17,
+            counts=MigrationCounts(finished_in_place=9, kv_moved=5, reprefilled=2, requeued=1, failed=1),
+            lost=0,
+            bytes_moved=4128768000.0,
+            tokens_recomputed=3150.0,
+            hot_blocks_moved=100,
+            notice_at=1767225600.25,
+            first_commands_at=1767225600.31,
+            completed_at=1767225625.0,
+            deadline=1767225630.1,
+        ),
+    ),
+    (
+        b'{"type":"router.stop_routing.v1","worker_id":"worker-7","msg_id":"cmd-stop-1",'
+        b'"sent_at":1767225600.26,"source":"agent","correlation_id":""}',
+        StopRouting(msg_id="cmd-stop-1", sent_at=1767225600.26, source="agent", worker_id="worker-7"),
+    ),
+    (
+        b'{"type":"router.requeue.v1","request_id":"req-8f3d","worker_id":"worker-7","generated_tokens":120,'
+        b'"msg_id":"cmd-requeue-1","sent_at":1767225625.1,"source":"agent","correlation_id":""}',
+        Requeue(
+            msg_id="cmd-requeue-1",
+            sent_at=1767225625.1,
+            source="agent",
+            request_id="req-8f3d",
+            worker_id="worker-7",
+            generated_tokens=120,
+        ),
+    ),
+    (
+        b'{"type":"router.worker_lost.v1","worker_id":"worker-9","msg_id":"cmd-lost-1","sent_at":1767225645.0,'
+        b'"source":"agent","correlation_id":""}',
+        WorkerLost(msg_id="cmd-lost-1", sent_at=1767225645.0, source="agent", worker_id="worker-9"),
+    ),
+    (
+        b'{"type":"router.ack.v1","op":"worker_lost","ok":true,"requests":14,"detail":"","msg_id":"ack-1",'
+        b'"sent_at":1767225645.01,"source":"router","correlation_id":"cmd-lost-1"}',
+        RouterAck(
+            msg_id="ack-1",
+            sent_at=1767225645.01,
+            source="router",
+            correlation_id="cmd-lost-1",
+            op="worker_lost",
+            ok=True,
+            requests=14,
+            detail="",
+        ),
+    ),
+    (
+        b'{"type":"worker.status_query.v1","msg_id":"status-1","sent_at":1767225600.27,"source":"agent",'
+        b'"correlation_id":""}',
+        StatusQuery(msg_id="status-1", sent_at=1767225600.27, source="agent"),
+    ),
+    (
+        b'{"type":"worker.status.v1","worker_id":"worker-3","instance_id":"i-0def456","instance_type":"h100_8x",'
+        b'"accepting":true,"max_batch":256,"active":180,"queued":4,"prefill_tokens_per_s":45000.0,'
+        b'"decode_tokens_per_s":9000.0,"cached_blocks":["5f2c9a1e7b3d4c08","c1d2e3f405162738"],'
+        b'"msg_id":"status-reply-1","sent_at":1767225600.28,"source":"worker-3","correlation_id":"status-1"}',
+        WorkerStatus(
+            msg_id="status-reply-1",
+            sent_at=1767225600.28,
+            source="worker-3",
+            correlation_id="status-1",
+            worker_id="worker-3",
+            instance_id="i-0def456",
+            instance_type="h100_8x",
+            accepting=True,
+            max_batch=256,
+            active=180,
+            queued=4,
+            prefill_tokens_per_s=45000.0,
+            decode_tokens_per_s=9000.0,
+            cached_blocks=["5f2c9a1e7b3d4c08", "c1d2e3f405162738"],
+        ),
+    ),
+    (
+        b'{"type":"worker.inflight_query.v1","msg_id":"inflight-1","sent_at":1767225600.27,"source":"agent",'
+        b'"correlation_id":""}',
+        InflightQuery(msg_id="inflight-1", sent_at=1767225600.27, source="agent"),
+    ),
+    (
+        b'{"type":"worker.inflight.v1","worker_id":"worker-7","instance_id":"i-0abc123",'
+        b'"decode_tokens_per_s":9000.0,"max_batch":256,"requests":['
+        b'{"request_id":"req-8f3a","prompt_tokens":2048,"generated_tokens":212,"expected_remaining_tokens":300,'
+        b'"kv_bytes":740556800.0,"prefix_blocks":["5f2c9a1e7b3d4c08","c1d2e3f405162738"]},'
+        b'{"request_id":"req-8f3b","prompt_tokens":512,"generated_tokens":40,"expected_remaining_tokens":20,'
+        b'"kv_bytes":180879360.0,"prefix_blocks":[]}],'
+        b'"msg_id":"inflight-reply-1","sent_at":1767225600.29,"source":"worker-7","correlation_id":"inflight-1"}',
+        InflightList(
+            msg_id="inflight-reply-1",
+            sent_at=1767225600.29,
+            source="worker-7",
+            correlation_id="inflight-1",
+            worker_id="worker-7",
+            instance_id="i-0abc123",
+            decode_tokens_per_s=9000.0,
+            max_batch=256,
+            requests=[
+                InflightRequest(
+                    request_id="req-8f3a",
+                    prompt_tokens=2048,
+                    generated_tokens=212,
+                    expected_remaining_tokens=300,
+                    kv_bytes=740556800.0,
+                    prefix_blocks=["5f2c9a1e7b3d4c08", "c1d2e3f405162738"],
+                ),
+                InflightRequest(
+                    request_id="req-8f3b",
+                    prompt_tokens=512,
+                    generated_tokens=40,
+                    expected_remaining_tokens=20,
+                    kv_bytes=180879360.0,
+                ),
+            ],
+        ),
+    ),
+    (
+        b'{"type":"worker.transfer_kv.v1","request_id":"req-8f3a","target_worker_id":"worker-3",'
+        b'"target_instance_id":"i-0def456","reply_by":1767225625.1,"msg_id":"transfer-1",'
+        b'"sent_at":1767225600.31,"source":"agent","correlation_id":""}',
+        TransferKv(
+            msg_id="transfer-1",
+            sent_at=1767225600.31,
+            source="agent",
+            request_id="req-8f3a",
+            target_worker_id="worker-3",
+            target_instance_id="i-0def456",
+            reply_by=1767225625.1,
+        ),
+    ),
+    (
+        b'{"type":"worker.resume.v1","request_id":"req-8f3a","source_worker_id":"worker-7","prompt_tokens":2048,'
+        b'"generated_tokens":215,"expected_remaining_tokens":300,'
+        b'"prefix_blocks":["5f2c9a1e7b3d4c08","c1d2e3f405162738"],"msg_id":"resume-1","sent_at":1767225600.56,'
+        b'"source":"agent","correlation_id":""}',
+        Resume(
+            msg_id="resume-1",
+            sent_at=1767225600.56,
+            source="agent",
+            request_id="req-8f3a",
+            source_worker_id="worker-7",
+            prompt_tokens=2048,
+            generated_tokens=215,
+            expected_remaining_tokens=300,
+            prefix_blocks=["5f2c9a1e7b3d4c08", "c1d2e3f405162738"],
+        ),
+    ),
+    (
+        b'{"type":"worker.reprefill.v1","request_id":"req-8f3c","source_worker_id":"worker-7","prompt_tokens":1024,'
+        b'"generated_tokens":96,"expected_remaining_tokens":640,"reply_by":1767225630.1,'
+        b'"prefix_blocks":["5f2c9a1e7b3d4c08"],"msg_id":"reprefill-1","sent_at":1767225600.33,"source":"agent",'
+        b'"correlation_id":""}',
+        Reprefill(
+            msg_id="reprefill-1",
+            sent_at=1767225600.33,
+            source="agent",
+            request_id="req-8f3c",
+            source_worker_id="worker-7",
+            prompt_tokens=1024,
+            generated_tokens=96,
+            expected_remaining_tokens=640,
+            reply_by=1767225630.1,
+            prefix_blocks=["5f2c9a1e7b3d4c08"],
+        ),
+    ),
+    (
+        b'{"type":"worker.cancel.v1","request_id":"req-8f3c","msg_id":"cancel-1","sent_at":1767225600.32,'
+        b'"source":"agent","correlation_id":""}',
+        Cancel(msg_id="cancel-1", sent_at=1767225600.32, source="agent", request_id="req-8f3c"),
+    ),
+    (
+        b'{"type":"worker.hot_blocks_query.v1","limit":100,"msg_id":"hot-1","sent_at":1767225612.0,'
+        b'"source":"agent","correlation_id":""}',
+        HotBlocksQuery(msg_id="hot-1", sent_at=1767225612.0, source="agent", limit=100),
+    ),
+    (
+        b'{"type":"worker.hot_blocks.v1","worker_id":"worker-7","blocks":['
+        b'{"block_hash":"5f2c9a1e7b3d4c08","size_bytes":5242880.0,"hits":412},'
+        b'{"block_hash":"c1d2e3f405162738","size_bytes":5242880.0,"hits":97}],'
+        b'"msg_id":"hot-reply-1","sent_at":1767225612.01,"source":"worker-7","correlation_id":"hot-1"}',
+        HotBlocks(
+            msg_id="hot-reply-1",
+            sent_at=1767225612.01,
+            source="worker-7",
+            correlation_id="hot-1",
+            worker_id="worker-7",
+            blocks=[
+                Block(block_hash="5f2c9a1e7b3d4c08", size_bytes=5242880.0, hits=412),
+                Block(block_hash="c1d2e3f405162738", size_bytes=5242880.0, hits=97),
+            ],
+        ),
+    ),
+    (
+        b'{"type":"worker.receive_blocks.v1","source_worker_id":"worker-7","blocks":['
+        b'{"block_hash":"5f2c9a1e7b3d4c08","size_bytes":5242880.0,"hits":412}],"reply_by":1767225630.1,'
+        b'"msg_id":"receive-1","sent_at":1767225612.02,"source":"agent","correlation_id":""}',
+        ReceiveBlocks(
+            msg_id="receive-1",
+            sent_at=1767225612.02,
+            source="agent",
+            source_worker_id="worker-7",
+            blocks=[Block(block_hash="5f2c9a1e7b3d4c08", size_bytes=5242880.0, hits=412)],
+            reply_by=1767225630.1,
+        ),
+    ),
+    (
+        b'{"type":"worker.submit.v1","request_id":"req-8f3d","prompt_tokens":900,"expected_output_tokens":500,'
+        b'"already_generated":120,"prefix_blocks":["5f2c9a1e7b3d4c08"],"msg_id":"submit-1",'
+        b'"sent_at":1767225625.2,"source":"router","correlation_id":""}',
+        Submit(
+            msg_id="submit-1",
+            sent_at=1767225625.2,
+            source="router",
+            request_id="req-8f3d",
+            prompt_tokens=900,
+            expected_output_tokens=500,
+            already_generated=120,
+            prefix_blocks=["5f2c9a1e7b3d4c08"],
+        ),
+    ),
+    (
+        b'{"type":"worker.ack.v1","op":"transfer_kv","request_id":"req-8f3a","ok":true,"generated_tokens":215,'
+        b'"bytes_moved":741539840.0,"detail":"","msg_id":"ack-transfer-1","sent_at":1767225600.55,'
+        b'"source":"worker-7","correlation_id":"transfer-1"}',
+        WorkerAck(
+            msg_id="ack-transfer-1",
+            sent_at=1767225600.55,
+            source="worker-7",
+            correlation_id="transfer-1",
+            op="transfer_kv",
+            request_id="req-8f3a",
+            ok=True,
+            generated_tokens=215,
+            bytes_moved=741539840.0,
+            detail="",
+        ),
+    ),
+    (
+        b'{"type":"request.update.v1","request_id":"req-8f3a","worker_id":"worker-3","state":"started",'
+        b'"generated_tokens":215,"msg_id":"update-1","sent_at":1767225600.57,"source":"worker-3",'
+        b'"correlation_id":""}',
+        RequestUpdate(
+            msg_id="update-1",
+            sent_at=1767225600.57,
+            source="worker-3",
+            request_id="req-8f3a",
+            worker_id="worker-3",
+            state="started",
+            generated_tokens=215,
+        ),
+    ),
 ]
 
 
@@ -324,6 +644,8 @@ def test_a_message_without_a_tag_is_rejected_where_the_tag_picks_the_type() -> N
 # --- constraints live in the types -------------------------------------------------------------------
 
 WORKER, PRICE, FLEET, PLAN = GOLDEN[0][0], GOLDEN[1][0], GOLDEN[2][0], GOLDEN[3][0]
+WIRE: dict[type[Message], bytes] = {type(message): wire for wire, message in GOLDEN}
+NOTICE, DRAIN, MIGRATION = WIRE[PreemptionNotice], WIRE[DrainOrder], WIRE[MigrationReport]
 
 
 def replaced(wire: bytes, path: tuple[str | int, ...], value: object) -> bytes:
@@ -360,6 +682,59 @@ OUT_OF_TYPE: list[tuple[bytes, type[Message], tuple[str | int, ...], object, str
     (PLAN, AllocationPlan, ("targets", 0, "tier"), "cheap", "$.targets[0].tier"),
     (PLAN, AllocationPlan, ("hourly_cost",), -0.01, "$.hourly_cost"),
     (PLAN, AllocationPlan, ("reason",), "whim", "$.reason"),
+    (NOTICE, PreemptionNotice, ("kind",), "preempt", "$.kind"),
+    (NOTICE, PreemptionNotice, ("kind",), "Terminate", "$.kind"),
+    (NOTICE, PreemptionNotice, ("provider",), "oci", "$.provider"),
+    (NOTICE, PreemptionNotice, ("deadline",), -1.0, "$.deadline"),
+    (NOTICE, PreemptionNotice, ("deadline",), "2026-01-01T00:00:30Z", "$.deadline"),
+    (NOTICE, PreemptionNotice, ("received_at",), -0.5, "$.received_at"),
+    (NOTICE, PreemptionNotice, ("instance_id",), "", "$.instance_id"),
+    (DRAIN, DrainOrder, ("reason",), "evicted", "$.reason"),
+    (DRAIN, DrainOrder, ("worker_ids", 0), "", "$.worker_ids[0]"),
+    (DRAIN, DrainOrder, ("worker_ids",), "worker-7", "$.worker_ids"),
+    (DRAIN, DrainOrder, ("deadline",), -1.0, "$.deadline"),
+    (MIGRATION, MigrationReport, ("requests",), -1, "$.requests"),
+    (MIGRATION, MigrationReport, ("counts", "kv_moved"), -1, "$.counts.kv_moved"),
+    (MIGRATION, MigrationReport, ("counts", "requeued"), 1.5, "$.counts.requeued"),
+    (MIGRATION, MigrationReport, ("lost",), -1, "$.lost"),
+    (MIGRATION, MigrationReport, ("bytes_moved",), -1.0, "$.bytes_moved"),
+    (MIGRATION, MigrationReport, ("reason",), "preempted", "$.reason"),
+    (WIRE[StopRouting], StopRouting, ("worker_id",), "", "$.worker_id"),
+    (WIRE[Requeue], Requeue, ("generated_tokens",), -1, "$.generated_tokens"),
+    (WIRE[Requeue], Requeue, ("request_id",), "r" * 129, "$.request_id"),
+    (WIRE[WorkerLost], WorkerLost, ("worker_id",), "", "$.worker_id"),
+    (WIRE[RouterAck], RouterAck, ("requests",), -1, "$.requests"),
+    (WIRE[RouterAck], RouterAck, ("ok",), "yes", "$.ok"),
+    (WIRE[RouterAck], RouterAck, ("op",), "", "$.op"),
+    (WIRE[WorkerStatus], WorkerStatus, ("prefill_tokens_per_s",), 0, "$.prefill_tokens_per_s"),
+    (WIRE[WorkerStatus], WorkerStatus, ("decode_tokens_per_s",), -9000.0, "$.decode_tokens_per_s"),
+    (WIRE[WorkerStatus], WorkerStatus, ("max_batch",), -1, "$.max_batch"),
+    (WIRE[WorkerStatus], WorkerStatus, ("accepting",), 1, "$.accepting"),
+    (WIRE[InflightList], InflightList, ("requests", 0, "kv_bytes"), -1.0, "$.requests[0].kv_bytes"),
+    (
+        WIRE[InflightList],
+        InflightList,
+        ("requests", 1, "expected_remaining_tokens"),
+        1.5,
+        "$.requests[1].expected_remaining_tokens",
+    ),
+    (WIRE[InflightList], InflightList, ("requests", 1, "request_id"), "", "$.requests[1].request_id"),
+    (WIRE[TransferKv], TransferKv, ("reply_by",), -1.0, "$.reply_by"),
+    (WIRE[TransferKv], TransferKv, ("target_worker_id",), "", "$.target_worker_id"),
+    (WIRE[Resume], Resume, ("generated_tokens",), -1, "$.generated_tokens"),
+    (WIRE[Reprefill], Reprefill, ("prompt_tokens",), -3, "$.prompt_tokens"),
+    (WIRE[Reprefill], Reprefill, ("reply_by",), None, "$.reply_by"),
+    (WIRE[Cancel], Cancel, ("request_id",), "", "$.request_id"),
+    (WIRE[HotBlocksQuery], HotBlocksQuery, ("limit",), -1, "$.limit"),
+    (WIRE[HotBlocks], HotBlocks, ("blocks", 0, "size_bytes"), -1.0, "$.blocks[0].size_bytes"),
+    (WIRE[HotBlocks], HotBlocks, ("blocks", 1, "hits"), -1, "$.blocks[1].hits"),
+    (WIRE[ReceiveBlocks], ReceiveBlocks, ("blocks", 0, "block_hash"), "", "$.blocks[0].block_hash"),
+    (WIRE[Submit], Submit, ("expected_output_tokens",), -1, "$.expected_output_tokens"),
+    (WIRE[Submit], Submit, ("already_generated",), -120, "$.already_generated"),
+    (WIRE[WorkerAck], WorkerAck, ("bytes_moved",), -1.0, "$.bytes_moved"),
+    (WIRE[WorkerAck], WorkerAck, ("generated_tokens",), -1, "$.generated_tokens"),
+    (WIRE[RequestUpdate], RequestUpdate, ("state",), "finished", "$.state"),
+    (WIRE[RequestUpdate], RequestUpdate, ("generated_tokens",), -1, "$.generated_tokens"),
 ]
 
 
@@ -384,6 +759,32 @@ def test_a_missing_required_field_is_rejected_by_name(field: str) -> None:
 
     with pytest.raises(msgspec.ValidationError, match=f"missing required field `{field}`"):
         msgspec.json.decode(json.dumps(document).encode(), type=WorkerMetrics)
+
+
+def test_a_minimal_reply_leaves_out_every_defaulted_field() -> None:
+    # What a worker or router adapter must send at the least; everything else has a default.
+    worker_ack = msgspec.json.decode(
+        b'{"type":"worker.ack.v1","op":"cancel","msg_id":"a-1","sent_at":1767225600.0,"source":"worker-7"}',
+        type=WorkerAck,
+    )
+    router_ack = msgspec.json.decode(
+        b'{"type":"router.ack.v1","op":"stop_routing","ok":true,"msg_id":"a-2","sent_at":1767225600.0,'
+        b'"source":"router"}',
+        type=RouterAck,
+    )
+
+    assert (worker_ack.request_id, worker_ack.ok, worker_ack.generated_tokens) == ("", True, 0)
+    assert (worker_ack.bytes_moved, worker_ack.detail) == (0.0, "")
+    assert (router_ack.requests, router_ack.detail) == (0, "")
+
+
+def test_a_query_without_a_limit_asks_for_a_hundred_hot_blocks() -> None:
+    query = msgspec.json.decode(
+        b'{"type":"worker.hot_blocks_query.v1","msg_id":"h-1","sent_at":1767225600.0,"source":"agent"}',
+        type=HotBlocksQuery,
+    )
+
+    assert query.limit == 100
 
 
 def test_zero_is_a_valid_count() -> None:
