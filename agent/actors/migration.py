@@ -68,7 +68,10 @@ _GB = 1e9
 
 
 class CommandFailed(Exception):
-    pass
+    def __init__(self, text: str, *, unreachable: bool = False) -> None:
+        super().__init__(text)
+        self.unreachable = unreachable
+        """No answer at all (a timeout, no responder): the worker is likely gone."""
 
 
 @dataclass(slots=True)
@@ -85,6 +88,8 @@ class _Tally:
     hot_blocks: int = 0
     first_commands_at: float = 0.0
     placed: set[str] = field(default_factory=set)
+    dead: set[str] = field(default_factory=set)
+    """Targets that did not answer: skipped for the rest of this drain."""
 
 
 class MigrationCoordinatorActor(Actor):
@@ -138,7 +143,7 @@ class MigrationCoordinatorActor(Actor):
         try:
             answer = await self.bus.request(subject, message, reply, self._timeout(deadline, cap=cap))
         except (NatsError, TimeoutError) as err:
-            raise CommandFailed(f"{subject}: {type(err).__name__}") from None
+            raise CommandFailed(f"{subject}: {type(err).__name__}", unreachable=True) from None
         except msgspec.DecodeError as err:
             raise CommandFailed(f"{subject}: unreadable reply: {err}") from None
         if isinstance(answer, ErrorReply):
@@ -275,8 +280,12 @@ class MigrationCoordinatorActor(Actor):
 
         async def run(action: DrainAction) -> None:
             request = by_id[action.request_id]
-            async with link if action.kind == "transfer" else gate:
-                await self._execute(worker_id, action, request, order_of_targets, targets, deadline, tally)
+            args = (worker_id, action, request, order_of_targets, targets, deadline, tally, gate)
+            if action.kind == "transfer":
+                async with link:
+                    await self._execute(*args)
+            else:
+                await self._execute(*args)  # the gate bounds placements; cancels go out at once
 
         moves = [a for a in plan.actions if a.kind != "finish"]
         tasks = [asyncio.ensure_future(run(a)) for a in moves]
@@ -339,83 +348,122 @@ class MigrationCoordinatorActor(Actor):
         targets: dict[str, TargetWorker],
         deadline: float,
         tally: _Tally,
+        gate: asyncio.Semaphore,
     ) -> None:
-        env = self.bus.envelope
         rid = action.request_id
-        if action.kind == "transfer" and action.target is not None:
-            target = targets[action.target]
+        moving = action.kind == "transfer" and action.target is not None and action.target not in tally.dead
+        if moving and await self._transfer(source, request, targets[str(action.target)], deadline, tally):
+            return
+        # Re-prefill or requeue (planned, or after a failed transfer): take it off the source first, which
+        # is what needs the node; placing it elsewhere does not, and may take as long as it needs.
+        generated = await self._cancel(source, rid, request.generated_tokens, deadline)
+        async with gate:
+            if action.kind in ("transfer", "reprefill"):
+                first = [action.target] if action.kind == "reprefill" and action.target else []
+                choices = first + [t for t in target_order if t not in first and t != action.target]
+                planned = action.tokens_recomputed if action.kind == "reprefill" else None
+                if await self._place(source, request, generated, choices, planned, action.target, tally):
+                    return
+            await self._requeue(source, rid, generated, deadline, tally, request.prompt_tokens)
+
+    async def _transfer(
+        self, source: str, request: Any, target: TargetWorker, deadline: float, tally: _Tally
+    ) -> bool:
+        env = self.bus.envelope
+        rid = request.request_id
+        due = deadline - self.settings.safety_margin_seconds
+        try:
+            ack = await self._worker(
+                source,
+                "transfer_kv",
+                TransferKv(
+                    **env(),
+                    request_id=rid,
+                    target_worker_id=target.worker_id,
+                    target_instance_id=target.instance_id,
+                    reply_by=due,
+                ),
+                WorkerAck,
+                due,
+                cap=False,
+            )
+        except CommandFailed as err:
+            tally.failed += 1
+            self._log.warning("transfer_failed", request_id=rid, target=target.worker_id, error=str(err))
+            return False
+        try:
+            await self._worker(
+                target.worker_id,
+                "resume",
+                Resume(
+                    **env(),
+                    request_id=rid,
+                    source_worker_id=source,
+                    prompt_tokens=request.prompt_tokens,
+                    generated_tokens=ack.generated_tokens or request.generated_tokens,
+                    expected_remaining_tokens=request.expected_remaining_tokens,
+                    prefix_blocks=request.prefix_blocks,
+                ),
+                WorkerAck,
+                self.clock.now() + self.settings.command_timeout_seconds,
+            )
+        except CommandFailed as err:
+            tally.failed += 1
+            if err.unreachable:
+                tally.dead.add(target.worker_id)
+            self._log.warning("resume_failed", request_id=rid, target=target.worker_id, error=str(err))
+            return False
+        tally.kv_moved += 1
+        tally.bytes_moved += ack.bytes_moved
+        tally.placed.add(rid)
+        return True
+
+    async def _place(
+        self,
+        source: str,
+        request: Any,
+        generated: int,
+        choices: list[str],
+        planned_tokens: float | None,
+        planned_target: str | None,
+        tally: _Tally,
+    ) -> bool:
+        """Re-prefill on the first of ``choices`` that takes it (at most three tries)."""
+        rid = request.request_id
+        for target_id in [t for t in choices if t not in tally.dead][:3]:
+            due = self.clock.now() + self.settings.command_timeout_seconds
             try:
-                ack = await self._worker(
-                    source,
-                    "transfer_kv",
-                    TransferKv(
-                        **env(),
-                        request_id=rid,
-                        target_worker_id=target.worker_id,
-                        target_instance_id=target.instance_id,
-                        reply_by=deadline - self.settings.safety_margin_seconds,
-                    ),
-                    WorkerAck,
-                    deadline - self.settings.safety_margin_seconds,
-                    cap=False,
-                )
                 await self._worker(
-                    target.worker_id,
-                    "resume",
-                    Resume(
-                        **env(),
+                    target_id,
+                    "reprefill",
+                    Reprefill(
+                        **self.bus.envelope(),
                         request_id=rid,
                         source_worker_id=source,
                         prompt_tokens=request.prompt_tokens,
-                        generated_tokens=ack.generated_tokens or request.generated_tokens,
+                        generated_tokens=generated,
                         expected_remaining_tokens=request.expected_remaining_tokens,
+                        reply_by=due,
                         prefix_blocks=request.prefix_blocks,
                     ),
                     WorkerAck,
-                    deadline,
+                    due,
                 )
-                tally.kv_moved += 1
-                tally.bytes_moved += ack.bytes_moved
-                tally.placed.add(rid)
-                return
             except CommandFailed as err:
                 tally.failed += 1
-                self._log.warning("transfer_failed", request_id=rid, target=target.worker_id, error=str(err))
-                # Fall through: re-prefill elsewhere, from what the source has generated.
-        # Re-prefill (planned, or after a failed transfer): cancel on the source, start on a target.
-        generated = await self._cancel(source, rid, request.generated_tokens, deadline)
-        if action.kind in ("transfer", "reprefill"):
-            tried = [action.target] if action.kind == "reprefill" and action.target else []
-            tried += [t for t in target_order if t not in tried and t != action.target]
-            for target_id in tried[:3]:
-                try:
-                    await self._worker(
-                        target_id,
-                        "reprefill",
-                        Reprefill(
-                            **env(),
-                            request_id=rid,
-                            source_worker_id=source,
-                            prompt_tokens=request.prompt_tokens,
-                            generated_tokens=generated,
-                            expected_remaining_tokens=request.expected_remaining_tokens,
-                            reply_by=deadline,
-                            prefix_blocks=request.prefix_blocks,
-                        ),
-                        WorkerAck,
-                        deadline,
-                    )
-                    tally.reprefilled += 1
-                    planned = action.kind == "reprefill" and target_id == action.target
-                    tally.tokens_recomputed += (
-                        action.tokens_recomputed if planned else request.prompt_tokens + generated
-                    )
-                    tally.placed.add(rid)
-                    return
-                except CommandFailed as err:
-                    tally.failed += 1
-                    self._log.warning("reprefill_failed", request_id=rid, target=target_id, error=str(err))
-        await self._requeue(source, rid, generated, deadline, tally, request.prompt_tokens)
+                if err.unreachable:
+                    tally.dead.add(target_id)
+                self._log.warning("reprefill_failed", request_id=rid, target=target_id, error=str(err))
+                continue
+            tally.reprefilled += 1
+            as_planned = planned_tokens is not None and target_id == planned_target
+            recomputed = request.prompt_tokens + generated
+            tally.tokens_recomputed += (
+                planned_tokens if as_planned and planned_tokens is not None else recomputed
+            )
+            tally.placed.add(rid)
+            return True
+        return False
 
     async def _cancel(self, source: str, rid: str, generated: int, deadline: float) -> int:
         try:
