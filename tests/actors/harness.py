@@ -61,6 +61,10 @@ class Inbox(Generic[T]):
         decoded: T = self._decoder.decode(msg.data)
         return decoded
 
+    async def close(self) -> None:
+        """Unsubscribe, dropping what was not read (a drain would wait for it to be read)."""
+        await self._sub.unsubscribe()
+
 
 class Peer:
     """A test's own connection, publishing typed messages as a worker, actuator or operator would."""
