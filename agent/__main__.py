@@ -51,6 +51,21 @@ def _parser() -> argparse.ArgumentParser:
         "--nats-url",
         help="NATS server URL (default: [bus] url, then NATS_URL, else an embedded nats-server)",
     )
+    run.add_argument(
+        "--clock-speed",
+        type=float,
+        help="simulation only: run the agent's clock this many times faster than the wall clock",
+    )
+    run.add_argument(
+        "--clock-start",
+        type=float,
+        help="simulation only: the clock's UNIX time at --clock-anchor (default: the anchor)",
+    )
+    run.add_argument(
+        "--clock-anchor",
+        type=float,
+        help="simulation only: the wall-clock UNIX time at which the clock reads --clock-start (default: now)",
+    )
     run.add_argument("--log-level", default="info", help="debug, info, warning or error")
     run.add_argument(
         "--log-format",
@@ -289,6 +304,7 @@ def _backtest_table(run: BacktestRun) -> str:
 def _run(args: argparse.Namespace) -> int:
     import asyncio
 
+    from agent.runtime.clock import Clock, RealClock, ScaledClock
     from agent.runtime.logs import configure_logging
     from agent.runtime.nats_server import NatsServerError
     from agent.service import serve
@@ -300,8 +316,16 @@ def _run(args: argparse.Namespace) -> int:
         configure_logging(json=fmt, level=args.log_level)
     except ValueError as exc:
         raise ConfigError(f"--log-level: {exc}") from None
+    clock: Clock = RealClock()
+    if args.clock_speed is not None:
+        try:
+            clock = ScaledClock(args.clock_speed, start=args.clock_start, anchor=args.clock_anchor)
+        except ValueError as exc:
+            raise ConfigError(f"--clock-speed: {exc}") from None
+    elif args.clock_start is not None or args.clock_anchor is not None:
+        raise ConfigError("--clock-start and --clock-anchor need --clock-speed")
     try:
-        return asyncio.run(serve(settings, catalog, args.nats_url))
+        return asyncio.run(serve(settings, catalog, args.nats_url, clock=clock))
     except (ConnectionError, NatsServerError, OSError) as exc:
         print(f"cost-agent: {exc}", file=sys.stderr)
         return 2

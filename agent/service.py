@@ -197,7 +197,9 @@ async def connect(url: str, name: str, closing: asyncio.Event | None = None) -> 
     return nc
 
 
-async def serve(settings: Settings, catalog: Catalog, nats_url: str | None = None) -> int:
+async def serve(
+    settings: Settings, catalog: Catalog, nats_url: str | None = None, clock: Clock | None = None
+) -> int:
     """``cost-agent run``: until SIGTERM/SIGINT (exit 0) or an actor past its restart budget (exit 1)."""
     url = nats_url or settings.bus.url or os.environ.get("NATS_URL", "")
     server: NatsServer | None = None
@@ -211,7 +213,7 @@ async def serve(settings: Settings, catalog: Catalog, nats_url: str | None = Non
             nc = await connect(url, settings.bus.source, closing)
         except Exception as err:
             raise ConnectionError(f"cannot connect to NATS at {url}: {err or type(err).__name__}") from None
-        agent = build_agent(nc, settings, catalog, RealClock())
+        agent = build_agent(nc, settings, catalog, clock or RealClock())
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, agent.stop_event.set)

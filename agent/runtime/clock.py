@@ -54,20 +54,19 @@ class RealClock:
 
 
 class ScaledClock:
-    """Time that runs ``speed`` times faster than the wall clock, from ``start`` (UNIX seconds)."""
+    """Time that runs ``speed`` times faster than the wall clock: ``start`` (UNIX seconds) at the wall-clock
+    instant ``anchor`` (UNIX seconds, default now). Two processes given the same three numbers share one
+    simulated time, which is how the demo's agent process and its simulated cloud agree on the hour."""
 
-    def __init__(self, speed: float, start: float | None = None) -> None:
+    def __init__(self, speed: float, start: float | None = None, anchor: float | None = None) -> None:
         if not speed > 0:
             raise ValueError(f"clock speed must be > 0, got {speed!r}")
         self.speed = speed
-        self._start = time.time() if start is None else start
-        self._mono = time.monotonic()
+        self.anchor = time.time() if anchor is None else anchor
+        self.start = self.anchor if start is None else start
 
     def now(self) -> float:
-        return self._start + (time.monotonic() - self._mono) * self.speed
-
-    def real_seconds(self, clock_seconds: float) -> float:
-        return clock_seconds / self.speed
+        return self.start + (time.time() - self.anchor) * self.speed
 
     async def wait_until(self, deadline: float, stop: asyncio.Event) -> bool:
         while not stop.is_set():
@@ -76,6 +75,9 @@ class ScaledClock:
                 return False
             await wait_event(stop, remaining / self.speed)
         return True
+
+    def real_seconds(self, clock_seconds: float) -> float:
+        return clock_seconds / self.speed
 
 
 class FakeClock:
