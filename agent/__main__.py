@@ -64,7 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--clock-anchor",
         type=float,
-        help="simulation only: the wall-clock UNIX time at which the clock reads --clock-start (default: now)",
+        help="simulation only: the wall-clock UNIX time when the clock reads --clock-start (default: now)",
     )
     run.add_argument("--log-level", default="info", help="debug, info, warning or error")
     run.add_argument(
