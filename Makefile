@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/cost-agent plan --catalog seed --demand seed-example
+	$(BIN)/cost-agent demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check agent schemas tests bench

@@ -106,6 +106,34 @@ def _parser() -> argparse.ArgumentParser:
         help="JSON lines, or readable lines (auto: readable on a terminal)",
     )
 
+    demo = sub.add_parser(
+        "demo", help="the whole system on one machine: agent, simulated cloud, workers, traffic"
+    )
+    demo.add_argument("--trace", default="servegen:m-large", help="demand trace (as for backtest)")
+    demo.add_argument(
+        "--spot", default="skypilot:availability/16-node/aws-08-27-2023", help="spot availability trace"
+    )
+    demo.add_argument("--catalog", default="seed", help="built-in catalog name or a catalog TOML path")
+    demo.add_argument(
+        "--speed", type=float, default=480.0, help="simulated seconds per second (480: a day in 3 min)"
+    )
+    demo.add_argument("--duration", type=float, default=24.0, help="simulated hours (default 24)")
+    demo.add_argument(
+        "--peak-nodes", type=int, default=4, help="scale demand so its peak needs this many nodes"
+    )
+    demo.add_argument("--notice", type=float, default=120.0, help="spot reclaim notice, seconds")
+    demo.add_argument("--boot", type=float, default=120.0, help="seconds from launch to serving")
+    demo.add_argument(
+        "--storm-at", type=float, help="hour of a one-hour 20%%/h reclaim storm (default 40%% in)"
+    )
+    demo.add_argument(
+        "--kill-agent-at", type=float, help="chaos: kill the agent process at this hour, restart it"
+    )
+    demo.add_argument("--json", dest="json_path", help="write the summary as JSON here")
+    demo.add_argument("--plot", default="demo.png", help="PNG plot path (default demo.png)")
+    demo.add_argument("--no-live", action="store_true", help="no live view (for logs and CI)")
+    demo.add_argument("--seed", type=int, default=7)
+
     schemas = sub.add_parser("schemas", help="write the wire messages' JSON Schema files")
     schemas.add_argument("--out", help="directory (default: schemas/jsonschema in the source tree)")
     schemas.add_argument(
@@ -365,6 +393,61 @@ def _sidecar(args: argparse.Namespace) -> int:
         return 2
 
 
+def _demo(args: argparse.Namespace) -> int:
+    import asyncio
+    import signal
+
+    from agent.demo import DemoError, DemoOptions, print_summary, run_demo
+    from agent.demo_view import LiveView
+    from agent.runtime.logs import configure_logging
+
+    configure_logging(json=True, level="error")  # the live view is the output; errors only in the log
+    catalog = resolve_catalog(args.catalog)
+    try:
+        opts = DemoOptions(
+            trace=args.trace,
+            spot=args.spot,
+            catalog=catalog,
+            speed=args.speed,
+            duration_h=args.duration,
+            peak_nodes=args.peak_nodes,
+            notice_s=args.notice,
+            boot_s=args.boot,
+            storm_at_h=args.storm_at,
+            kill_agent_at_h=args.kill_agent_at,
+            json_path=args.json_path,
+            plot_path=args.plot,
+            live=not args.no_live,
+            seed=args.seed,
+        )
+    except DemoError as exc:
+        raise ConfigError(str(exc)) from None
+
+    async def main() -> dict[str, object]:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        view = LiveView() if opts.live else None
+        try:
+            if view is not None:
+                view.start()
+            return await run_demo(opts, view.update if view is not None else None, stop)
+        finally:
+            if view is not None:
+                view.stop()
+
+    try:
+        summary = asyncio.run(main())
+    except DemoError as exc:
+        print(f"cost-agent: demo: {exc}", file=sys.stderr)
+        return 2
+    print_summary(summary)
+    if args.json_path:
+        print(f"summary: {args.json_path}")
+    return 0
+
+
 def _schemas(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -395,6 +478,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(args)
         if args.command == "schemas":
             return _schemas(args)
+        if args.command == "demo":
+            return _demo(args)
         if args.command == "sidecar":
             return _sidecar(args)
     except (ConfigError, CatalogError, DemandSourceError, TraceError) as exc:

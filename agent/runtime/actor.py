@@ -78,7 +78,7 @@ class Actor:
                 )
             if subs:
                 # The server knows our interest before anyone is told we are ready.
-                await self.bus.nc.flush()
+                await self.bus.settle()
             if self.interval_s is not None:
                 waits.append(asyncio.ensure_future(self._timer(stop, self.interval_s)))
             waits.append(asyncio.ensure_future(stop.wait()))

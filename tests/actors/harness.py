@@ -38,6 +38,23 @@ async def eventually(condition: Callable[[], bool], timeout_s: float = 5.0) -> N
         await asyncio.sleep(0.002)
 
 
+async def settle(nc: NATS, timeout_s: float = 5.0) -> None:
+    """Return once the server has processed everything ``nc`` sent before (subscriptions, publishes).
+
+    ``nc.flush()`` does not ensure it with nats-py 2.16: its PING is written to the socket at once, ahead
+    of commands still buffered for the flusher task, so the PONG can come back before a SUB just made
+    reaches the server (a message published right after is then not delivered). A message to a private
+    inbox goes through the same buffer, behind them.
+    """
+    subject = nc.new_inbox()
+    sub = await nc.subscribe(subject)
+    try:
+        await nc.publish(subject, b"")
+        await sub.next_msg(timeout=timeout_s)
+    finally:
+        await sub.unsubscribe()
+
+
 def counter(agent: Agent, name: str, **labels: str) -> float:
     value = agent.bus.metrics.registry.get_sample_value(name, labels)
     return 0.0 if value is None else value
@@ -53,13 +70,22 @@ class Inbox(Generic[T]):
     @classmethod
     async def open(cls, nc: NATS, subject: str, kind: type[T]) -> Inbox[T]:
         sub = await nc.subscribe(subject)
-        await nc.flush()
+        await settle(nc)
         return cls(sub, kind)
 
     async def next(self, timeout_s: float = 5.0) -> T:
         msg = await self._sub.next_msg(timeout=timeout_s)
         decoded: T = self._decoder.decode(msg.data)
         return decoded
+
+    @property
+    def pending(self) -> int:
+        """Messages received and not read yet (flush the publisher, then this connection, to count all)."""
+        return self._sub.pending_msgs
+
+    async def take_pending(self) -> list[T]:
+        """Every message received and not read yet, in order."""
+        return [await self.next() for _ in range(self.pending)]
 
     async def close(self) -> None:
         """Unsubscribe, dropping what was not read (a drain would wait for it to be read)."""

@@ -1,0 +1,703 @@
+"""``cost-agent demo``: the whole system on one machine, every component talking only over NATS.
+
+What runs: an embedded nats-server; the agent as its own process (``cost-agent run``, all five actors) on a
+scaled clock; and, in this process, a simulated cloud (the actuator: it applies every AllocationPlan,
+boots and releases instances, drives the spot market from a real availability trace, sends preemption
+notices on the sidecar's subject, a reclaim storm included), one emulated GPU worker per running instance,
+the emulated router in front of them, and traffic replayed from a real demand trace.
+
+Scale. At the default speed a simulated day lasts three minutes, so the traffic is replayed at 1/64 of
+its size on nodes whose batch and throughput are 1/64 of the catalog's (the same per-sequence speed):
+the fleet has the same number of nodes as at full size and costs the same, while each emulated request
+stands for 64. Requests are counted as emulated; cost per 1M tokens is computed on full-size tokens.
+
+Correctness it checks and reports: requests lost by the router's own record (not the agent's), the
+agent's cost report against the simulated cloud's bill, every plan applied, and instances never above the
+plan plus those draining.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import random
+import signal
+import sys
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import nats
+import numpy as np
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+from agent.backtesting import Setup, build_setup
+from agent.bus import Bus
+from agent.core.capacity import SloConfig, rps_per_instance
+from agent.core.catalog import Catalog, InstanceType
+from agent.runtime.clock import ScaledClock, wait_event
+from agent.runtime.metrics import AgentMetrics
+from agent.runtime.nats_server import NatsServer
+from agent.sim.backtest import SimConfig
+from agent.sim.cloud import CloudConfig, SimCloud
+from agent.sim.router import RouterEmulator
+from agent.subjects import Subjects
+from schemas import AllocationPlan, CostReport, CostReportRequest, ErrorReply, MigrationReport
+
+DEFAULT_TRACE = "servegen:m-large"
+DEFAULT_SPOT = "skypilot:availability/16-node/aws-08-27-2023"
+
+
+class DemoError(RuntimeError):
+    """The demo could not run; one line saying why."""
+
+
+@dataclass(frozen=True, slots=True)
+class DemoOptions:
+    trace: str = DEFAULT_TRACE
+    spot: str = DEFAULT_SPOT
+    catalog: Catalog | None = None
+    speed: float = 480.0
+    """Simulated seconds per real second: 480 runs a day in three minutes."""
+    duration_h: float = 24.0
+    peak_nodes: int = 4
+    scale_down: int = 64
+    notice_s: float = 120.0
+    boot_s: float = 120.0
+    storm_at_h: float | None = None
+    """Start of a one-hour reclaim storm at 20%/h; default: 40% into the run."""
+    storm_rate_per_hour: float = 0.2
+    kill_agent_at_h: float | None = None
+    """Chaos: SIGKILL the agent process at this simulated hour, and start it again ``restart_after_s`` real
+    seconds later (the rest of the system keeps serving meanwhile)."""
+    restart_after_s: float = 2.0
+    json_path: str | None = None
+    plot_path: str = "demo.png"
+    live: bool = True
+    seed: int = 7
+
+    def __post_init__(self) -> None:
+        checks = {
+            "--speed": self.speed > 0,
+            "--duration": self.duration_h > 0,
+            "--peak-nodes": self.peak_nodes >= 1,
+            "--scale-down": self.scale_down >= 1,
+            "--notice": self.notice_s > 0,
+            "--boot": self.boot_s >= 0,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise DemoError(f"{name}: must be positive")
+
+
+def scaled_catalog(catalog: Catalog, factor: int) -> Catalog:
+    """The same node types with 1/``factor`` of the batch and throughput (same per-sequence speed)."""
+    types = {}
+    for name, t in catalog.types.items():
+        batch = max(1, round(t.max_batch / factor))
+        ratio = batch / t.max_batch
+        types[name] = dataclasses.replace(
+            t,
+            max_batch=batch,
+            prefill_tokens_per_s=t.prefill_tokens_per_s * ratio,
+            decode_tokens_per_s=t.decode_tokens_per_s * ratio,
+        )
+    return dataclasses.replace(catalog, name=f"{catalog.name}-demo", types=types)
+
+
+def catalog_toml(catalog: Catalog) -> str:
+    """A catalog file the agent process can load (``--catalog PATH``)."""
+    lines = ["[catalog]", f"name = {json.dumps(catalog.name)}", f"source = {json.dumps(catalog.source)}", ""]
+    for name, t in catalog.types.items():
+        lines += [
+            f"[types.{name}]",
+            f"gpus = {t.gpus}",
+            f"gpu_type = {json.dumps(t.gpu_type)}",
+            f"ondemand_hourly = {t.ondemand_hourly!r}",
+            f"reserved_1yr_hourly = {t.reserved_hourly!r}",
+            f"spot_hourly = {t.spot_hourly!r}",
+            f"spot_reclaim_per_hour = {t.spot_reclaim_per_hour!r}",
+            f"max_batch = {t.max_batch}",
+            f"prefill_tokens_per_s = {t.prefill_tokens_per_s!r}",
+            f"decode_tokens_per_s = {t.decode_tokens_per_s!r}",
+            f"pools = {json.dumps(list(t.pools))}",
+        ]
+        if t.max_instances is not None:
+            lines.append(f"max_instances = {t.max_instances}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def reserved_baseline(setup: Setup, steps: int, slo: SloConfig) -> dict[str, int]:
+    """Reserved nodes for the run: the 20th percentile of whole main-type nodes the demand needs.
+
+    A commitment is a year-long decision taken from history (``cost-agent plan``); the demo only needs a
+    defensible baseline that is busy most of the time.
+    """
+    itype = setup.catalog.main_type
+    needed = [
+        d.rps / rps_per_instance(itype, d.prompt_tokens, d.output_tokens, slo) if d.rps > 0 else 0.0
+        for d in setup.demand[:steps]
+    ]
+    return {itype.name: math.floor(float(np.percentile(needed, 20))) if needed else 0}
+
+
+@dataclass(slots=True)
+class Sample:
+    t_h: float
+    demand_rps: float
+    capacity: dict[str, float]
+
+
+@dataclass(slots=True)
+class Observed:
+    plans: int = 0
+    plans_after_restart: int = 0
+    last_plan: AllocationPlan | None = None
+    reports: list[MigrationReport] = field(default_factory=list)
+    violations: int = 0
+    samples: list[Sample] = field(default_factory=list)
+    preemption_hours: list[float] = field(default_factory=list)
+
+
+class AgentProcess:
+    """``cost-agent run`` as a child process on the shared scaled clock."""
+
+    def __init__(self, url: str, ns: str, catalog_path: Path, clock: ScaledClock) -> None:
+        self.url, self.ns, self.catalog_path, self.clock = url, ns, catalog_path, clock
+        self.proc: asyncio.subprocess.Process | None = None
+        self.restarts = 0
+        self._reader: asyncio.Task[None] | None = None
+        self.events: deque[dict[str, Any]] = deque(maxlen=5000)
+
+    async def start(self) -> None:
+        script = Path(sys.executable).parent / "cost-agent"
+        command = [str(script)] if script.is_file() else [sys.executable, "-m", "agent"]
+        env = {
+            k: v for k, v in os.environ.items() if not k.startswith("COST_AGENT_") or k.endswith("DATA_DIR")
+        }
+        env |= {"COST_AGENT_BUS__NAMESPACE": self.ns, "COST_AGENT_METRICS__PORT": "0"}
+        self.proc = await asyncio.create_subprocess_exec(
+            *command,
+            "run",
+            "--nats-url",
+            self.url,
+            "--catalog",
+            str(self.catalog_path),
+            "--log-format",
+            "json",
+            "--log-level",
+            "info",
+            "--clock-speed",
+            repr(self.clock.speed),
+            "--clock-start",
+            repr(self.clock.start),
+            "--clock-anchor",
+            repr(self.clock.anchor),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+            env=env,
+            start_new_session=True,  # Ctrl-C goes to the demo, which stops the agent itself
+        )
+        self._reader = asyncio.ensure_future(self._read())
+
+    async def _read(self) -> None:
+        assert self.proc is not None
+        assert self.proc.stderr is not None
+        async for line in self.proc.stderr:
+            with contextlib.suppress(ValueError):
+                self.events.append(json.loads(line))
+
+    async def kill(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+            await self.proc.wait()
+
+    async def stop(self, grace_s: float = 15.0) -> int | None:
+        """SIGTERM, then SIGKILL if it has not exited within ``grace_s`` (a loaded machine drains slowly)."""
+        if self.proc is None:
+            return None
+        if self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signal.SIGTERM)
+            waiter = asyncio.ensure_future(self.proc.wait())
+            done, _ = await asyncio.wait({waiter}, timeout=grace_s)
+            if not done:
+                await self.kill()
+            await waiter
+        if self._reader is not None:
+            await asyncio.wait({self._reader}, timeout=2)
+        return self.proc.returncode
+
+
+class Traffic:
+    """Poisson arrivals at the trace's rate (scaled down), token lengths around the trace's means."""
+
+    def __init__(
+        self, setup: Setup, router: RouterEmulator, clock: ScaledClock, scale: float, seed: int
+    ) -> None:
+        self.setup, self.router, self.clock, self.scale = setup, router, clock, scale
+        self.rng = random.Random(seed)
+        self.admitted = 0
+        self.tokens = 0.0
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def demand_at(self, t: float) -> tuple[float, float, float]:
+        """(rps, prompt tokens, output tokens) of the trace at clock time ``t``, scaled down."""
+        i = int((t - self.setup.start_epoch) // self.setup.sim.step_s)
+        d = self.setup.demand[min(max(i, 0), len(self.setup.demand) - 1)]
+        return d.rps * self.scale, d.prompt_tokens, d.output_tokens
+
+    def _length(self, mean: float) -> int:
+        # Lognormal with a coefficient of variation of about 1, as LLM prompt and output lengths are.
+        sigma = 0.8
+        return max(1, int(self.rng.lognormvariate(math.log(max(mean, 1.0)) - sigma * sigma / 2, sigma)))
+
+    async def run(self, stop: asyncio.Event, until: float, tick_s: float = 5.0) -> None:
+        t = self.clock.now()
+        while t < until and not await self.clock.wait_until(t + tick_s, stop):
+            rps, prompt, output = self.demand_at(t)
+            arrivals = np.random.default_rng(self.rng.getrandbits(32)).poisson(rps * tick_s)
+            for _ in range(int(arrivals)):
+                self.admitted += 1
+                p, o = self._length(prompt), self._length(output)
+                self.tokens += p + o
+                task = asyncio.ensure_future(
+                    self.router.admit(f"q{self.admitted}", p, o, prefix_blocks=[f"sys-{self.admitted % 8}"])
+                )
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+            t += tick_s
+
+    async def drain(self) -> None:
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=10)
+
+
+def capacity_by_tier(
+    cloud: SimCloud, catalog: Catalog, prompt: float, output: float, slo: SloConfig
+) -> dict[str, float]:
+    out = {"reserved": 0.0, "spot": 0.0, "ondemand": 0.0}
+    for inst in cloud.instances.values():
+        if inst.state == "ready":
+            itype: InstanceType = catalog.types[inst.instance_type]
+            out[inst.tier] += rps_per_instance(itype, prompt, output, slo)
+    return out
+
+
+def check_invariant(cloud: SimCloud) -> int:
+    """(type, pool, tier) keys whose launched + ready instances exceed the target of the plan the cloud
+    applied last (draining ones are leaving, and do not count)."""
+    return sum(
+        1
+        for (type_name, pool, tier), count in cloud.targets.items()
+        if tier != "reserved" and cloud.live(type_name, pool, tier) > count
+    )
+
+
+async def _ask_cost(bus: Bus, attempts: int = 3) -> CostReport | None:
+    for _ in range(attempts):
+        try:
+            reply = await bus.request(
+                bus.subjects.cost_report_request, CostReportRequest(**bus.envelope()), CostReport, 3.0
+            )
+        except Exception:
+            await asyncio.sleep(0.5)
+            continue
+        if not isinstance(reply, ErrorReply):
+            return reply
+    return None
+
+
+async def run_demo(
+    opts: DemoOptions,
+    render: Callable[[dict[str, Any]], None] | None = None,
+    stop: asyncio.Event | None = None,
+) -> dict[str, Any]:
+    """Run the demo; return its summary (what ``--json`` writes). Setting ``stop`` (Ctrl-C) ends it early,
+    cleanly, with a summary of what ran."""
+    from agent.config import resolve_catalog
+
+    base = opts.catalog or resolve_catalog("seed")
+    sim = SimConfig(step_s=60.0, notice_s=opts.notice_s, boot_s=opts.boot_s, warmup_days=0.0)
+    try:
+        setup = build_setup(base, opts.trace, opts.spot, sim, peak=opts.peak_nodes)
+    except (ValueError, OSError) as exc:
+        raise DemoError(str(exc)) from None
+    catalog = scaled_catalog(setup.catalog, opts.scale_down)
+    steps = max(1, math.ceil(opts.duration_h * 3600 / sim.step_s))
+    reserved = reserved_baseline(setup, steps, sim.slo)
+    market_index = setup.market.index()
+
+    clock = ScaledClock(opts.speed, start=setup.start_epoch)
+    t0 = clock.start
+    end = t0 + opts.duration_h * 3600
+
+    def spot_available(type_name: str, pool: str, t: float) -> int | None:
+        j = market_index.get((type_name, pool))
+        if j is None:
+            return None
+        i = min(max(int((t - setup.start_epoch) // sim.step_s), 0), len(setup.market.available) - 1)
+        return int(setup.market.available[i, j])
+
+    ns = f"demo{uuid.uuid4().hex[:8]}"
+    workdir = Path(os.environ.get("TMPDIR", "/tmp")) / f"cost-agent-demo-{ns}"
+    workdir.mkdir(parents=True, exist_ok=True)
+    catalog_path = workdir / "catalog.toml"
+    catalog_path.write_text(catalog_toml(catalog), encoding="utf-8")
+
+    server = NatsServer()
+    url = server.start()
+    stop = stop or asyncio.Event()
+    agent = AgentProcess(url, ns, catalog_path, clock)
+    sim_nc: NATS | None = None
+    tasks: list[asyncio.Task[Any]] = []
+    observed = Observed()
+    cloud: SimCloud | None = None
+    try:
+        sim_nc = await nats.connect(url, name="demo-sim")
+        bus = Bus(sim_nc, Subjects(ns), source="sim-cloud", clock=clock, metrics=AgentMetrics())
+        await agent.start()
+        await _wait_agent_ready(agent)
+
+        router = RouterEmulator(bus, clock)
+        storm_at = opts.storm_at_h if opts.storm_at_h is not None else 0.4 * opts.duration_h
+        cloud = SimCloud(
+            bus,
+            clock,
+            catalog=catalog,
+            config=CloudConfig(
+                boot_s=opts.boot_s,
+                notice_s=opts.notice_s,
+                storm_start_s=storm_at * 3600,
+                storm_duration_s=3600.0,
+                storm_rate_per_hour=opts.storm_rate_per_hour,
+                seed=opts.seed,
+                worker_step_s=5.0,
+            ),
+            spot_available=spot_available,
+            reserved=reserved,
+        )
+        decode = msgspec.json.Decoder(AllocationPlan)
+        reports = msgspec.json.Decoder(MigrationReport)
+        restarted_at: list[float] = []
+
+        async def on_plan(msg: Msg) -> None:
+            plan = decode.decode(msg.data)
+            observed.plans += 1
+            if restarted_at:
+                observed.plans_after_restart += 1
+            observed.last_plan = plan
+
+        async def on_report(msg: Msg) -> None:
+            observed.reports.append(reports.decode(msg.data))
+
+        await sim_nc.subscribe(bus.subjects.plan_allocation, cb=on_plan)
+        await sim_nc.subscribe(bus.subjects.migration_report_all, cb=on_report)
+        await bus.settle()
+
+        for actor in (router, cloud):
+            tasks.append(asyncio.ensure_future(actor.run(stop)))
+        await _wait(
+            lambda: router.ready.is_set() and cloud.ready.is_set(), 10, "the simulated cloud did not start"
+        )
+        traffic = Traffic(setup, router, clock, 1.0 / opts.scale_down, opts.seed)
+        tasks.append(asyncio.ensure_future(traffic.run(stop, end)))
+
+        seen_preemptions = 0
+        killed = False
+        last_sample = -1.0
+        while clock.now() < end and not stop.is_set():
+            await _pause(stop, 0.25)
+            now = clock.now()
+            hour = (now - t0) / 3600
+            observed.violations += check_invariant(cloud)
+            rps, prompt, output = traffic.demand_at(now)
+            if hour - last_sample >= 1 / 12:  # every five simulated minutes
+                last_sample = hour
+                observed.samples.append(
+                    Sample(hour, rps, capacity_by_tier(cloud, catalog, prompt, output, sim.slo))
+                )
+            for instance_id, notice_at, _deadline in cloud.preemptions[seen_preemptions:]:
+                del instance_id
+                observed.preemption_hours.append((notice_at - t0) / 3600)
+            seen_preemptions = len(cloud.preemptions)
+            if opts.kill_agent_at_h is not None and not killed and hour >= opts.kill_agent_at_h:
+                killed = True
+                await agent.kill()
+                await _pause(stop, opts.restart_after_s)  # the rest of the system serves on meanwhile
+                agent.restarts += 1
+                await agent.start()
+                restarted_at.append(clock.now())
+            if render is not None:
+                render(_live_state(hour, opts, traffic, router, cloud, observed, rps))
+
+        # Let what is in flight finish (bounded), then settle the accounts.
+        interrupted = stop.is_set()
+        await traffic.drain()
+        if not interrupted:
+            await _wait(lambda: router.all_done(), 30 / max(opts.speed / 480, 0.5), None)
+        cost = await _ask_cost(bus)
+        bill = cloud.bill(until=clock.now())
+        summary = _summary(
+            opts, setup, catalog, reserved, router, cloud, observed, traffic, cost, bill, agent
+        )
+        summary["interrupted"] = interrupted
+        summary["simulated_hours"] = round((clock.now() - t0) / 3600, 3) if interrupted else opts.duration_h
+        summary["plot"] = _plot(opts, observed, catalog)
+        if opts.json_path:
+            _write(Path(opts.json_path), json.dumps(summary, indent=2))
+        return summary
+    finally:
+        stop.set()
+        await agent.stop()
+        if cloud is not None:
+            with contextlib.suppress(Exception):
+                await cloud.shutdown()
+        if tasks:
+            await asyncio.wait(tasks, timeout=5)
+        if sim_nc is not None and not sim_nc.is_closed:
+            with contextlib.suppress(Exception):
+                await sim_nc.close()
+        server.stop()
+        with contextlib.suppress(OSError):
+            catalog_path.unlink()
+            workdir.rmdir()
+
+
+async def _pause(stop: asyncio.Event, seconds: float) -> None:
+    await wait_event(stop, seconds)
+
+
+async def _wait(condition: Callable[[], bool], timeout_s: float, error: str | None) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            if error is None:
+                return
+            raise DemoError(error)
+        await asyncio.sleep(0.05)
+
+
+async def _wait_agent_ready(agent: AgentProcess) -> None:
+    def started() -> bool:
+        if agent.proc is not None and agent.proc.returncode is not None:
+            raise DemoError(f"the agent process exited with {agent.proc.returncode} at start-up")
+        return any(e.get("event") == "agent_started" for e in agent.events)
+
+    await _wait(started, 30, "the agent process did not start within 30 s")
+
+
+def _live_state(
+    hour: float,
+    opts: DemoOptions,
+    traffic: Traffic,
+    router: RouterEmulator,
+    cloud: SimCloud,
+    observed: Observed,
+    rps: float,
+) -> dict[str, Any]:
+    fleet: dict[str, int] = {"reserved": 0, "spot": 0, "ondemand": 0, "booting": 0, "draining": 0}
+    for inst in cloud.instances.values():
+        if inst.state == "ready":
+            fleet[inst.tier] += 1
+        elif inst.state == "launched":
+            fleet["booting"] += 1
+        elif inst.state == "draining":
+            fleet["draining"] += 1
+    summary = router.summary()
+    last = observed.reports[-1] if observed.reports else None
+    return {
+        "hour": hour,
+        "duration_h": opts.duration_h,
+        "demand_rps": rps * opts.scale_down,
+        "capacity_rps": sum(observed.samples[-1].capacity.values()) * opts.scale_down
+        if observed.samples
+        else 0.0,
+        "fleet": fleet,
+        "cost": cloud.bill().total,
+        "plans": observed.plans,
+        "preemptions": len(cloud.preemptions),
+        "served": summary["completed"],
+        "in_flight": summary["in_flight"],
+        "requeued": summary["requeued"],
+        "lost": summary["lost"],
+        "last_migration": None
+        if last is None
+        else {
+            "instance": last.instance_id,
+            "requests": last.requests,
+            "finished": last.counts.finished_in_place,
+            "moved": last.counts.kv_moved,
+            "reprefilled": last.counts.reprefilled,
+            "requeued": last.counts.requeued,
+            "lost": last.lost,
+        },
+    }
+
+
+def _summary(
+    opts: DemoOptions,
+    setup: Setup,
+    catalog: Catalog,
+    reserved: dict[str, int],
+    router: RouterEmulator,
+    cloud: SimCloud,
+    observed: Observed,
+    traffic: Traffic,
+    cost: CostReport | None,
+    bill: Any,
+    agent: AgentProcess,
+) -> dict[str, Any]:
+    r = router.summary()
+    counts = {"kv_moved": 0, "reprefilled": 0, "requeued": 0, "finished_in_place": 0}
+    for rep in observed.reports:
+        counts["kv_moved"] += rep.counts.kv_moved
+        counts["reprefilled"] += rep.counts.reprefilled
+        counts["requeued"] += rep.counts.requeued
+        counts["finished_in_place"] += rep.counts.finished_in_place
+    agent_cost = cost.total_cost if cost is not None else None
+    hours = opts.duration_h
+    full_tokens = traffic.tokens * opts.scale_down
+    ondemand_equivalent = cost.ondemand_equivalent_cost if cost is not None else None
+    agreement = (
+        abs(agent_cost - bill.total) / bill.total if agent_cost is not None and bill.total > 0 else None
+    )
+    main = catalog.main_type
+    peak_nodes = opts.peak_nodes
+    table = [
+        {"strategy": "all on-demand (same instance-hours)", "cost": ondemand_equivalent},
+        {
+            "strategy": f"all reserved ({peak_nodes} × {main.name} for the peak)",
+            "cost": peak_nodes * main.reserved_hourly * hours,
+        },
+        {
+            "strategy": f"all on-demand ({peak_nodes} × {main.name} for the peak)",
+            "cost": peak_nodes * main.ondemand_hourly * hours,
+        },
+        {"strategy": "cost-agent (this run, cloud bill)", "cost": bill.total},
+    ]
+    return {
+        "trace": opts.trace,
+        "spot": opts.spot,
+        "catalog": catalog.name,
+        "simulated_hours": hours,
+        "speed": opts.speed,
+        "scale_down": opts.scale_down,
+        "reserved": reserved,
+        "requests_admitted": r["admitted"],
+        "requests_served": r["completed"],
+        "requests_migrated": counts["kv_moved"],
+        "requests_reprefilled": counts["reprefilled"],
+        "requests_requeued": r["requeued"],
+        "requests_lost": r["lost"],
+        "requests_unfinished": r["in_flight"],
+        "preemptions": len(cloud.preemptions),
+        "migration_reports": len(observed.reports),
+        "migration_lost": sum(rep.lost for rep in observed.reports),
+        "plans": observed.plans,
+        "plans_after_agent_restart": observed.plans_after_restart,
+        "plans_applied": cloud.plans_applied,
+        "plan_violations": observed.violations,
+        "agent_restarts": agent.restarts,
+        "agent_cost": agent_cost,
+        "cloud_bill": bill.total,
+        "cloud_bill_by_tier": bill.by_tier,
+        "cost_agreement": agreement,
+        "cost_per_mtok": bill.total / (full_tokens / 1e6) if full_tokens > 0 else None,
+        "cost_table": table,
+    }
+
+
+def _plot(opts: DemoOptions, observed: Observed, catalog: Catalog) -> str | None:
+    if not observed.samples:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    hours = np.array([s.t_h for s in observed.samples])
+    demand = np.array([s.demand_rps for s in observed.samples]) * opts.scale_down
+    tiers = {
+        t: np.array([s.capacity[t] for s in observed.samples]) * opts.scale_down
+        for t in ("reserved", "spot", "ondemand")
+    }
+    colours = {"reserved": "#4c72b0", "spot": "#55a868", "ondemand": "#dd8452"}
+    fig, ax = plt.subplots(figsize=(11, 4.5))
+    ax.stackplot(
+        hours,
+        *tiers.values(),
+        labels=[f"{t} capacity" for t in tiers],
+        colors=[colours[t] for t in tiers],
+        alpha=0.55,
+        step="post",
+    )
+    ax.step(hours, demand, where="post", color="black", linewidth=0.9, label="demand")
+    for k, h in enumerate(observed.preemption_hours):
+        ax.axvline(
+            h, color="crimson", linewidth=0.7, alpha=0.6, label="preemption notice" if k == 0 else None
+        )
+    ax.set_xlabel("simulated hours")
+    ax.set_ylabel("requests/s (full scale)")
+    ax.set_title(f"cost-agent demo: {opts.trace} on {catalog.name}")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    path = Path(opts.plot_path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return str(path)
+
+
+def _write(path: Path, text: str) -> None:
+    path.write_text(text, encoding="utf-8")
+
+
+def print_summary(summary: dict[str, Any], out: Any = None) -> None:
+    out = out or sys.stdout
+
+    def p(*parts: object) -> None:
+        print(*parts, file=out)
+
+    hours, trace, catalog = summary["simulated_hours"], summary["trace"], summary["catalog"]
+    p(f"\ncost-agent demo: {hours:g} simulated hours of {trace} on {catalog}")
+    p("\n| Strategy | Cost for the period |")
+    p("|---|---|")
+    for row in summary["cost_table"]:
+        cost = row["cost"]
+        p(f"| {row['strategy']} | {'-' if cost is None else f'${cost:,.2f}'} |")
+    mtok = summary["cost_per_mtok"]
+    p(f"\ncost per 1M tokens: {'-' if mtok is None else f'${mtok:.3f}'}")
+    agreement = summary["cost_agreement"]
+    agent_cost = summary["agent_cost"]
+    p(
+        f"agent's cost report ${agent_cost:,.2f} vs the cloud's bill ${summary['cloud_bill']:,.2f}"
+        f" ({agreement:.2%} apart)"
+        if agent_cost is not None and agreement is not None
+        else f"cloud bill ${summary['cloud_bill']:,.2f} (no cost report from the agent)"
+    )
+    p(
+        f"requests: {summary['requests_served']:,} served, {summary['requests_migrated']:,} migrated (KV), "
+        f"{summary['requests_reprefilled']:,} re-prefilled, {summary['requests_requeued']:,} requeued, "
+        f"{summary['requests_lost']:,} lost (router's count); "
+        f"{summary['requests_unfinished']:,} unfinished at the end"
+    )
+    p(
+        f"preemptions: {summary['preemptions']}; plans: {summary['plans']} "
+        f"(applied {summary['plans_applied']}); instances above plan: {summary['plan_violations']}"
+    )
+    if summary.get("plot"):
+        p(f"plot: {summary['plot']}")
