@@ -461,8 +461,10 @@ async def run_demo(
             _write(Path(opts.json_path), json.dumps(summary, indent=2))
         return summary
     finally:
+        # Every step on its own: one failing must not leave the nats-server or the agent behind.
         stop.set()
-        await agent.stop()
+        with contextlib.suppress(Exception):
+            await agent.stop()
         if cloud is not None:
             with contextlib.suppress(Exception):
                 await cloud.shutdown()

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 DEFAULT_NAMESPACE = "costagent"
 _NAMESPACE = re.compile(r"^[a-z0-9_-]+(\.[a-z0-9_-]+)*$")
 _SAFE = re.compile(r"[A-Za-z0-9_\-]")
+_SAFE_KEY = re.compile(r"[A-Za-z0-9_\-]+")
 
 
 def check_namespace(ns: str) -> str:
@@ -33,6 +34,8 @@ def escape_key(key: str) -> str:
     """
     if not key:
         raise ValueError("a subject key must not be empty")
+    if _SAFE_KEY.fullmatch(key):
+        return key  # the common case, on every publish: no copy
     return "".join(c if _SAFE.match(c) else "".join(f"%{b:02X}" for b in c.encode()) for c in key)
 
 
