@@ -22,6 +22,7 @@ prompt (``worker_lost``); nothing can be read from a dead worker.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -131,6 +132,10 @@ class MigrationCoordinatorActor(Actor):
 
     # --- commands --------------------------------------------------------------------------------
 
+    def _after(self, real_s: float) -> float:
+        """The clock time ``real_s`` real seconds from now (a scaled clock runs faster than the network)."""
+        return self.clock.now() + real_s / self.clock.real_seconds(1.0)
+
     def _timeout(self, deadline: float, *, cap: bool = True) -> float:
         """Real seconds to wait for a reply: the command timeout (unless ``cap`` is off, for a command whose
         reply is due only when its work is done), and never past the deadline."""
@@ -170,7 +175,10 @@ class MigrationCoordinatorActor(Actor):
         if order.reason == "lost":
             await self._requeue_lost(order, tally)
         else:
-            await asyncio.gather(*(self._drain_worker(order, w, tally) for w in order.worker_ids))
+            n = len(order.worker_ids)
+            await asyncio.gather(
+                *(self._drain_worker(order, w, tally, (k, n)) for k, w in enumerate(order.worker_ids))
+            )
         report = MigrationReport(
             **self.bus.envelope(correlation_id=order.correlation_id),
             instance_id=order.instance_id,
@@ -213,7 +221,7 @@ class MigrationCoordinatorActor(Actor):
 
     async def _worker_lost(self, worker_id: str, tally: _Tally) -> int:
         """Have the router requeue, from the prompt, everything it sent ``worker_id`` and saw no end of."""
-        far = self.clock.now() + self.settings.command_timeout_seconds
+        far = self._after(self.settings.command_timeout_seconds)
         try:
             ack = await self._router(
                 "worker_lost", WorkerLost(**self.bus.envelope(), worker_id=worker_id), far
@@ -224,7 +232,9 @@ class MigrationCoordinatorActor(Actor):
         tally.requeued += ack.requests
         return ack.requests
 
-    async def _drain_worker(self, order: DrainOrder, worker_id: str, tally: _Tally) -> None:
+    async def _drain_worker(
+        self, order: DrainOrder, worker_id: str, tally: _Tally, share: tuple[int, int] = (0, 1)
+    ) -> None:
         deadline = order.deadline
         started = self.clock.now()
         env = self.bus.envelope
@@ -243,7 +253,7 @@ class MigrationCoordinatorActor(Actor):
             self._log.error("inflight_unreadable", worker_id=worker_id, error=str(err))
             await self._worker_lost(worker_id, tally)
             return
-        targets = await self._targets(order.instance_id, deadline)
+        targets = _share_slots(await self._targets(order.instance_id, deadline), *share)
         requests = [
             InFlight(
                 request_id=r.request_id,
@@ -280,12 +290,10 @@ class MigrationCoordinatorActor(Actor):
 
         async def run(action: DrainAction) -> None:
             request = by_id[action.request_id]
-            args = (worker_id, action, request, order_of_targets, targets, deadline, tally, gate)
-            if action.kind == "transfer":
-                async with link:
-                    await self._execute(*args)
-            else:
-                await self._execute(*args)  # the gate bounds placements; cancels go out at once
+            # The gate bounds placements; cancels go out at once; transfers queue on the link.
+            await self._execute(
+                worker_id, action, request, order_of_targets, targets, deadline, tally, gate, link
+            )
 
         moves = [a for a in plan.actions if a.kind != "finish"]
         tasks = [asyncio.ensure_future(run(a)) for a in moves]
@@ -307,9 +315,12 @@ class MigrationCoordinatorActor(Actor):
             if finishing and not self.stopping.is_set():
                 await self.clock.wait_until(deadline - margin, self.stopping)
                 finishing = await self._finished_in_place(worker_id, finishing, deadline, tally)
-            for rid, generated in finishing.items():
-                generated = await self._cancel(worker_id, rid, generated, deadline)
-                await self._requeue(worker_id, rid, generated, deadline, tally, by_id[rid].prompt_tokens)
+
+            async def take_back(rid: str, tokens: int) -> None:
+                async with gate:
+                    await self._take_back(worker_id, rid, tokens, deadline, tally, by_id[rid].prompt_tokens)
+
+            await asyncio.gather(*(take_back(rid, tokens) for rid, tokens in finishing.items()))
 
     async def _targets(self, instance_id: str, deadline: float) -> dict[str, TargetWorker]:
         candidates = self.registry.routable(exclude_instance=instance_id)
@@ -349,14 +360,23 @@ class MigrationCoordinatorActor(Actor):
         deadline: float,
         tally: _Tally,
         gate: asyncio.Semaphore,
+        link: asyncio.Lock,
     ) -> None:
         rid = action.request_id
-        moving = action.kind == "transfer" and action.target is not None and action.target not in tally.dead
-        if moving and await self._transfer(source, request, targets[str(action.target)], deadline, tally):
-            return
+        left: int | None = None
+        if action.kind == "transfer" and action.target is not None and action.target not in tally.dead:
+            outcome = await self._transfer(source, request, targets[action.target], deadline, tally, link)
+            if outcome == -1:
+                return
+            left = outcome
         # Re-prefill or requeue (planned, or after a failed transfer): take it off the source first, which
         # is what needs the node; placing it elsewhere does not, and may take as long as it needs.
-        generated = await self._cancel(source, rid, request.generated_tokens, deadline)
+        generated = (
+            left if left is not None else await self._cancel(source, rid, request.generated_tokens, deadline)
+        )
+        if generated is None:
+            tally.finished_in_place += 1  # it ended on the source before it could be moved
+            return
         async with gate:
             if action.kind in ("transfer", "reprefill"):
                 first = [action.target] if action.kind == "reprefill" and action.target else []
@@ -367,30 +387,41 @@ class MigrationCoordinatorActor(Actor):
             await self._requeue(source, rid, generated, deadline, tally, request.prompt_tokens)
 
     async def _transfer(
-        self, source: str, request: Any, target: TargetWorker, deadline: float, tally: _Tally
-    ) -> bool:
+        self,
+        source: str,
+        request: Any,
+        target: TargetWorker,
+        deadline: float,
+        tally: _Tally,
+        link: asyncio.Lock,
+    ) -> int | None:
+        """Move the KV cache, then resume on the target. Returns -1 when it worked; the generated tokens
+        when the KV left the source but the target did not resume it (it must be placed elsewhere, with
+        no cancel: the source no longer has it); None when the source still has it."""
         env = self.bus.envelope
         rid = request.request_id
         due = deadline - self.settings.safety_margin_seconds
         try:
-            ack = await self._worker(
-                source,
-                "transfer_kv",
-                TransferKv(
-                    **env(),
-                    request_id=rid,
-                    target_worker_id=target.worker_id,
-                    target_instance_id=target.instance_id,
-                    reply_by=due,
-                ),
-                WorkerAck,
-                due,
-                cap=False,
-            )
+            async with link:  # the plan sends transfers one after another over the node's egress
+                ack = await self._worker(
+                    source,
+                    "transfer_kv",
+                    TransferKv(
+                        **env(),
+                        request_id=rid,
+                        target_worker_id=target.worker_id,
+                        target_instance_id=target.instance_id,
+                        reply_by=due,
+                    ),
+                    WorkerAck,
+                    due,
+                    cap=False,
+                )
         except CommandFailed as err:
             tally.failed += 1
             self._log.warning("transfer_failed", request_id=rid, target=target.worker_id, error=str(err))
-            return False
+            return None
+        generated: int = ack.generated_tokens or request.generated_tokens
         try:
             await self._worker(
                 target.worker_id,
@@ -400,23 +431,23 @@ class MigrationCoordinatorActor(Actor):
                     request_id=rid,
                     source_worker_id=source,
                     prompt_tokens=request.prompt_tokens,
-                    generated_tokens=ack.generated_tokens or request.generated_tokens,
+                    generated_tokens=generated,
                     expected_remaining_tokens=request.expected_remaining_tokens,
                     prefix_blocks=request.prefix_blocks,
                 ),
                 WorkerAck,
-                self.clock.now() + self.settings.command_timeout_seconds,
+                self._after(self.settings.command_timeout_seconds),
             )
         except CommandFailed as err:
             tally.failed += 1
             if err.unreachable:
                 tally.dead.add(target.worker_id)
             self._log.warning("resume_failed", request_id=rid, target=target.worker_id, error=str(err))
-            return False
+            return generated
         tally.kv_moved += 1
         tally.bytes_moved += ack.bytes_moved
         tally.placed.add(rid)
-        return True
+        return -1
 
     async def _place(
         self,
@@ -431,7 +462,7 @@ class MigrationCoordinatorActor(Actor):
         """Re-prefill on the first of ``choices`` that takes it (at most three tries)."""
         rid = request.request_id
         for target_id in [t for t in choices if t not in tally.dead][:3]:
-            due = self.clock.now() + self.settings.command_timeout_seconds
+            due = self._after(self.settings.command_timeout_seconds)
             try:
                 await self._worker(
                     target_id,
@@ -465,21 +496,35 @@ class MigrationCoordinatorActor(Actor):
             return True
         return False
 
-    async def _cancel(self, source: str, rid: str, generated: int, deadline: float) -> int:
+    async def _cancel(self, source: str, rid: str, generated: int, deadline: float) -> int | None:
+        """Take the request off the source: the tokens it has generated, or None when the worker says it
+        no longer has it (it finished meanwhile: there is nothing left to move)."""
         try:
             ack = await self._worker(
                 source, "cancel", Cancel(**self.bus.envelope(), request_id=rid), WorkerAck, deadline
             )
             return ack.generated_tokens
-        except CommandFailed:
+        except CommandFailed as err:
+            if not err.unreachable:
+                return None
             return generated  # the node may be gone already: resume from what was last reported
+
+    async def _take_back(
+        self, source: str, rid: str, generated: int, deadline: float, tally: _Tally, prompt_tokens: int
+    ) -> None:
+        """A request expected to finish in place that has not: off the node, back to the router."""
+        tokens = await self._cancel(source, rid, generated, deadline)
+        if tokens is None:
+            tally.finished_in_place += 1
+            return
+        await self._requeue(source, rid, tokens, deadline, tally, prompt_tokens)
 
     async def _requeue(
         self, source: str, rid: str, generated: int, deadline: float, tally: _Tally, prompt_tokens: int = 0
     ) -> None:
         # The router must take it: this is the last line before a loss, so it gets the whole command
         # timeout even past the deadline (the request no longer needs the node).
-        far = max(deadline, self.clock.now()) + self.settings.command_timeout_seconds
+        far = self._after(self.settings.command_timeout_seconds)
         for _ in range(3):
             try:
                 await self._router(
@@ -542,3 +587,16 @@ class MigrationCoordinatorActor(Actor):
             tally.hot_blocks += len(blocks)
         except CommandFailed as err:
             self._log.info("hot_blocks_skipped", worker_id=source, error=str(err))
+
+
+def _share_slots(targets: dict[str, TargetWorker], index: int, workers: int) -> dict[str, TargetWorker]:
+    """The ``index``-th of ``workers`` equal shares of every target's free slots: the workers of one node
+    are drained in parallel, each planning on its own share, so that together they never count a free
+    slot twice."""
+    if workers <= 1:
+        return targets
+    out = {}
+    for key, t in targets.items():
+        base, extra = divmod(t.free_slots, workers)
+        out[key] = dataclasses.replace(t, free_slots=base + (1 if index < extra else 0))
+    return out
