@@ -372,7 +372,8 @@ async def run_demo(
         await agent.start()
         await _wait_agent_ready(agent)
 
-        router = RouterEmulator(bus, clock)
+        # Retry waiting requests every few simulated seconds (about 10 ms at 480×), not every half second.
+        router = RouterEmulator(bus, clock, dispatch_retry_s=5.0, submit_timeout_s=5.0)
         storm_at = opts.storm_at_h if opts.storm_at_h is not None else 0.4 * opts.duration_h
         cloud = SimCloud(
             bus,

@@ -363,8 +363,10 @@ class RouterEmulator(Actor):
         asked again in this pass."""
         refused: set[str] = set()
         for rid in list(self._waiting):
-            rec = self.requests[rid]
-            if rec.state == "waiting":
+            if not any(self.routable(w) and w not in refused for w in self.workers):
+                return  # every worker is full: the rest wait for the next pass (O(workers), not O(waiting))
+            rec = self.requests.get(rid)
+            if rec is not None and rec.state == "waiting":
                 await self._dispatch(rec, refused)
 
     async def _dispatch(self, rec: RoutedRequest, refused: set[str] | None = None) -> None:
