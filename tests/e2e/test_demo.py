@@ -9,6 +9,23 @@ from pathlib import Path
 import pytest
 from cli import run_cost_agent
 
+from agent.sim.traces import TraceError, find_data_dir
+
+
+@pytest.fixture(scope="module", autouse=True)
+def shared_data() -> None:
+    """The demo replays the shared traces; without them (a clone outside the workspace) it cannot run."""
+    try:
+        directory = find_data_dir()
+    except TraceError as exc:
+        pytest.skip(f"shared data directory not found: {exc}")
+    for path in (
+        directory / "traces" / "servegen",
+        directory / "spot" / "skypilot" / "availability" / "16-node" / "aws-08-27-2023",
+    ):
+        if not path.exists():
+            pytest.skip(f"{path} not present")
+
 
 def demo(tmp_path: Path, *extra: str) -> dict[str, object]:
     summary_path = tmp_path / "summary.json"
@@ -61,6 +78,7 @@ def test_the_system_keeps_serving_while_the_agent_is_down_and_the_restarted_agen
     assert summary["requests_served"] > 100
 
 
+@pytest.mark.usefixtures("shared_data")
 @pytest.mark.parametrize("flag", ["--speed=0", "--duration=-1"])
 def test_bad_options_stop_the_demo_with_one_line(flag: str) -> None:
     result = run_cost_agent("demo", flag, "--no-live", timeout_s=60)
