@@ -443,7 +443,12 @@ async def run_demo(
                 await agent.start()
                 restarted_at.append(clock.now())
             if render is not None:
-                render(_live_state(hour, opts, traffic, router, cloud, observed, rps))
+                state = _live_state(hour, opts, traffic, router, cloud, observed, rps)
+                state["spot"] = {
+                    f"{name}/{pool}": (catalog.types[name].spot_hourly, spot_available(name, pool, now))
+                    for name, pool in catalog.pools()
+                }
+                render(state)
 
         # Let what is in flight finish (bounded), then settle the accounts.
         interrupted = stop.is_set()

@@ -49,7 +49,13 @@ def render(state: dict[str, Any]) -> Panel:
         str(state["plans"]),
         str(state["preemptions"]),
     )
-    parts: list[Any] = [ProgressBar(total=total, completed=min(hour, total)), top, fleet, requests]
+    spot = Table(title="spot market (price $/h, nodes available)", show_edge=False)
+    quotes = state.get("spot", {})
+    for pool in quotes:
+        spot.add_column(pool, justify="right")
+    if quotes:
+        spot.add_row(*(f"${price:.2f} · {'-' if n is None else n}" for price, n in quotes.values()))
+    parts: list[Any] = [ProgressBar(total=total, completed=min(hour, total)), top, fleet, requests, spot]
     last = state.get("last_migration")
     if last:
         parts.append(
