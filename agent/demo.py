@@ -457,11 +457,11 @@ async def run_demo(
             await _wait(lambda: router.all_done(), 30 / max(opts.speed / 480, 0.5), None)
         cost = await _ask_cost(bus)
         bill = cloud.bill(until=clock.now())
+        hours = round(min(clock.now() - t0, end - t0) / 3600, 3) if interrupted else opts.duration_h
         summary = _summary(
-            opts, setup, catalog, reserved, router, cloud, observed, traffic, cost, bill, agent
+            opts, hours, catalog, reserved, router, cloud, observed, traffic, cost, bill, agent
         )
         summary["interrupted"] = interrupted
-        summary["simulated_hours"] = round((clock.now() - t0) / 3600, 3) if interrupted else opts.duration_h
         summary["plot"] = _plot(opts, observed, catalog)
         if opts.json_path:
             _write(Path(opts.json_path), json.dumps(summary, indent=2))
@@ -558,7 +558,7 @@ def _live_state(
 
 def _summary(
     opts: DemoOptions,
-    setup: Setup,
+    hours: float,
     catalog: Catalog,
     reserved: dict[str, int],
     router: RouterEmulator,
@@ -577,7 +577,6 @@ def _summary(
         counts["requeued"] += rep.counts.requeued
         counts["finished_in_place"] += rep.counts.finished_in_place
     agent_cost = cost.total_cost if cost is not None else None
-    hours = opts.duration_h
     full_tokens = traffic.tokens * opts.scale_down
     ondemand_equivalent = cost.ondemand_equivalent_cost if cost is not None else None
     agreement = (
