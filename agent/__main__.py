@@ -417,7 +417,7 @@ def _demo(args: argparse.Namespace) -> int:
             kill_agent_at_h=args.kill_agent_at,
             json_path=args.json_path,
             plot_path=args.plot,
-            live=not args.no_live,
+            live=not args.no_live and sys.stdout.isatty(),  # a live view into a file is only noise
             seed=args.seed,
         )
     except DemoError as exc:

@@ -186,7 +186,13 @@ class AgentProcess:
         env = {
             k: v for k, v in os.environ.items() if not k.startswith("COST_AGENT_") or k.endswith("DATA_DIR")
         }
-        env |= {"COST_AGENT_BUS__NAMESPACE": self.ns, "COST_AGENT_METRICS__PORT": "0"}
+        env |= {
+            "COST_AGENT_BUS__NAMESPACE": self.ns,
+            "COST_AGENT_METRICS__PORT": "0",
+            # At 480× a 30 ms pause of this busy process is four simulated minutes: a worker is declared
+            # lost only after two simulated minutes of silence (12 of its 10-second reports), not 15 s.
+            "COST_AGENT_SPOT_MONITOR__MISSED_INTERVALS": "12",
+        }
         self.proc = await asyncio.create_subprocess_exec(
             *command,
             "run",
@@ -387,6 +393,7 @@ async def run_demo(
                 storm_rate_per_hour=opts.storm_rate_per_hour,
                 seed=opts.seed,
                 worker_step_s=5.0,
+                metrics_interval_s=10.0,
             ),
             spot_available=spot_available,
             reserved=reserved,
@@ -420,6 +427,7 @@ async def run_demo(
         seen_preemptions = 0
         killed = False
         last_sample = -1.0
+        last_render = -1.0
         while clock.now() < end and not stop.is_set():
             await _pause(stop, 0.25)
             now = clock.now()
@@ -442,7 +450,8 @@ async def run_demo(
                 agent.restarts += 1
                 await agent.start()
                 restarted_at.append(clock.now())
-            if render is not None:
+            if render is not None and (hour - last_render) * 3600 >= opts.speed * 0.5:  # twice a second
+                last_render = hour
                 state = _live_state(hour, opts, traffic, router, cloud, observed, rps)
                 state["spot"] = {
                     f"{name}/{pool}": (catalog.types[name].spot_hourly, spot_available(name, pool, now))

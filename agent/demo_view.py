@@ -13,7 +13,7 @@ from rich.table import Table
 
 class LiveView:
     def __init__(self) -> None:
-        self._live = Live(refresh_per_second=4, transient=False)
+        self._live = Live(refresh_per_second=2, transient=False)
 
     def start(self) -> None:
         self._live.start()
