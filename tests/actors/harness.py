@@ -35,6 +35,8 @@ async def eventually(condition: Callable[[], bool], timeout_s: float = 5.0) -> N
     while not condition():
         if loop.time() > deadline:
             raise AssertionError("condition not met in time")
+        # A poll, not a wait for behaviour: the conditions are counters and states with no event to
+        # await; each pass lets the loop run, and the deadline above bounds the wait.
         await asyncio.sleep(0.002)
 
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import agent
 
@@ -23,3 +26,41 @@ def run_cost_agent(*args: str, timeout_s: float) -> subprocess.CompletedProcess[
     return subprocess.run(
         [*command, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout_s, check=False
     )
+
+
+class LoggedProcess:
+    """A running ``cost-agent`` subprocess whose stderr is JSON log lines, read as they come."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.events: list[dict[str, Any]] = []
+        self._logged = asyncio.Condition()
+        self._reader = asyncio.ensure_future(self._read())
+
+    async def _read(self) -> None:
+        assert self.proc.stderr is not None
+        async for line in self.proc.stderr:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                event = {"event": "unparsed", "line": line.decode(errors="replace")}
+            async with self._logged:
+                self.events.append(event)
+                self._logged.notify_all()
+
+    def named(self, name: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e.get("event") == name]
+
+    def event(self, name: str) -> dict[str, Any]:
+        return self.named(name)[0]
+
+    async def wait_logged(self, name: str, timeout_s: float) -> dict[str, Any]:
+        """The first log line with this event name, waiting for it up to ``timeout_s``."""
+        async with asyncio.timeout(timeout_s), self._logged:
+            await self._logged.wait_for(lambda: bool(self.named(name)))
+        return self.event(name)
+
+    async def finish(self) -> int:
+        code = await self.proc.wait()
+        await self._reader
+        return code

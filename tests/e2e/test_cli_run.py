@@ -18,7 +18,7 @@ from typing import Any
 import jsonschema
 import nats
 import pytest
-from cli import ROOT, run_cost_agent
+from cli import ROOT, LoggedProcess, run_cost_agent
 
 SCHEMAS = ROOT / "schemas" / "jsonschema"
 
@@ -45,35 +45,8 @@ def check(tag: str, data: bytes) -> dict[str, Any]:
     return message  # type: ignore[no-any-return]
 
 
-class AgentProcess:
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self.proc = proc
-        self.events: list[dict[str, Any]] = []
-        self.started = asyncio.Event()
-        self._reader = asyncio.ensure_future(self._read())
-
-    async def _read(self) -> None:
-        assert self.proc.stderr is not None
-        async for line in self.proc.stderr:
-            try:
-                event = json.loads(line)
-            except ValueError:
-                event = {"event": "unparsed", "line": line.decode(errors="replace")}
-            self.events.append(event)
-            if event.get("event") == "agent_started":
-                self.started.set()
-
-    def event(self, name: str) -> dict[str, Any]:
-        return next(e for e in self.events if e.get("event") == name)
-
-    async def finish(self) -> int:
-        code = await self.proc.wait()
-        await self._reader
-        return code
-
-
 @pytest.fixture
-async def agent_process() -> AsyncIterator[tuple[AgentProcess, str]]:
+async def agent_process() -> AsyncIterator[tuple[LoggedProcess, str]]:
     ns = f"e2e{uuid.uuid4().hex[:8]}"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("COST_AGENT_", "NATS_URL"))}
     env |= {"COST_AGENT_METRICS__PORT": "0", "COST_AGENT_BUS__NAMESPACE": ns}
@@ -88,9 +61,9 @@ async def agent_process() -> AsyncIterator[tuple[AgentProcess, str]]:
         stderr=asyncio.subprocess.PIPE,
         start_new_session=True,  # so that a failed test can kill the agent and its nats-server together
     )
-    agent = AgentProcess(proc)
+    agent = LoggedProcess(proc)
     try:
-        await asyncio.wait_for(agent.started.wait(), timeout=30)
+        await agent.wait_logged("agent_started", timeout_s=30)
         yield agent, ns
     finally:
         if proc.returncode is None:
@@ -107,7 +80,7 @@ def scrape(port: int, path: str) -> tuple[int, str]:
 
 
 async def test_the_agent_plans_reports_survives_garbage_and_stops_cleanly_on_sigterm(
-    agent_process: tuple[AgentProcess, str],
+    agent_process: tuple[LoggedProcess, str],
 ) -> None:
     agent, ns = agent_process
     url = agent.event("nats_embedded")["url"]

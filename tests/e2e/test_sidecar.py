@@ -25,7 +25,7 @@ from urllib.parse import parse_qs, urlsplit
 import msgspec
 import nats
 import pytest
-from cli import ROOT, run_cost_agent
+from cli import ROOT, LoggedProcess, run_cost_agent
 from nats.aio.client import Client as NATS
 
 from agent.subjects import Subjects
@@ -218,31 +218,9 @@ class FakeMetadata:
         return 200, json.dumps({"DocumentIncarnation": self.version, "Events": events}).encode(), {}
 
 
-class SidecarProcess:
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self.proc = proc
-        self.events: list[dict[str, Any]] = []
-        self._logged = asyncio.Condition()
-        self._reader = asyncio.ensure_future(self._read())
-
-    async def _read(self) -> None:
-        assert self.proc.stderr is not None
-        async for line in self.proc.stderr:
-            try:
-                event = json.loads(line)
-            except ValueError:
-                event = {"event": "unparsed", "line": line.decode(errors="replace")}
-            async with self._logged:
-                self.events.append(event)
-                self._logged.notify_all()
-
-    def named(self, name: str) -> list[dict[str, Any]]:
-        return [e for e in self.events if e.get("event") == name]
-
-    async def wait_logged(self, name: str) -> dict[str, Any]:
-        async with asyncio.timeout(WAIT_S), self._logged:
-            await self._logged.wait_for(lambda: bool(self.named(name)))
-        return self.named(name)[0]
+class SidecarProcess(LoggedProcess):
+    async def wait_logged(self, name: str, timeout_s: float = WAIT_S) -> dict[str, Any]:
+        return await super().wait_logged(name, timeout_s)
 
     async def terminate(self) -> int:
         self.proc.send_signal(signal.SIGTERM)
