@@ -46,13 +46,14 @@ class SloSettings(_Section, frozen=True):
 class OptimizerSettings(_Section, frozen=True):
     interval_seconds: Annotated[float, msgspec.Meta(gt=0)] = 300.0
     min_non_spot_instances: Annotated[int, msgspec.Meta(ge=0)] = 1
-    min_non_spot_fraction: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.5
-    max_pool_share: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.5
+    min_non_spot_fraction: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.4
+    max_pool_share: Annotated[float, msgspec.Meta(gt=0, le=1)] = 1.0
+    survive_zone_loss: Annotated[float, msgspec.Meta(ge=0, le=1)] = 1.0
     step_limits: bool = True
     max_step_up: Annotated[int, msgspec.Meta(ge=0)] = 2
     max_step_down: Annotated[int, msgspec.Meta(ge=0)] = 1
     switching_cost_hours: Annotated[float, msgspec.Meta(ge=0)] = 0.0
-    discount_spot_by_reliability: bool = True
+    discount_spot_by_reliability: bool = False
     spot_price_max_age_seconds: Annotated[float, msgspec.Meta(gt=0)] = 1800.0
 
     def to_core(self) -> OptimizerConfig:
@@ -64,6 +65,7 @@ class OptimizerSettings(_Section, frozen=True):
             max_step_down=self.max_step_down if self.step_limits else None,
             switching_cost_hours=self.switching_cost_hours,
             discount_spot_by_reliability=self.discount_spot_by_reliability,
+            survive_zone_loss=self.survive_zone_loss,
         )
 
 

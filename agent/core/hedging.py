@@ -1,10 +1,12 @@
 """Headroom for the time a new node needs to arrive: how much demand may grow before it serves.
 
-A decision made now is felt only after a boot (minutes) plus the wait for the next tick. Over that lead
-time demand moves; capacity sized to the demand measured now, times a headroom ``h``, leaves unserved
-``Σ_t Σ_k (d[t+k] − h·d[t])⁺`` of ``Σ_t Σ_k d[t+k]`` (k = 1 … lead). :func:`headroom_for_budget` finds the
-smallest ``h`` whose unserved share, on the observed history, stays within a budget (the part of the
-SLO's allowed miss given to demand surprises). Moments of (near) zero traffic are left out.
+A decision made now is felt only after a boot (minutes) and lasts until the next decision's nodes serve.
+Over that time demand moves; capacity sized to a base ``b[t]`` (the demand measured now, or its peak over
+the last ``base_window`` steps) times a headroom ``h`` leaves unserved ``Σ_t Σ_k (d[t+k] − h·b[t])⁺`` of
+``Σ_t Σ_k d[t+k]``, for ``k`` from ``first_step`` (the boot: earlier steps are the previous decision's)
+to ``lead_steps`` (boot plus the time to the next decision). :func:`headroom_for_budget` finds the smallest
+``h`` whose unserved share, on the observed history, stays within a budget (the part of the SLO's allowed
+miss given to demand surprises). Moments of (near) zero traffic are left out.
 """
 
 from __future__ import annotations
@@ -17,20 +19,38 @@ import numpy as np
 _OUTAGE_SHARE = 0.05
 
 
+def recent_peak(history: Sequence[float] | np.ndarray, window: int) -> np.ndarray:
+    """``out[t] = max(history[t − window + 1 … t])``: the base a policy holding its peak would size to."""
+    x = np.asarray(history, dtype=float)
+    if window <= 1 or len(x) == 0:
+        return x
+    padded = np.concatenate([np.full(window - 1, x[0]), x])
+    return np.asarray(np.lib.stride_tricks.sliding_window_view(padded, window).max(axis=1))
+
+
 def headroom_for_budget(
-    history: Sequence[float], lead_steps: int, budget: float, *, ceiling: float = 3.0
+    history: Sequence[float],
+    lead_steps: int,
+    budget: float,
+    *,
+    ceiling: float = 3.0,
+    first_step: int = 1,
+    base_window: int = 1,
 ) -> float:
-    """Smallest headroom factor ≥ 1 whose unserved share over ``lead_steps`` stays within ``budget``.
+    """Smallest headroom factor ≥ 1 whose unserved share over steps ``first_step … lead_steps`` ahead
+    of a decision, sized to the peak of the last ``base_window`` steps, stays within ``budget``.
 
     1.0 with too little history; never above ``ceiling`` (a history of outages could ask for anything).
     """
     if not 0 < budget < 1:
         raise ValueError("budget must be in (0, 1)")
+    if not 1 <= first_step <= max(lead_steps, 1):
+        raise ValueError("first_step must be in [1, lead_steps]")
     x = np.asarray(history, dtype=float)
     if lead_steps < 1 or len(x) <= lead_steps:
         return 1.0
-    base = x[: len(x) - lead_steps]
-    ahead = np.stack([x[k : len(x) - lead_steps + k] for k in range(1, lead_steps + 1)])
+    base = recent_peak(x, base_window)[: len(x) - lead_steps]
+    ahead = np.stack([x[k : len(x) - lead_steps + k] for k in range(first_step, lead_steps + 1)])
     # From (almost) no traffic, an outage, no factor predicts the recovery: other rules (the non-spot
     # floor, the step-down limit) carry those moments, so they do not set the headroom.
     positive = x[x > 0]

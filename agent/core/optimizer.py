@@ -15,6 +15,8 @@ Constraints (names as reported in ``Allocation.binding``):
   vanish at once).
 - ``non_spot_fraction``: reserved + on-demand capacity covers ``min_non_spot_fraction`` of the next-hour
   demand (how much survives if every spot node goes).
+- ``zone_loss:<zone>``: with ``survive_zone_loss`` and two zones or more, that share of current demand
+  is still covered if every spot node in the zone were reclaimed at once (reclaims come in waves).
 - ``spot_available:<type>/<pool>``: no more spot nodes than the market offers in that pool.
 - ``pool_share:<type>/<pool>``: spot risk is correlated within a pool, so no pool holds more than
   ``max_pool_share`` of the spot fleet (plus one node, so that a small fleet is not forced off spot).
@@ -77,7 +79,8 @@ class OptimizerConfig:
     """Per solve; the best allocation found by then is used (ticks take milliseconds: bench/optimizer.py)."""
     survive_zone_loss: float = 0.0
     """Share of current demand still covered if every spot node of any one zone (pool name, all types)
-    were reclaimed at once; 0 turns the rule off. Reclaims come in waves per zone."""
+    were reclaimed at once; 0 turns the rule off. Reclaims come in waves per zone. Applies when the
+    catalog has two zones or more (with one, ``min_non_spot_fraction`` is what survives a wave)."""
 
     def __post_init__(self) -> None:
         if self.min_non_spot_instances < 0:
@@ -398,8 +401,9 @@ def _build(
         row[d] = p.cap_next
         row[sh + 3] = 1.0
         rows.add("non_spot_fraction", row, p.need_non_spot_rps, math.inf)
-    if cfg.survive_zone_loss > 0:
-        zones = sorted({pool for _t, pool in p.pools})
+    zones = sorted({pool for _t, pool in p.pools})
+    # With one zone there is nothing to spread spot over: the non-spot floor is the guard then.
+    if cfg.survive_zone_loss > 0 and len(zones) >= 2:
         for zone in zones:
             row = np.zeros(width)
             row[s] = [

@@ -6,7 +6,8 @@ Time advances in fixed steps (default 1 minute). Every step:
    reclaimed (newest first). Each reclaimed node gets a notice and keeps serving until its deadline
    (``notice_s`` later; a node still booting never serves), then disappears. Every notice wakes the policy.
 2. Nodes whose boot finished (``boot_s`` after launch) start serving; nodes past their deadline go.
-3. The policy acts every ``policy_interval_s`` and on every notice: it returns spot and on-demand targets
+3. The policy acts every ``policy_interval_s``, on every notice, and when it asked to after seeing the
+   last step's demand (a surge the agent's profiler reports at once): it returns spot and on-demand targets
    per (type, pool). Launches start booting (spot only where the market has room); releases take booting
    nodes first, then running ones. A running node is released make-before-break: until the nodes booting
    at that moment are up it keeps serving (and costing), as an actuator replacing nodes would do.
@@ -33,7 +34,7 @@ from agent.core.catalog import Catalog, Tier
 from agent.core.demand import Demand
 from agent.core.optimizer import PoolKey
 
-Reason = Literal["start", "tick", "notice"]
+Reason = Literal["start", "tick", "notice", "demand"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +99,9 @@ class Policy(Protocol):
 
     def plan(self, view: View) -> Targets:
         """Spot and on-demand targets per pool."""
+
+    def wants_plan(self, t: float, demand: Demand) -> bool:
+        """Asked after every scored step's :meth:`observe`: act at the next step even off the tick?"""
 
 
 @dataclass(slots=True)
@@ -192,6 +196,7 @@ def run_backtest(
     records: list[StepRecord] = []
     reserved_hourly = 0.0
     last_demand = demand[warmup - 1] if warmup > 0 else demand[0]
+    woken = False
 
     for i in range(warmup, n_steps):
         t = start_epoch + i * cfg.step_s
@@ -218,6 +223,8 @@ def run_backtest(
         preemptions += preempted_now
         if preempted_now and reason is None:
             reason = "notice"
+        if woken and reason is None:
+            reason = "demand"
 
         # 2. Nodes past their deadline are gone; released nodes go once nothing is booting.
         nodes = [n for n in nodes if n.deadline > t]
@@ -269,6 +276,7 @@ def run_backtest(
         if keep_records:
             records.append(StepRecord(t, d.rps, by_tier, served, preempted_now))
         policy.observe(t, d)
+        woken = policy.wants_plan(t, d)
         last_demand = d
         if progress is not None:
             progress(i)

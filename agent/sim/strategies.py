@@ -41,6 +41,9 @@ class StaticPolicy:
     def commit(self, t: float, market: Market) -> dict[str, int]:
         return {self.catalog.main_type.name: self.nodes} if self.tier == "reserved" else {}
 
+    def wants_plan(self, t: float, demand: Demand) -> bool:
+        return False
+
     def plan(self, view: View) -> Targets:
         if self.tier == "reserved":
             return Targets({}, {})
@@ -72,7 +75,14 @@ class RollingPolicy:
     use_ondemand: bool = True
     reclaim: dict[PoolKey, float] = field(default_factory=dict)
     lead_steps: int = 11
-    """Steps between a decision and its nodes serving (boot + one tick), for the headroom."""
+    """Steps from a decision until the next decision's nodes serve (boot + one tick), for the headroom."""
+    boot_steps: int = 1
+    """Steps before a decision's nodes serve: until then the previous decision's capacity serves."""
+    base_window_steps: int = 1
+    """Size to the peak demand of this many recent steps, not the last step alone: traffic that swings
+    between adjacent windows would otherwise be chased down and up again, a boot behind each time."""
+    replan_on_surge: bool = False
+    """Plan at once when a step's demand exceeds the base the last plan was sized to."""
     headroom_budget: float = 0.0005
     """Share of demand the headroom may leave unserved on the history (half a 99.9% SLO's miss; the
     other half is left for reclaims)."""
@@ -82,6 +92,8 @@ class RollingPolicy:
     the week-old profile misses by 25-40% (bench/forecast.py), more than the ramps it would foresee,
     and the headroom already carries the ramps the observed history shows."""
     _observed: deque[float] = field(default_factory=deque)
+    _recent: deque[Demand] = field(default_factory=deque)
+    _planned_base_rps: float = math.inf
     _headroom: float = 1.0
     _headroom_at: float = -math.inf
 
@@ -90,10 +102,32 @@ class RollingPolicy:
         self._observed.append(demand.rps)
         if len(self._observed) > self.history_steps:
             self._observed.popleft()
+        self._recent.append(demand)
+        if len(self._recent) > self.base_window_steps:
+            self._recent.popleft()
+
+    def wants_plan(self, t: float, demand: Demand) -> bool:
+        return self.replan_on_surge and demand.rps > self._planned_base_rps
+
+    def _base(self, fallback: Demand) -> Demand:
+        """The busiest of the recent steps (by nodes it needs of the main type), or ``fallback``."""
+        main = self.catalog.main_type
+
+        def nodes(d: Demand) -> float:
+            per_node = rps_per_instance(main, d.prompt_tokens, d.output_tokens, self.slo)
+            return d.rps / per_node if per_node > 0 and math.isfinite(per_node) else 0.0
+
+        return max(self._recent, key=nodes, default=fallback)
 
     def _current_headroom(self, t: float) -> float:
         if t - self._headroom_at >= 3600:  # refit hourly: a week of history moves slowly
-            self._headroom = headroom_for_budget(list(self._observed), self.lead_steps, self.headroom_budget)
+            self._headroom = headroom_for_budget(
+                list(self._observed),
+                self.lead_steps,
+                self.headroom_budget,
+                first_step=min(max(1, self.boot_steps), max(1, self.lead_steps)),
+                base_window=self.base_window_steps,
+            )
             self._headroom_at = t
         return self._headroom
 
@@ -124,7 +158,8 @@ class RollingPolicy:
         return plan.reserved
 
     def plan(self, view: View) -> Targets:
-        observed = view.demand_now
+        observed = self._base(view.demand_now)
+        self._planned_base_rps = observed.rps
         headroom = self._current_headroom(view.t)
         demand_now = observed.scaled(headroom)
         demand_next = demand_now
@@ -143,6 +178,10 @@ class RollingPolicy:
         # The optimizer discounts spot by (1 − this): here the share lost before a replacement serves.
         market = SpotMarket(available=available, reclaim_per_hour=self.reclaim)
         cfg = self.cfg if self.use_ondemand else dataclasses.replace(self.cfg, allow_ondemand=False)
+        if cfg.survive_zone_loss > 0:
+            # ``survive_zone_loss`` is a share of the demand measured (the base); the tick's demand
+            # carries the headroom for growth on top, which a zone loss need not also be covered for.
+            cfg = dataclasses.replace(cfg, survive_zone_loss=min(1.0, cfg.survive_zone_loss / headroom))
         alloc = optimize_tick(
             self.catalog,
             TickInput(demand_now, demand_next, Fleet(view.reserved, view.spot, view.ondemand), market),
@@ -202,6 +241,9 @@ class SkyServePolicy:
 
     def commit(self, t: float, market: Market) -> dict[str, int]:
         return {}
+
+    def wants_plan(self, t: float, demand: Demand) -> bool:
+        return False
 
     def plan(self, view: View) -> Targets:
         main = self.catalog.main_type
@@ -280,6 +322,9 @@ class SeedHybridPolicy:
         rule = seed_rule(self.catalog, steps, self.slo)
         self._reserved, self._spot_max, self._od_max = rule.reserved, rule.spot, rule.ondemand_max
         return {rule.type_name: rule.reserved}
+
+    def wants_plan(self, t: float, demand: Demand) -> bool:
+        return False
 
     def plan(self, view: View) -> Targets:
         main = self.catalog.main_type

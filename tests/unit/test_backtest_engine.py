@@ -11,6 +11,7 @@ The policies are scripts: from a given step on they ask for fixed targets, and t
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -80,6 +81,7 @@ class Scripted:
     views: list[View] = field(default_factory=list)
     observed: list[float] = field(default_factory=list)
     commits: list[float] = field(default_factory=list)
+    wake_above: float = math.inf
 
     def observe(self, t: float, demand: Demand) -> None:
         self.observed.append(t)
@@ -91,6 +93,9 @@ class Scripted:
     def plan(self, view: View) -> Targets:
         self.views.append(view)
         return self.schedule[max(s for s in self.schedule if s <= view.step)]
+
+    def wants_plan(self, t: float, demand: Demand) -> bool:
+        return demand.rps > self.wake_above
 
     def calls(self) -> list[tuple[int, str]]:
         return [(v.step, v.reason) for v in self.views]
@@ -157,6 +162,18 @@ def test_every_reclaim_wakes_the_policy_at_once_with_reason_notice() -> None:
     run(policy, flat(1.0, 12), market([2] * 3 + [1] * 5 + [0] * 4))
 
     assert policy.calls() == [(0, "start"), (3, "notice"), (5, "tick"), (8, "notice"), (10, "tick")]
+
+
+def test_a_policy_that_asks_after_a_step_acts_at_the_next_step_with_reason_demand() -> None:
+    policy = Scripted({0: ask(ondemand=1)}, wake_above=2.0)
+    run(
+        policy,
+        [Demand(1.0, 100, 100)] * 2 + [Demand(3.0, 100, 100)] + [Demand(1.0, 100, 100)] * 9,
+        market([PLENTY] * 12),
+    )
+
+    # Step 2's demand (3 rps) is seen after step 2: the policy acts at step 3, off the 5-step tick.
+    assert policy.calls() == [(0, "start"), (3, "demand"), (5, "tick"), (10, "tick")]
 
 
 def test_each_reclaimed_node_counts_one_preemption() -> None:

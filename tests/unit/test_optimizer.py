@@ -306,10 +306,16 @@ def test_a_reserved_and_spot_only_fleet_never_plans_on_demand() -> None:
     assert alloc.capacity_next_rps >= demand(5).rps
 
 
-def test_with_a_single_zone_the_zone_loss_rule_falls_on_reliable_nodes() -> None:
-    cfg = dataclasses.replace(NO_LIMITS, survive_zone_loss=0.8, min_non_spot_instances=0)
-    alloc = optimize_tick(only_h100(), TickInput(demand(5), demand(5)), cfg=cfg)
-    assert alloc.total("ondemand") * H100_RPS >= 0.8 * demand(5).rps - 1e-9
+def test_with_a_single_zone_the_zone_loss_rule_leaves_the_guard_to_the_non_spot_floor() -> None:
+    # Nothing to spread over: the rule would forbid spot outright. The non-spot floor says how much of
+    # demand must survive a wave there.
+    zone_only = dataclasses.replace(NO_LIMITS, survive_zone_loss=0.8, min_non_spot_instances=0)
+    alloc = optimize_tick(only_h100(), TickInput(demand(5), demand(5)), cfg=zone_only)
+    assert alloc.total("ondemand") == 0
+    assert alloc.total("spot") > 0
+    with_floor = dataclasses.replace(zone_only, min_non_spot_fraction=0.4)
+    alloc = optimize_tick(only_h100(), TickInput(demand(5), demand(5)), cfg=with_floor)
+    assert alloc.total("ondemand") * H100_RPS >= 0.4 * demand(5).rps - 1e-9
 
 
 @pytest.mark.parametrize("rps", [0.0, 3.0])
