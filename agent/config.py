@@ -54,6 +54,8 @@ class OptimizerSettings(_Section, frozen=True):
     max_step_down: Annotated[int, msgspec.Meta(ge=0)] = 1
     switching_cost_hours: Annotated[float, msgspec.Meta(ge=0)] = 0.0
     discount_spot_by_reliability: bool = False
+    base_window_seconds: Annotated[float, msgspec.Meta(ge=0)] = 3600.0
+    surge_check_seconds: Annotated[float, msgspec.Meta(ge=0)] = 30.0
     spot_price_max_age_seconds: Annotated[float, msgspec.Meta(gt=0)] = 1800.0
 
     def to_core(self) -> OptimizerConfig:

@@ -8,7 +8,7 @@ import msgspec
 
 from schemas.envelope import Count, Key, Message, NonNegative, Tier
 
-PlanReason = Literal["tick", "preemption", "manual", "fleet"]
+PlanReason = Literal["tick", "demand", "preemption", "manual", "fleet"]
 PlanStatus = Literal["optimal", "relaxed", "fallback"]
 
 

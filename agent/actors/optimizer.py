@@ -10,9 +10,13 @@ Guarantees:
 - A fleet change triggers a plan only when it takes the fleet below the latest plan (a launched or ready
   node the plan wanted starts draining or is gone); the changes the plan itself asked for do not, nor
   does the termination of a node already draining.
-- The plan covers the larger of the profile's P75 now and the demand observed now, and the profile's
-  next-hour P95 (``agent.core.tick_demand``); reserved nodes are never changed; spot prices older than
+- The plan covers the larger of the profile's P75 now and the busiest demand observed over the last
+  ``base_window_seconds`` (``agent.core.recent_peak``), and the profile's next-hour P95
+  (``agent.core.tick_demand``); reserved nodes are never changed; spot prices older than
   ``spot_price_max_age_seconds`` are ignored.
+- Between ticks, every ``surge_check_seconds``, demand observed above what the latest plan covered
+  triggers a plan at once (reason ``demand``): a node asked for at the surge serves a boot later, not a
+  boot plus the rest of the tick.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from agent.core.demand_bins import DemandBins
 from agent.core.fleet_state import FleetState
 from agent.core.optimizer import Allocation, SpotMarket, TickInput, optimize_tick
 from agent.core.profiler import DemandProfiler
+from agent.core.recent_peak import RecentPeak
 from agent.core.tick_demand import tick_demand
 from agent.runtime.actor import Actor, Listen
 from agent.runtime.clock import Clock
@@ -41,7 +46,7 @@ from schemas import AllocationPlan, InstanceEvent, PlanReason, ReplanRequest, Sp
 
 # Ids of triggers already planned for, kept to recognise a redelivery.
 _REMEMBER_TRIGGERS: Final = 4096
-_PRIORITY: Final[dict[str, int]] = {"tick": 0, "fleet": 1, "manual": 2, "preemption": 3}
+_PRIORITY: Final[dict[str, int]] = {"tick": 0, "demand": 1, "fleet": 2, "manual": 3, "preemption": 4}
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +72,10 @@ class OptimizerTickActor(Actor):
         bins: DemandBins,
         fleet: FleetState,
     ) -> None:
-        super().__init__(bus, clock, interval_s=settings.interval_seconds)
+        surge_s = settings.surge_check_seconds
+        # One timer: the tick's, or a finer one for the surge check that also keeps the tick's schedule.
+        fine = 0 < surge_s < settings.interval_seconds
+        super().__init__(bus, clock, interval_s=surge_s if fine else settings.interval_seconds)
         self.catalog = catalog
         self.slo = slo
         self.settings = settings
@@ -81,6 +89,9 @@ class OptimizerTickActor(Actor):
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._pending: list[tuple[PlanReason, str]] = []
         self._planning = False
+        self._peak = RecentPeak(settings.base_window_seconds)
+        self._covered_rps = 0.0
+        self._tick_due = clock.now() + settings.interval_seconds
         self._log = structlog.get_logger("agent.optimizer").bind(actor=self.name)
 
     def subscriptions(self) -> Sequence[Listen]:
@@ -92,7 +103,18 @@ class OptimizerTickActor(Actor):
         ]
 
     async def on_timer(self) -> None:
-        await self.trigger("tick", f"tick-{new_msg_id()}")
+        now = self.clock.now()
+        if now >= self._tick_due - 1e-9 or self.interval_s == self.settings.interval_seconds:
+            interval = self.settings.interval_seconds
+            self._tick_due += interval * ((now - self._tick_due) // interval + 1)
+            await self.trigger("tick", f"tick-{new_msg_id()}")
+            return
+        observed = self.bins.current(now)
+        if observed is None:
+            return
+        self._peak.add(now, observed)
+        if self.last_plan is not None and observed.rps > self._covered_rps:
+            await self.trigger("demand", f"demand-{new_msg_id()}")
 
     async def on_replan(self, request: ReplanRequest, _raw: Msg) -> None:
         await self.trigger("manual", request.msg_id)
@@ -188,7 +210,11 @@ class OptimizerTickActor(Actor):
 
     async def _plan(self, batch: list[tuple[PlanReason, str]]) -> None:
         now = self.clock.now()
-        demand = tick_demand(self.profiler, now, self.bins.current(now))
+        observed = self.bins.current(now)
+        if observed is not None:
+            self._peak.add(now, observed)
+        demand = tick_demand(self.profiler, now, self._peak.peak(now))
+        self._covered_rps = demand.now.rps
         fleet = self.fleet.fleet()
         inp = TickInput(demand.now, demand.next_hour, fleet, self.market(now))
         alloc = optimize_tick(self.catalog, inp, self.slo, self.config)

@@ -91,7 +91,7 @@ async def test_the_same_request_delivered_twice_is_planned_for_once(running: tup
 async def test_the_timer_plans_every_interval_of_the_agents_clock(running: tuple[Agent, Peer]) -> None:
     agent, peer = running
     plans = await Inbox.open(peer.nc, peer.subjects.plan_allocation, AllocationPlan)
-    peer.clock.advance(agent.optimizer.interval_s or 0)
+    peer.clock.advance(agent.optimizer.settings.interval_seconds)
     plan = await plans.next()
     assert plan.reason == "tick"
     assert plan.trigger_ids[0].startswith("tick-")
@@ -199,3 +199,52 @@ async def test_a_node_lost_through_draining_then_terminated_is_planned_for_once(
     request = await replan(peer)
     assert (await plans.next()).trigger_ids == [draining.msg_id]
     assert (await plans.next()).trigger_ids == [request.msg_id]
+
+
+async def test_demand_above_what_the_last_plan_covered_is_planned_for_before_the_next_tick(
+    running: tuple[Agent, Peer],
+) -> None:
+    agent, peer = running
+    plans = await Inbox.open(peer.nc, peer.subjects.plan_allocation, AllocationPlan)
+    await report_demand(peer, rps_per_worker=10.0, workers=3)
+    await handled(agent, "demand_profiler", "evt.worker.metrics.*", 3)
+    await replan(peer)
+    assert (await plans.next()).demand_now_rps == 30.0
+
+    await report_demand(peer, rps_per_worker=20.0, workers=3)
+    await handled(agent, "demand_profiler", "evt.worker.metrics.*", 6)
+    peer.clock.advance(agent.optimizer.settings.surge_check_seconds)
+    plan = await plans.next()
+    assert plan.reason == "demand"
+    assert plan.trigger_ids[0].startswith("demand-")
+    assert plan.demand_now_rps == 60.0
+    assert plan.sent_at < START + agent.optimizer.settings.interval_seconds  # not the tick
+
+
+async def test_a_steady_demand_between_ticks_triggers_no_plan(running: tuple[Agent, Peer]) -> None:
+    agent, peer = running
+    plans = await Inbox.open(peer.nc, peer.subjects.plan_allocation, AllocationPlan)
+    await report_demand(peer, rps_per_worker=10.0, workers=3)
+    await handled(agent, "demand_profiler", "evt.worker.metrics.*", 3)
+    await replan(peer)
+    await plans.next()
+    # Workers keep reporting the same load at their 5 s interval (none falls silent) up to the tick.
+    for _ in range(round(agent.optimizer.settings.interval_seconds / 5)):
+        peer.clock.advance(5)
+        await report_demand(peer, rps_per_worker=10.0, workers=3)
+    assert (await plans.next()).reason == "tick"  # the first plan after the request is the timer's
+
+
+async def test_a_plan_keeps_covering_the_busiest_demand_of_the_last_hour(running: tuple[Agent, Peer]) -> None:
+    agent, peer = running
+    plans = await Inbox.open(peer.nc, peer.subjects.plan_allocation, AllocationPlan)
+    await report_demand(peer, rps_per_worker=20.0, workers=3)
+    await handled(agent, "demand_profiler", "evt.worker.metrics.*", 3)
+    await replan(peer)
+    assert (await plans.next()).demand_now_rps == 60.0
+
+    peer.clock.advance(60)
+    await report_demand(peer, rps_per_worker=10.0, workers=3)  # traffic halves
+    await handled(agent, "demand_profiler", "evt.worker.metrics.*", 6)
+    await replan(peer)
+    assert (await plans.next()).demand_now_rps == 60.0  # the hour's peak, not the last report

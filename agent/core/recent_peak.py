@@ -1,0 +1,39 @@
+"""The busiest demand observed over a recent window: the base a tick sizes to.
+
+Traffic swings between adjacent minutes and windows; a fleet sized to the last observation alone is
+chased down and then up again, a boot behind each time. Holding the peak of the last hour (the
+backtest's ``rolling`` policy, `bench/reactive_floor.py`) serves more of the demand for fewer node-hours
+than a larger headroom on the last observation. Pure: the caller passes the times and observations.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from agent.core.demand import Demand
+
+
+class RecentPeak:
+    """Observations kept for ``window_s`` seconds; :meth:`peak` is the one with the highest rate."""
+
+    def __init__(self, window_s: float) -> None:
+        if not window_s >= 0:
+            raise ValueError(f"window_s must be ≥ 0, got {window_s!r}")
+        self.window_s = window_s
+        self._seen: deque[tuple[float, Demand]] = deque()
+
+    def add(self, t: float, demand: Demand) -> None:
+        # Monotonic deque: an observation no busier than a later one can never be the peak again.
+        while self._seen and self._seen[-1][1].rps <= demand.rps:
+            self._seen.pop()
+        self._seen.append((t, demand))
+        self._drop_before(t - self.window_s)
+
+    def peak(self, now: float) -> Demand | None:
+        """The busiest observation of the last ``window_s`` seconds; None when there is none."""
+        self._drop_before(now - self.window_s)
+        return self._seen[0][1] if self._seen else None
+
+    def _drop_before(self, cutoff: float) -> None:
+        while self._seen and self._seen[0][0] < cutoff:
+            self._seen.popleft()
