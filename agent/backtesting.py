@@ -295,7 +295,8 @@ def run_strategies(
     progress: Callable[[str, int, int], None] | None = None,
 ) -> BacktestRun:
     """Every strategy on the same inputs; ``progress(name, step, total)`` after every scored step."""
-    cfg = settings.optimizer.to_core()
+    # The rolling policy and its variants (elastic-ondemand, reserved-spot) with the [backtest] settings.
+    cfg = settings.backtest.apply(settings.optimizer.to_core())
     run = BacktestRun(setup)
     total = len(setup.demand)
     for name in strategies:

@@ -11,6 +11,7 @@ Environment: ``COST_AGENT_CATALOG`` and ``COST_AGENT_<SECTION>__<FIELD>`` (for e
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tomllib
 from collections.abc import Mapping
@@ -46,16 +47,17 @@ class SloSettings(_Section, frozen=True):
 class OptimizerSettings(_Section, frozen=True):
     interval_seconds: Annotated[float, msgspec.Meta(gt=0)] = 300.0
     min_non_spot_instances: Annotated[int, msgspec.Meta(ge=0)] = 1
-    min_non_spot_fraction: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.4
-    max_pool_share: Annotated[float, msgspec.Meta(gt=0, le=1)] = 1.0
-    survive_zone_loss: Annotated[float, msgspec.Meta(ge=0, le=1)] = 1.0
+    min_non_spot_fraction: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.5
+    max_pool_share: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.5
+    survive_zone_loss: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.0
     step_limits: bool = True
     max_step_up: Annotated[int, msgspec.Meta(ge=0)] = 2
     max_step_down: Annotated[int, msgspec.Meta(ge=0)] = 1
     switching_cost_hours: Annotated[float, msgspec.Meta(ge=0)] = 0.0
-    discount_spot_by_reliability: bool = False
-    base_window_seconds: Annotated[float, msgspec.Meta(ge=0)] = 3600.0
-    surge_check_seconds: Annotated[float, msgspec.Meta(ge=0)] = 30.0
+    discount_spot_by_reliability: bool = True
+    base_window_seconds: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    surge_check_seconds: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    demand_smoothing_seconds: Annotated[float, msgspec.Meta(ge=0)] = 0.0
     spot_price_max_age_seconds: Annotated[float, msgspec.Meta(gt=0)] = 1800.0
 
     def to_core(self) -> OptimizerConfig:
@@ -87,6 +89,30 @@ class ProfilerSettings(_Section, frozen=True):
             timezone=self.timezone,
             neighbour_bins=self.neighbour_bins,
             residual_spread=self.residual_spread,
+        )
+
+
+class BacktestSettings(_Section, frozen=True):
+    """The optimizer settings of the backtest's ``rolling`` policy, where they differ from the agent's.
+
+    Measured on the backtest (issue 3): spreading spot so that any one zone's loss leaves demand served,
+    with a 40% non-spot floor, holds 99.9% for 12-22% less than the agent's defaults. The agent keeps its
+    own defaults until the zone rule's plans, which flapped between spot and on-demand in the live demo,
+    are understood there.
+    """
+
+    min_non_spot_fraction: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.4
+    max_pool_share: Annotated[float, msgspec.Meta(gt=0, le=1)] = 1.0
+    discount_spot_by_reliability: bool = False
+    survive_zone_loss: Annotated[float, msgspec.Meta(ge=0, le=1)] = 1.0
+
+    def apply(self, cfg: OptimizerConfig) -> OptimizerConfig:
+        return dataclasses.replace(
+            cfg,
+            min_non_spot_fraction=self.min_non_spot_fraction,
+            max_pool_share=self.max_pool_share,
+            discount_spot_by_reliability=self.discount_spot_by_reliability,
+            survive_zone_loss=self.survive_zone_loss,
         )
 
 
@@ -142,6 +168,7 @@ class Settings(_Section, frozen=True):
     optimizer: OptimizerSettings = msgspec.field(default_factory=OptimizerSettings)
     profiler: ProfilerSettings = msgspec.field(default_factory=ProfilerSettings)
     planner: PlannerSettings = msgspec.field(default_factory=PlannerSettings)
+    backtest: BacktestSettings = msgspec.field(default_factory=BacktestSettings)
     bus: BusSettings = msgspec.field(default_factory=BusSettings)
     metrics: MetricsSettings = msgspec.field(default_factory=MetricsSettings)
     reporter: ReporterSettings = msgspec.field(default_factory=ReporterSettings)

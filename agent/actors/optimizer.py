@@ -34,11 +34,12 @@ from agent.bus import Bus, Rejected
 from agent.config import OptimizerSettings
 from agent.core.capacity import SloConfig
 from agent.core.catalog import Catalog, Tier
+from agent.core.demand import Demand
 from agent.core.demand_bins import DemandBins
 from agent.core.fleet_state import FleetState
 from agent.core.optimizer import Allocation, SpotMarket, TickInput, optimize_tick
 from agent.core.profiler import DemandProfiler
-from agent.core.recent_peak import RecentPeak
+from agent.core.recent_peak import RecentMean, RecentPeak
 from agent.core.tick_demand import tick_demand
 from agent.runtime.actor import Actor, Listen
 from agent.runtime.clock import Clock
@@ -90,6 +91,7 @@ class OptimizerTickActor(Actor):
         self._pending: list[tuple[PlanReason, str]] = []
         self._planning = False
         self._peak = RecentPeak(settings.base_window_seconds)
+        self._smooth = RecentMean(settings.demand_smoothing_seconds)
         self._covered_rps = 0.0
         self._tick_due = clock.now() + settings.interval_seconds
         self._log = structlog.get_logger("agent.optimizer").bind(actor=self.name)
@@ -109,10 +111,9 @@ class OptimizerTickActor(Actor):
             self._tick_due += interval * ((now - self._tick_due) // interval + 1)
             await self.trigger("tick", f"tick-{new_msg_id()}")
             return
-        observed = self.bins.current(now)
+        observed = self._observe(now)
         if observed is None:
             return
-        self._peak.add(now, observed)
         if self.last_plan is not None and observed.rps > self._covered_rps:
             await self.trigger("demand", f"demand-{new_msg_id()}")
 
@@ -196,6 +197,15 @@ class OptimizerTickActor(Actor):
             self._planning = False
         return True
 
+    def _observe(self, now: float) -> Demand | None:
+        """The demand observed now, smoothed over ``demand_smoothing_seconds``, into the recent peak."""
+        current = self.bins.current(now)
+        if current is None:
+            return None
+        smoothed = self._smooth.add(now, current)
+        self._peak.add(now, smoothed)
+        return smoothed
+
     def market(self, now: float) -> SpotMarket:
         fresh = {
             k: q for k, q in self._quotes.items() if q.at >= now - self.settings.spot_price_max_age_seconds
@@ -210,9 +220,7 @@ class OptimizerTickActor(Actor):
 
     async def _plan(self, batch: list[tuple[PlanReason, str]]) -> None:
         now = self.clock.now()
-        observed = self.bins.current(now)
-        if observed is not None:
-            self._peak.add(now, observed)
+        self._observe(now)
         demand = tick_demand(self.profiler, now, self._peak.peak(now))
         self._covered_rps = demand.now.rps
         fleet = self.fleet.fleet()

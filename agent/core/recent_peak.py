@@ -37,3 +37,27 @@ class RecentPeak:
     def _drop_before(self, cutoff: float) -> None:
         while self._seen and self._seen[0][0] < cutoff:
             self._seen.popleft()
+
+
+class RecentMean:
+    """The mean rate of the observations of the last ``window_s`` seconds, with the latest token mix.
+
+    Worker reports count completions, not arrivals: when a backlog drains after capacity arrives, they
+    spike well above the traffic. Holding the peak of raw reports would lock onto such a spike for the
+    whole window; the peak of a short mean does not.
+    """
+
+    def __init__(self, window_s: float) -> None:
+        if not window_s >= 0:
+            raise ValueError(f"window_s must be ≥ 0, got {window_s!r}")
+        self.window_s = window_s
+        self._seen: deque[tuple[float, Demand]] = deque()
+        self._sum = 0.0
+
+    def add(self, t: float, demand: Demand) -> Demand:
+        """Record an observation; returns the mean of the window it closes."""
+        self._seen.append((t, demand))
+        self._sum += demand.rps
+        while len(self._seen) > 1 and self._seen[0][0] < t - self.window_s:
+            self._sum -= self._seen.popleft()[1].rps
+        return Demand(max(self._sum, 0.0) / len(self._seen), demand.prompt_tokens, demand.output_tokens)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from harness import START, Inbox, Peer, handled, rejected
+from collections.abc import AsyncIterator
 
+import pytest
+from harness import START, Inbox, Peer, handled, rejected, start_agent, stop_agent
+
+from agent.config import OptimizerSettings, Settings
 from agent.service import Agent
 from schemas import AllocationPlan, InstanceEvent, ReplanRequest, SpotPrice, WorkerMetrics
 
@@ -201,10 +205,23 @@ async def test_a_node_lost_through_draining_then_terminated_is_planned_for_once(
     assert (await plans.next()).trigger_ids == [request.msg_id]
 
 
+# The surge check and the hour's peak are off by default in the agent; these tests turn them on.
+SURGE = Settings(optimizer=OptimizerSettings(surge_check_seconds=30.0, base_window_seconds=3600.0))
+
+
+@pytest.fixture
+async def surging(nats_url: str) -> AsyncIterator[tuple[Agent, Peer]]:
+    agent, peer = await start_agent(nats_url, SURGE)
+    try:
+        yield agent, peer
+    finally:
+        await stop_agent(agent, peer)
+
+
 async def test_demand_above_what_the_last_plan_covered_is_planned_for_before_the_next_tick(
-    running: tuple[Agent, Peer],
+    surging: tuple[Agent, Peer],
 ) -> None:
-    agent, peer = running
+    agent, peer = surging
     plans = await Inbox.open(peer.nc, peer.subjects.plan_allocation, AllocationPlan)
     await report_demand(peer, rps_per_worker=10.0, workers=3)
     await handled(agent, "demand_profiler", "evt.worker.metrics.*", 3)
@@ -221,8 +238,8 @@ async def test_demand_above_what_the_last_plan_covered_is_planned_for_before_the
     assert plan.sent_at < START + agent.optimizer.settings.interval_seconds  # not the tick
 
 
-async def test_a_steady_demand_between_ticks_triggers_no_plan(running: tuple[Agent, Peer]) -> None:
-    agent, peer = running
+async def test_a_steady_demand_between_ticks_triggers_no_plan(surging: tuple[Agent, Peer]) -> None:
+    agent, peer = surging
     plans = await Inbox.open(peer.nc, peer.subjects.plan_allocation, AllocationPlan)
     await report_demand(peer, rps_per_worker=10.0, workers=3)
     await handled(agent, "demand_profiler", "evt.worker.metrics.*", 3)
@@ -235,8 +252,8 @@ async def test_a_steady_demand_between_ticks_triggers_no_plan(running: tuple[Age
     assert (await plans.next()).reason == "tick"  # the first plan after the request is the timer's
 
 
-async def test_a_plan_keeps_covering_the_busiest_demand_of_the_last_hour(running: tuple[Agent, Peer]) -> None:
-    agent, peer = running
+async def test_a_plan_keeps_covering_the_busiest_demand_of_the_last_hour(surging: tuple[Agent, Peer]) -> None:
+    agent, peer = surging
     plans = await Inbox.open(peer.nc, peer.subjects.plan_allocation, AllocationPlan)
     await report_demand(peer, rps_per_worker=20.0, workers=3)
     await handled(agent, "demand_profiler", "evt.worker.metrics.*", 3)

@@ -245,7 +245,7 @@ def test_skyserve_at_the_slo_reaches_the_target_with_no_more_on_demand_than_it_n
 
 
 def rolling_policy(settings: Settings, **overrides: object) -> RollingPolicy:
-    policy = make_policy("rolling", SETUP, settings, settings.optimizer.to_core())
+    policy = make_policy("rolling", SETUP, settings, settings.backtest.apply(settings.optimizer.to_core()))
     assert isinstance(policy, RollingPolicy)
     for key, value in overrides.items():
         setattr(policy, key, value)

@@ -62,13 +62,12 @@ def test_no_file_and_no_environment_gives_the_defaults() -> None:
 def test_default_optimizer_settings_become_the_seeds_damping_of_plus_2_minus_1() -> None:
     assert Settings().optimizer.to_core() == OptimizerConfig(
         min_non_spot_instances=1,
-        min_non_spot_fraction=0.4,
-        max_pool_share=1.0,
+        min_non_spot_fraction=0.5,
+        max_pool_share=0.5,
         max_step_up=2,
         max_step_down=1,
         switching_cost_hours=0.0,
-        discount_spot_by_reliability=False,
-        survive_zone_loss=1.0,
+        discount_spot_by_reliability=True,
     )
 
 

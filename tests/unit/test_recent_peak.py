@@ -3,7 +3,7 @@
 import pytest
 
 from agent.core.demand import Demand
-from agent.core.recent_peak import RecentPeak
+from agent.core.recent_peak import RecentMean, RecentPeak
 
 
 def d(rps: float) -> Demand:
@@ -36,3 +36,18 @@ def test_a_zero_window_holds_only_the_latest_observation() -> None:
 def test_a_negative_window_is_rejected() -> None:
     with pytest.raises(ValueError, match="window_s"):
         RecentPeak(window_s=-1)
+
+
+def test_the_recent_mean_averages_the_window_and_keeps_the_latest_token_mix() -> None:
+    mean = RecentMean(window_s=120)
+    mean.add(0, d(10.0))
+    mean.add(60, d(30.0))
+    latest = Demand(20.0, 500.0, 100.0)
+    assert mean.add(120, latest) == Demand(20.0, 500.0, 100.0)
+    assert mean.add(180, d(40.0)).rps == pytest.approx(30.0)  # 30, 20, 40: the first has left
+
+
+def test_a_zero_window_mean_is_the_latest_observation() -> None:
+    mean = RecentMean(window_s=0)
+    mean.add(0, d(10.0))
+    assert mean.add(1, d(30.0)).rps == 30.0
