@@ -34,12 +34,14 @@ never becomes ready.
 
 Guarantees:
 - Every plan newer than the last one applied (by ``sent_at``) is applied at once, whole: each spot and
-  on-demand (type, pool) it lists is converged to its count (missing nodes launched; surplus ones released
-  at once, newest first). Reserved targets are never acted on; (type, pool) pairs a plan does not list are
-  left as they are. An older plan arriving late is ignored (counted in ``plans_ignored``).
-- Hence, for every (type, pool, tier), launched + ready nodes never exceed the latest plan's target: a plan
-  brings them to at most the target, and between plans they only decrease (a boot moves a node from
-  launched to ready; releases and reclaims take nodes out).
+  on-demand (type, pool) it lists is converged to its count (missing nodes launched, leaving ones taken
+  back first; surplus ones released newest first: at once, or with ``make_before_break`` once the nodes
+  booting then are ready, serving meanwhile as *leaving*). Reserved targets are never acted on; (type,
+  pool) pairs a plan does not list are left as they are. An older plan arriving late is ignored (counted
+  in ``plans_ignored``).
+- Hence, for every (type, pool, tier), launched + ready nodes that are not leaving never exceed the latest
+  plan's target: a plan brings them to at most the target, and between plans they only decrease (a boot
+  moves a node from launched to ready; releases and reclaims take nodes out).
 - A spot launch is refused (nothing launched, ``launches_refused`` counted) when the pool's availability is
   already used by the spot nodes that hold it: launched, ready, or draining after a release and not
   reclaimed. A reclaimed node no longer holds the market's capacity.
@@ -104,6 +106,10 @@ class CloudConfig:
     """launched → ready."""
     notice_s: float = 120.0
     """Spot reclaim notice length."""
+    make_before_break: bool = True
+    """A node a plan gives up keeps serving until the nodes booting at that moment are ready (a node still
+    booting goes at once), as an actuator replacing nodes should: the plan moves capacity, it does not
+    open a gap. A later plan may take it back before it goes. False: released at once."""
     release_grace_s: float = 300.0
     """A released node drains (router stop_routing, no new work) at most this long, then terminates; sooner
     when its worker has nothing in flight."""
@@ -182,6 +188,9 @@ class SimInstance:
     """When the market reclaims it (a notice was sent; it is then draining)."""
     seq: int = 0
     """Launch order: the newest has the highest."""
+    leave_at: float | None = None
+    """Given up by a plan while other nodes boot: serves (and is billed) until then, then is released."""
+    leave_cause: str = field(default="", repr=False)
     cause: str = field(default="", repr=False)
     """``msg_id`` of the plan that launched it (the correlation id of its events), if any."""
 
@@ -262,11 +271,14 @@ class SimCloud(Actor):
     # --- queries ----------------------------------------------------------------------------------
 
     def live(self, type_: str, pool: str, tier: str) -> int:
-        """Nodes of (type, pool, tier) launched or ready (not draining): what a plan's target counts."""
+        """Nodes of (type, pool, tier) launched or ready, neither draining nor leaving: what a plan's
+        target counts."""
         return sum(
             1
             for i in self.instances.values()
-            if i.state in ("launched", "ready") and (i.instance_type, i.pool, i.tier) == (type_, pool, tier)
+            if i.state in ("launched", "ready")
+            and i.leave_at is None
+            and (i.instance_type, i.pool, i.tier) == (type_, pool, tier)
         )
 
     def bill(self, until: float | None = None) -> CloudBill:
@@ -313,6 +325,7 @@ class SimCloud(Actor):
 
     async def on_plan(self, plan: AllocationPlan, _raw: Msg) -> None:
         released: list[str] = []
+        surplus: list[SimInstance] = []
         async with self._lock:
             if plan.sent_at < self._plan_sent_at:
                 self.plans_ignored += 1
@@ -330,7 +343,7 @@ class SimCloud(Actor):
                 if itype is None or pool not in itype.pools:
                     _log.warning("unknown_target", plan_id=plan.plan_id, instance_type=name, pool=pool)
                     continue
-                held = sorted(
+                mine = sorted(
                     (
                         i
                         for i in self.instances.values()
@@ -339,11 +352,25 @@ class SimCloud(Actor):
                     ),
                     key=lambda i: i.seq,
                 )
+                held = [i for i in mine if i.leave_at is None]
+                leaving = [i for i in mine if i.leave_at is not None]
+                while len(held) < count and leaving:  # take a leaving node back before launching
+                    back = leaving.pop()
+                    back.leave_at, back.leave_cause = None, ""
+                    held.append(back)
                 if len(held) < count:
                     await self._launch(name, pool, tier, count - len(held), now, plan.msg_id)
-                for inst in reversed(held[count:]):  # newest first
-                    if await self._release(inst, now, plan.msg_id):
-                        released.append(inst.worker_id)
+                surplus.extend(reversed(held[count:]))  # newest first
+            booting = [
+                i.launched_at + self.config.boot_s
+                for i in self.instances.values()
+                if i.state == "launched" and i.leave_at is None and i not in surplus
+            ]
+            for inst in surplus:
+                if self.config.make_before_break and booting and inst.state == "ready":
+                    inst.leave_at, inst.leave_cause = max(booting), plan.msg_id
+                elif await self._release(inst, now, plan.msg_id):
+                    released.append(inst.worker_id)
             self.targets = targets
             self.plan_id = plan.plan_id
             self.plans_applied += 1
@@ -361,12 +388,20 @@ class SimCloud(Actor):
     async def on_timer(self) -> None:
         """One market check: releases and reclaim deadlines end, prices are quoted, the market and the
         storm reclaim, booted nodes become ready."""
+        released: list[str] = []
         async with self._lock:
             now = self.clock.now()
             await self._end_drains(now)
             await self._market(now)
             await self._storm(now)
             await self._boots(now)
+            for inst in list(self.instances.values()):
+                if inst.leave_at is not None and inst.state == "ready" and now >= inst.leave_at - _SLACK:
+                    cause = inst.leave_cause
+                    inst.leave_at, inst.leave_cause = None, ""
+                    if await self._release(inst, now, cause):
+                        released.append(inst.worker_id)
+        await asyncio.gather(*(self._stop_routing(worker_id) for worker_id in released))
 
     async def shutdown(self) -> None:
         """Stop every worker task (the demo's end); no worker is started afterwards."""

@@ -314,6 +314,47 @@ async def test_releasing_a_node_still_booting_terminates_it_at_once(make_sim: Ma
     assert "a100_8x-default-ondemand-2" not in sim.cloud.workers
 
 
+async def test_a_plan_that_moves_capacity_keeps_the_old_nodes_serving_until_the_new_ones_are_ready(
+    make_sim: MakeSim,
+) -> None:
+    sim = await make_sim()
+    await sim.plan({(A100, POOL, "ondemand"): 2})
+    await sim.run_for(120)
+    await sim.next_events(4)  # launched and ready, twice
+    moved_at = sim.clock.now()
+    await sim.plan({(H100, POOL, "ondemand"): 2})  # from A100 to H100: make before break
+    launched = await sim.next_events(2)
+    assert {e.state for e in launched} == {"launched"}
+    old = [i for i in sim.cloud.instances.values() if i.instance_type == A100]
+    assert all(i.state == "ready" for i in old)  # still serving, and not counted against the target
+    assert sim.cloud.live(A100, POOL, "ondemand") == 0
+    sim.check_invariant()
+
+    await sim.run_for(120)  # the H100 nodes boot; then the A100 ones are released
+    changes = await sim.next_events(4)
+    ready = [e for e in changes if e.state == "ready"]
+    draining = [e for e in changes if e.state == "draining"]
+    assert {e.instance_id for e in ready} == {
+        i.instance_id for i in sim.cloud.instances.values() if i.instance_type == H100
+    }
+    assert {e.instance_id for e in draining} == {i.instance_id for i in old}
+    assert all(e.sent_at >= moved_at + sim.cloud.config.boot_s for e in draining)
+
+
+async def test_a_leaving_node_is_taken_back_by_a_plan_that_wants_it_again(make_sim: MakeSim) -> None:
+    sim = await make_sim()
+    await sim.plan({(A100, POOL, "ondemand"): 1})
+    await sim.run_for(120)
+    await sim.next_events(2)
+    await sim.plan({(H100, POOL, "ondemand"): 1})  # the A100 node starts leaving
+    await sim.next_events(1)
+    await sim.plan({(A100, POOL, "ondemand"): 1, (H100, POOL, "ondemand"): 1})
+    assert sim.cloud.live(A100, POOL, "ondemand") == 1
+    assert sum(1 for i in sim.cloud.instances.values() if i.instance_type == A100) == 1  # none launched
+    await sim.run_for(120)
+    assert sim.cloud.instances["a100_8x-default-ondemand-1"].state == "ready"  # never released
+
+
 async def test_reserved_nodes_are_ready_at_start_and_never_released(make_sim: MakeSim) -> None:
     sim = await make_sim(reserved={A100: 2})
     events = await sim.next_events(4)
