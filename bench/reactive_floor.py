@@ -20,7 +20,7 @@ import numpy as np
 from agent.backtesting import build_setup, sim_config
 from agent.config import Settings, resolve_catalog
 from agent.core.capacity import rps_per_instance
-from agent.core.hedging import recent_peak
+from agent.core.recent_peak import recent_peak
 
 
 def main() -> None:

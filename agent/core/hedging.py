@@ -15,17 +15,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from agent.core.recent_peak import recent_peak
+
 # Below this share of the typical (median) rate a moment counts as an outage, or its edge.
 _OUTAGE_SHARE = 0.05
-
-
-def recent_peak(history: Sequence[float] | np.ndarray, window: int) -> np.ndarray:
-    """``out[t] = max(history[t − window + 1 … t])``: the base a policy holding its peak would size to."""
-    x = np.asarray(history, dtype=float)
-    if window <= 1 or len(x) == 0:
-        return x
-    padded = np.concatenate([np.full(window - 1, x[0]), x])
-    return np.asarray(np.lib.stride_tricks.sliding_window_view(padded, window).max(axis=1))
 
 
 def headroom_for_budget(

@@ -1,5 +1,8 @@
 """The busiest demand observed over a recent window: the base a tick sizes to.
 
+:func:`recent_peak` over a whole history (the headroom fit, the benches); :class:`RecentPeak` as
+observations arrive (the agent's tick).
+
 Traffic swings between adjacent minutes and windows; a fleet sized to the last observation alone is
 chased down and then up again, a boot behind each time. Holding the peak of the last hour (the
 backtest's ``rolling`` policy, `bench/reactive_floor.py`) serves more of the demand for fewer node-hours
@@ -9,8 +12,20 @@ than a larger headroom on the last observation. Pure: the caller passes the time
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
+
+import numpy as np
 
 from agent.core.demand import Demand
+
+
+def recent_peak(history: Sequence[float] | np.ndarray, window: int) -> np.ndarray:
+    """``out[t] = max(history[t − window + 1 … t])``: the base a policy holding its peak would size to."""
+    x = np.asarray(history, dtype=float)
+    if window <= 1 or len(x) == 0:
+        return x
+    padded = np.concatenate([np.full(window - 1, x[0]), x])
+    return np.asarray(np.lib.stride_tricks.sliding_window_view(padded, window).max(axis=1))
 
 
 class RecentPeak:

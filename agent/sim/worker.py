@@ -412,20 +412,46 @@ class WorkerEmulator(Actor):
         key = ("submit", cmd.request_id)
         ack = self._acks.get(key)
         if ack is None:
-            self._refuse_if_here(cmd.request_id)
-            self._refuse_if_full()
-            seq = _Seq(
-                request_id=cmd.request_id,
-                prompt_tokens=cmd.prompt_tokens,
-                output_tokens=cmd.already_generated + cmd.expected_output_tokens,
-                generated=float(cmd.already_generated),
-                prefix_blocks=tuple(cmd.prefix_blocks),
-                phase="queued",
+            ack = await self._enqueue(
+                "submit",
+                cmd.request_id,
+                cmd.prompt_tokens,
+                cmd.already_generated,
+                cmd.expected_output_tokens,
+                cmd.prefix_blocks,
+                first=False,
             )
-            self._queue.append(seq)
-            ack = self._admitted("submit", seq)
-            await self._flush()
         await self._reply(raw, cmd.msg_id, ack)
+
+    async def _enqueue(
+        self,
+        op: str,
+        request_id: str,
+        prompt_tokens: int,
+        generated: int,
+        remaining: int,
+        prefix_blocks: Sequence[str],
+        *,
+        first: bool,
+    ) -> WorkerAck:
+        """Admit a request to the queue (its prompt still to prefill), at its head when ``first``."""
+        self._refuse_if_here(request_id)
+        self._refuse_if_full()
+        seq = _Seq(
+            request_id=request_id,
+            prompt_tokens=prompt_tokens,
+            output_tokens=generated + remaining,
+            generated=float(generated),
+            prefix_blocks=tuple(prefix_blocks),
+            phase="queued",
+        )
+        if first:
+            self._queue.appendleft(seq)
+        else:
+            self._queue.append(seq)
+        ack = self._admitted(op, seq)
+        await self._flush()
+        return ack
 
     async def on_reprefill(self, cmd: Reprefill, raw: Msg) -> None:
         if not await self._enter():
@@ -435,19 +461,16 @@ class WorkerEmulator(Actor):
         if ack is None:
             if self._t > cmd.reply_by:
                 raise Rejected(f"reply_by: {cmd.reply_by:.3f} has passed (now {self._t:.3f})")
-            self._refuse_if_here(cmd.request_id)
-            self._refuse_if_full()
-            seq = _Seq(
-                request_id=cmd.request_id,
-                prompt_tokens=cmd.prompt_tokens,
-                output_tokens=cmd.generated_tokens + cmd.expected_remaining_tokens,
-                generated=float(cmd.generated_tokens),
-                prefix_blocks=tuple(cmd.prefix_blocks),
-                phase="queued",
+            # Work already streamed to a client goes before new work.
+            ack = await self._enqueue(
+                "reprefill",
+                cmd.request_id,
+                cmd.prompt_tokens,
+                cmd.generated_tokens,
+                cmd.expected_remaining_tokens,
+                cmd.prefix_blocks,
+                first=True,
             )
-            self._queue.appendleft(seq)  # work already streamed to a client goes before new work
-            ack = self._admitted("reprefill", seq)
-            await self._flush()
         await self._reply(raw, cmd.msg_id, ack)
 
     async def on_resume(self, cmd: Resume, raw: Msg) -> None:

@@ -42,6 +42,17 @@ async def replan(peer: Peer, msg_id: str | None = None) -> ReplanRequest:
     return request
 
 
+async def planned_for(
+    agent: Agent, peer: Peer, rps_per_worker: float = 10.0
+) -> tuple[Inbox[AllocationPlan], AllocationPlan]:
+    """Three workers report a load, the profiler takes it in, and a requested plan answers it."""
+    plans = await Inbox.open(peer.nc, peer.subjects.plan_allocation, AllocationPlan)
+    await report_demand(peer, rps_per_worker=rps_per_worker, workers=3)
+    await handled(agent, "demand_profiler", "evt.worker.metrics.*", 3)
+    await replan(peer)
+    return plans, await plans.next()
+
+
 async def instance(
     peer: Peer, instance_id: str, state: str, type_: str, pool: str, tier: str
 ) -> InstanceEvent:
@@ -106,11 +117,7 @@ async def test_losing_a_planned_node_triggers_a_plan_but_the_plans_own_changes_d
     running: tuple[Agent, Peer],
 ) -> None:
     agent, peer = running
-    plans = await Inbox.open(peer.nc, peer.subjects.plan_allocation, AllocationPlan)
-    await report_demand(peer, rps_per_worker=10.0, workers=3)
-    await handled(agent, "demand_profiler", "evt.worker.metrics.*", 3)
-    await replan(peer)
-    plan = await plans.next()
+    plans, plan = await planned_for(agent, peer, 10.0)
 
     # The actuator brings the fleet to the plan, plus one spare spot node it then scales down.
     wanted = [t for t in plan.targets if t.count > 0 and t.tier == "spot"]
@@ -185,11 +192,7 @@ async def test_a_node_lost_through_draining_then_terminated_is_planned_for_once(
     running: tuple[Agent, Peer],
 ) -> None:
     agent, peer = running
-    plans = await Inbox.open(peer.nc, peer.subjects.plan_allocation, AllocationPlan)
-    await report_demand(peer, rps_per_worker=10.0, workers=3)
-    await handled(agent, "demand_profiler", "evt.worker.metrics.*", 3)
-    await replan(peer)
-    plan = await plans.next()
+    plans, plan = await planned_for(agent, peer, 10.0)
     spot = next(t for t in plan.targets if t.tier == "spot" and t.count > 0)
     sent = 0
     for k in range(spot.count):
@@ -222,11 +225,8 @@ async def test_demand_above_what_the_last_plan_covered_is_planned_for_before_the
     surging: tuple[Agent, Peer],
 ) -> None:
     agent, peer = surging
-    plans = await Inbox.open(peer.nc, peer.subjects.plan_allocation, AllocationPlan)
-    await report_demand(peer, rps_per_worker=10.0, workers=3)
-    await handled(agent, "demand_profiler", "evt.worker.metrics.*", 3)
-    await replan(peer)
-    assert (await plans.next()).demand_now_rps == 30.0
+    plans, plan = await planned_for(agent, peer, 10.0)
+    assert plan.demand_now_rps == 30.0
 
     await report_demand(peer, rps_per_worker=20.0, workers=3)
     await handled(agent, "demand_profiler", "evt.worker.metrics.*", 6)
@@ -240,11 +240,7 @@ async def test_demand_above_what_the_last_plan_covered_is_planned_for_before_the
 
 async def test_a_steady_demand_between_ticks_triggers_no_plan(surging: tuple[Agent, Peer]) -> None:
     agent, peer = surging
-    plans = await Inbox.open(peer.nc, peer.subjects.plan_allocation, AllocationPlan)
-    await report_demand(peer, rps_per_worker=10.0, workers=3)
-    await handled(agent, "demand_profiler", "evt.worker.metrics.*", 3)
-    await replan(peer)
-    await plans.next()
+    plans, _ = await planned_for(agent, peer, 10.0)
     # Workers keep reporting the same load at their 5 s interval (none falls silent) up to the tick.
     for _ in range(round(agent.optimizer.settings.interval_seconds / 5)):
         peer.clock.advance(5)
@@ -254,11 +250,8 @@ async def test_a_steady_demand_between_ticks_triggers_no_plan(surging: tuple[Age
 
 async def test_a_plan_keeps_covering_the_busiest_demand_of_the_last_hour(surging: tuple[Agent, Peer]) -> None:
     agent, peer = surging
-    plans = await Inbox.open(peer.nc, peer.subjects.plan_allocation, AllocationPlan)
-    await report_demand(peer, rps_per_worker=20.0, workers=3)
-    await handled(agent, "demand_profiler", "evt.worker.metrics.*", 3)
-    await replan(peer)
-    assert (await plans.next()).demand_now_rps == 60.0
+    plans, plan = await planned_for(agent, peer, 20.0)
+    assert plan.demand_now_rps == 60.0
 
     peer.clock.advance(60)
     await report_demand(peer, rps_per_worker=10.0, workers=3)  # traffic halves

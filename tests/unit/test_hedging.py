@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from agent.core.hedging import headroom_for_budget, recent_peak
+from agent.core.hedging import headroom_for_budget
 
 
 def test_flat_demand_needs_no_headroom() -> None:
@@ -38,11 +38,6 @@ def test_too_little_history_gives_no_headroom_and_a_bad_budget_is_rejected() -> 
 def test_the_headroom_never_exceeds_its_ceiling() -> None:
     history = ([100.0] * 5 + [1000.0] * 5) * 50
     assert headroom_for_budget(history, lead_steps=5, budget=1e-6, ceiling=3.0) == 3.0
-
-
-def test_recent_peak_is_the_maximum_of_the_last_window_steps() -> None:
-    assert list(recent_peak([1.0, 5.0, 2.0, 3.0, 1.0], 2)) == [1.0, 5.0, 5.0, 3.0, 3.0]
-    assert list(recent_peak([1.0, 5.0, 2.0], 1)) == [1.0, 5.0, 2.0]
 
 
 def test_sizing_to_the_recent_peak_needs_less_headroom_for_traffic_that_swings() -> None:

@@ -3,7 +3,7 @@
 import pytest
 
 from agent.core.demand import Demand
-from agent.core.recent_peak import RecentMean, RecentPeak
+from agent.core.recent_peak import RecentMean, RecentPeak, recent_peak
 
 
 def d(rps: float) -> Demand:
@@ -51,3 +51,8 @@ def test_a_zero_window_mean_is_the_latest_observation() -> None:
     mean = RecentMean(window_s=0)
     mean.add(0, d(10.0))
     assert mean.add(1, d(30.0)).rps == 30.0
+
+
+def test_recent_peak_is_the_maximum_of_the_last_window_steps() -> None:
+    assert list(recent_peak([1.0, 5.0, 2.0, 3.0, 1.0], 2)) == [1.0, 5.0, 5.0, 3.0, 3.0]
+    assert list(recent_peak([1.0, 5.0, 2.0], 1)) == [1.0, 5.0, 2.0]
