@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Sequence
 
@@ -160,6 +161,16 @@ def _parser() -> argparse.ArgumentParser:
         help="scale demand so its busiest step needs N main-type nodes (0: use --scale)",
     )
     bt.add_argument("--scale", type=float, default=1.0, help="demand scale factor when --peak-nodes is 0")
+    bt.add_argument(
+        "--prompt-tokens",
+        type=float,
+        help="mean prompt tokens per request, for a trace without token lengths (with --output-tokens)",
+    )
+    bt.add_argument(
+        "--output-tokens",
+        type=float,
+        help="mean output tokens per request, for a trace without token lengths (with --prompt-tokens)",
+    )
     bt.add_argument("--spot-scale", type=float, default=1.0, help="multiply spot availability counts")
     bt.add_argument(
         "--strategies",
@@ -235,6 +246,23 @@ def _plan(args: argparse.Namespace) -> int:
     return 0
 
 
+# A mean over requests, so fractions are fine; above ten million tokens is no model's context window.
+_MAX_MEAN_TOKENS = 10_000_000
+
+
+def _token_lengths(prompt: float | None, output: float | None) -> tuple[float, float] | None:
+    """``--prompt-tokens``/``--output-tokens``: both or neither, each a physical mean length."""
+    if prompt is None and output is None:
+        return None
+    if prompt is None or output is None:
+        missing = "--prompt-tokens" if prompt is None else "--output-tokens"
+        raise ConfigError(f"{missing}: give --prompt-tokens and --output-tokens together, or neither")
+    for flag, value in (("--prompt-tokens", prompt), ("--output-tokens", output)):
+        if not (math.isfinite(value) and 1 <= value <= _MAX_MEAN_TOKENS):
+            raise ConfigError(f"{flag}: must be a mean of 1 to {_MAX_MEAN_TOKENS:,} tokens, got {value:g}")
+    return (prompt, output)
+
+
 def _backtest(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     catalog = resolve_catalog(args.catalog or settings.catalog)
@@ -248,6 +276,7 @@ def _backtest(args: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         raise ConfigError(f"backtest: {exc}") from None
+    tokens = _token_lengths(args.prompt_tokens, args.output_tokens)
     try:
         setup = build_setup(
             catalog,
@@ -257,6 +286,7 @@ def _backtest(args: argparse.Namespace) -> int:
             peak=args.peak_nodes or None,
             scale=args.scale,
             spot_scale=args.spot_scale,
+            tokens=tokens,
         )
     except ValueError as exc:
         raise ConfigError(f"backtest: {exc}") from None

@@ -117,8 +117,12 @@ def build_setup(
     peak: int | None = None,
     scale: float = 1.0,
     spot_scale: float = 1.0,
+    tokens: tuple[float, float] | None = None,
 ) -> Setup:
-    trace = resample(load_demand(trace_spec), sim.step_s)
+    """The inputs every strategy replays. ``tokens`` (mean prompt, output) fills the token lengths of a
+    trace that has none (a CSV of ``time_s,rps``, ServeGen windows without statistics)."""
+    prompt, output = tokens if tokens is not None else (None, None)
+    trace = resample(load_demand(trace_spec, prompt_tokens=prompt, output_tokens=output), sim.step_s)
     factor = peak_nodes_factor(trace, catalog.main_type, sim.slo, peak) if peak else scale
     trace = fill_gaps(scale_trace(trace, factor), sim.step_s)
     warmup = round(sim.warmup_days * 86400 / sim.step_s)
@@ -154,6 +158,7 @@ def build_setup(
             "scale": factor,
             "peak_nodes": peak,
             "spot_scale": spot_scale,
+            "tokens": list(tokens) if tokens is not None else None,
             "step_s": sim.step_s,
             "notice_s": sim.notice_s,
             "boot_s": sim.boot_s,

@@ -42,12 +42,19 @@ class Rejected(Exception):
     """Raised by a handler for a message that decoded but cannot be used; the text names the field."""
 
 
-def describe_decode_error(err: Exception) -> str:
+def describe_decode_error(err: Exception, data: bytes) -> str:
+    """Our own reason for a message that did not decode, whatever text the decoder raised.
+
+    Senders read this in error replies and operators in logs, so it must not change with the decoder's
+    version (msgspec 0.23 reworded its invalid UTF-8 error): the classes we tell apart are checked here.
+    """
     if isinstance(err, msgspec.ValidationError):
         path, reason = split_error(err)
         return f"{path}: {reason}"
-    if isinstance(err, UnicodeDecodeError):
-        return f"not UTF-8: {err.reason} at byte {err.start}"
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as bad:
+        return f"not UTF-8: invalid byte at offset {bad.start}"
     return f"not JSON: {err}"
 
 
@@ -140,7 +147,9 @@ class Bus:
             try:
                 message = decoder.decode(raw.data)
             except (msgspec.DecodeError, UnicodeDecodeError) as err:  # ValidationError is a DecodeError
-                await self._reject(raw, actor, label, tag, "malformed", describe_decode_error(err), "")
+                await self._reject(
+                    raw, actor, label, tag, "malformed", describe_decode_error(err, raw.data), ""
+                )
                 return
             try:
                 await handler(message, raw)

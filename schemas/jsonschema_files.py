@@ -3,10 +3,16 @@
 One file per message, named by its tag (``worker.metrics.v1.json``), so that a worker or actuator
 written in any language can validate what it sends. The files are checked in; a test fails when they no
 longer match the Structs.
+
+What we publish must depend on our Structs only, not on the msgspec that generated it: msgspec 0.23
+began to dedent the docstrings it copies into ``description``, which made every file with a multi-line
+docstring "drift" on a fresh install. Every description is normalised here with :func:`inspect.cleandoc`
+(idempotent, so the same text under any msgspec the ranges allow).
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 from typing import Any
@@ -24,12 +30,26 @@ def schema_documents() -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for kind in MESSAGE_TYPES:
         tag = tag_of(kind)
-        schema = msgspec.json.schema(kind)
+        schema = normalised(msgspec.json.schema(kind))
         doc: dict[str, Any] = {"$schema": _DRAFT, "$id": f"https://cost-agent.dev/schemas/{tag}.json"}
         doc["title"] = tag
         doc.update(schema)
         out[f"{tag}.json"] = doc
     return out
+
+
+def normalised(node: Any) -> Any:
+    """``node`` with every ``description`` text cleaned by :func:`inspect.cleandoc`, recursively."""
+    if isinstance(node, dict):
+        return {
+            key: inspect.cleandoc(value)
+            if key == "description" and isinstance(value, str)
+            else normalised(value)
+            for key, value in node.items()
+        }
+    if isinstance(node, list):
+        return [normalised(item) for item in node]
+    return node
 
 
 def render(doc: dict[str, Any]) -> str:

@@ -147,3 +147,96 @@ def test_an_unknown_strategy_exits_2_with_one_line_on_stderr(data_dir: Path) -> 
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("cost-agent: ")
     assert "spot-only" in lines[0]
+
+
+# --- a CSV of time_s,rps only, with the token lengths on the command line ---------------------------------
+# Self-contained (its own demand and spot files), so it runs with or without the shared data directory.
+
+
+def two_column_inputs(directory: Path) -> tuple[Path, Path]:
+    """Two days of hourly demand (``time_s,rps``, a day/night cycle) and one spot pool of 4 nodes."""
+    demand = directory / "demand.csv"
+    rates = [2.0 + (1.5 if 8 <= hour % 24 < 20 else 0.0) for hour in range(48)]
+    demand.write_text(
+        "time_s,rps\n" + "".join(f"{hour * 3600},{rps}\n" for hour, rps in enumerate(rates)),
+        encoding="utf-8",
+    )
+    spot = directory / "zone-a.json"
+    spot.write_text(json.dumps({"metadata": {"gap_seconds": 3600}, "data": [4] * 48}), encoding="utf-8")
+    return demand, spot
+
+
+def csv_backtest(directory: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    demand, spot = two_column_inputs(directory)
+    return cost_agent(
+        "--trace",
+        f"csv:{demand}",
+        "--spot",
+        f"file:{spot}",
+        "--warmup-days",
+        "1",
+        "--step",
+        "300",
+        "--strategies",
+        "all-ondemand,hindsight",
+        "--no-progress",
+        *extra,
+    )
+
+
+def test_a_two_column_csv_replays_with_token_lengths_from_the_command_line(tmp_path: Path) -> None:
+    json_path = tmp_path / "out.json"
+    result = csv_backtest(
+        tmp_path, "--prompt-tokens", "1500", "--output-tokens", "300", "--json", str(json_path)
+    )
+
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(json_path.read_text(encoding="utf-8"))
+    assert doc["inputs"]["tokens"] == [1500, 300]
+    assert doc["inputs"]["days"] == pytest.approx(2)
+    reports = {r["name"]: r for r in doc["strategies"]}
+    assert reports["all-ondemand"]["cost"] > 0
+    assert reports["hindsight"]["slo_attainment"] == 1.0
+
+
+def test_longer_requests_from_the_command_line_cost_more_per_request(tmp_path: Path) -> None:
+    def hindsight_cost(prompt: str, output: str) -> float:
+        json_path = tmp_path / f"{prompt}-{output}.json"
+        result = csv_backtest(
+            tmp_path,
+            "--prompt-tokens",
+            prompt,
+            "--output-tokens",
+            output,
+            "--peak-nodes",
+            "0",
+            "--json",
+            str(json_path),
+        )
+        assert result.returncode == 0, result.stderr
+        doc = json.loads(json_path.read_text(encoding="utf-8"))
+        return float(next(r for r in doc["strategies"] if r["name"] == "hindsight")["cost"])
+
+    # Same request rate (--peak-nodes 0 keeps it), ten times the tokens: the fleet must be bigger.
+    assert hindsight_cost("15000", "3000") > hindsight_cost("1500", "300")
+
+
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (["--prompt-tokens", "1500"], "--output-tokens"),
+        (["--output-tokens", "300"], "--prompt-tokens"),
+        (["--prompt-tokens", "0", "--output-tokens", "300"], "--prompt-tokens"),
+        (["--prompt-tokens", "1500", "--output-tokens", "nan"], "--output-tokens"),
+        (["--prompt-tokens", "1e12", "--output-tokens", "300"], "--prompt-tokens"),
+        ([], "prompt_tokens"),  # neither: the CSV's missing columns are named, with the flags to pass
+    ],
+)
+def test_token_lengths_are_both_or_neither_and_physical(tmp_path: Path, flags: list[str], named: str) -> None:
+    result = csv_backtest(tmp_path, *flags)
+
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("cost-agent: ")
+    assert named in lines[0]

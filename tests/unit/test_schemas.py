@@ -835,6 +835,41 @@ def test_the_checked_in_json_schemas_match_the_structs() -> None:
     assert drift() == []
 
 
+def _indent_descriptions(node: Any) -> Any:
+    """A schema as a msgspec that copies docstrings verbatim (before 0.23) would give it."""
+    if isinstance(node, dict):
+        return {
+            key: value.replace("\n", "\n    ")
+            if key == "description" and isinstance(value, str)
+            else _indent_descriptions(value)
+            for key, value in node.items()
+        }
+    if isinstance(node, list):
+        return [_indent_descriptions(item) for item in node]
+    return node
+
+
+def test_the_schema_files_do_not_depend_on_how_msgspec_formats_docstrings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    today = schema_documents()
+    real_schema = msgspec.json.schema
+    monkeypatch.setattr(msgspec.json, "schema", lambda kind: _indent_descriptions(real_schema(kind)))
+
+    assert schema_documents() == today
+    assert drift() == []
+
+
+def test_a_changed_docstring_is_still_drift(schema_copy: Path) -> None:
+    edited = schema_copy / "worker.metrics.v1.json"
+    document = json.loads(edited.read_text(encoding="utf-8"))
+    definition = document["$defs"]["WorkerMetrics"]
+    definition["description"] = definition["description"].replace("per interval", "cumulative")
+    edited.write_text(render(document), encoding="utf-8")
+
+    assert drift(schema_copy) == ["worker.metrics.v1.json"]
+
+
 def test_there_is_one_schema_file_per_message_type() -> None:
     assert sorted(p.name for p in SCHEMA_DIR.glob("*.json")) == sorted(
         f"{tag_of(kind)}.json" for kind in MESSAGE_TYPES
