@@ -46,7 +46,7 @@ test: lint typecheck unit
 bench: $(SETUP)
 	$(BIN)/python bench/optimizer.py
 	$(BIN)/python bench/forecast.py
-	$(BIN)/python bench/backtest.py
+	$(BIN)/python bench/backtest_speed.py
 	$(BIN)/python bench/ingest.py
 
 # Refresh uv.lock to the newest versions pyproject.toml's ranges allow (commit it after `make test`).

@@ -8,7 +8,7 @@ import math
 import sys
 from collections.abc import Sequence
 
-from agent.backtesting import (
+from agent.backtest import (
     STRATEGIES,
     BacktestRun,
     build_setup,

@@ -41,15 +41,15 @@ import numpy as np
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from agent.backtesting import Setup, build_setup
+from agent.backtest import Setup, build_setup
 from agent.bus import Bus
 from agent.core.capacity import SloConfig, rps_per_instance
 from agent.core.catalog import Catalog, InstanceType
 from agent.runtime.clock import ScaledClock, wait_event
 from agent.runtime.metrics import AgentMetrics
 from agent.runtime.nats_server import NatsServer
-from agent.sim.backtest import SimConfig
 from agent.sim.cloud import CloudConfig, SimCloud
+from agent.sim.replay import SimConfig
 from agent.sim.router import RouterEmulator
 from agent.subjects import Subjects
 from schemas import AllocationPlan, CostReport, CostReportRequest, ErrorReply, MigrationReport

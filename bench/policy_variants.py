@@ -25,9 +25,9 @@ from collections.abc import Callable
 
 import msgspec
 
-from agent.backtesting import Setup, build_setup, make_policy, sim_config
+from agent.backtest import Setup, build_setup, make_policy, sim_config
 from agent.config import Settings, load_settings, resolve_catalog
-from agent.sim.backtest import run_backtest
+from agent.sim.replay import run_backtest
 from agent.sim.strategies import RollingPolicy
 
 SPOT = "skypilot:availability/16-node/aws-08-27-2023"

@@ -17,7 +17,7 @@ import math
 
 import numpy as np
 
-from agent.backtesting import build_setup, sim_config
+from agent.backtest import build_setup, sim_config
 from agent.config import Settings, resolve_catalog
 from agent.core.capacity import rps_per_instance
 from agent.core.recent_peak import recent_peak

@@ -16,7 +16,7 @@ from agent.core.capacity import SloConfig, rps_per_instance
 from agent.core.catalog import Catalog
 from agent.core.demand import Demand
 from agent.core.hindsight import HindsightPlan
-from agent.sim.backtest import StepRecord
+from agent.sim.replay import StepRecord
 
 _TIER_COLOURS = {"reserved": "#4c72b0", "spot": "#55a868", "ondemand": "#dd8452"}
 

@@ -18,7 +18,7 @@ from agent.core.demand import Demand, DemandForecast
 from agent.core.hedging import headroom_for_budget
 from agent.core.optimizer import Fleet, OptimizerConfig, PoolKey, SpotMarket, TickInput, optimize_tick
 from agent.core.profiler import DemandProfiler, ProfilerEmptyError
-from agent.sim.backtest import Market, Targets, View
+from agent.sim.replay import Market, Targets, View
 
 
 def peak_nodes(catalog: Catalog, demand: Sequence[Demand], slo: SloConfig) -> int:

@@ -1,4 +1,4 @@
-"""The backtest engine (``agent.sim.backtest.run_backtest``) on tiny hand-made inputs.
+"""The backtest engine (``agent.sim.replay.run_backtest``) on tiny hand-made inputs.
 
 One node type, ``gpu``, with two spot pools ``a`` and ``b``. Its throughput is chosen so that one node
 serves exactly 1 request/s of the standard token mix (350 prompt + 350 output tokens) at the SLO's 70%
@@ -21,7 +21,7 @@ import pytest
 from agent.core.catalog import Catalog, InstanceType, Tier
 from agent.core.demand import Demand
 from agent.core.optimizer import PoolKey
-from agent.sim.backtest import BacktestResult, Market, SimConfig, Targets, View, run_backtest
+from agent.sim.replay import BacktestResult, Market, SimConfig, Targets, View, run_backtest
 
 STEP_S = 60.0
 BOOT_STEPS = 3

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.backtesting import build_setup, fill_gaps, make_policy, run_strategies
+from agent.backtest import build_setup, fill_gaps, make_policy, run_strategies
 from agent.config import load_settings, resolve_catalog
 from agent.core.capacity import SloConfig
 from agent.core.demand import Demand
-from agent.sim.backtest import Market, SimConfig, View
+from agent.sim.replay import Market, SimConfig, View
 from agent.sim.strategies import SkyServePolicy
 from agent.sim.traces import DemandStep, DemandTrace
 
@@ -104,7 +104,7 @@ def test_make_policy_scales_the_headroom_history_to_a_week_of_steps(tmp_path: Pa
 
 
 def test_the_engine_rejects_an_empty_trace() -> None:
-    from agent.sim.backtest import run_backtest
+    from agent.sim.replay import run_backtest
 
     empty = Market(pools=(POOL,), available=np.zeros((0, 1), dtype=np.int64))
     with pytest.raises(ValueError, match="no demand"):

@@ -4,7 +4,7 @@ The setup: the seed catalog (h100_8x first, then a100_8x) with two pools, ``a`` 
 diurnal demand at 5-minute steps with a constant token mix, scaled so that the busiest step needs
 :data:`PEAK` h100 nodes; the first day warms up. Pool ``a`` offers 4 spot nodes of each type but none
 for two hours around the second day's peak; pool ``b`` always offers 2. Every strategy runs once on it
-(:func:`agent.backtesting.run_strategies`, about 10 s in all), and the tests read the reports.
+(:func:`agent.backtest.run_strategies`, about 10 s in all), and the tests read the reports.
 """
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ import math
 import numpy as np
 import pytest
 
-from agent.backtesting import STRATEGIES, BacktestRun, Setup, StrategyReport, make_policy, run_strategies
+from agent.backtest import STRATEGIES, BacktestRun, Setup, StrategyReport, make_policy, run_strategies
 from agent.config import Settings, load_settings, resolve_catalog
 from agent.core.capacity import SloConfig, rps_per_instance
 from agent.core.catalog import Catalog, InstanceType
 from agent.core.demand import Demand
 from agent.core.hindsight import hindsight_plan
-from agent.sim.backtest import Market, SimConfig, View, run_backtest
+from agent.sim.replay import Market, SimConfig, View, run_backtest
 from agent.sim.strategies import RollingPolicy, SkyServePolicy, peak_nodes
 from agent.sim.traces import DEFAULT_START_EPOCH
 

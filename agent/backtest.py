@@ -20,7 +20,7 @@ from agent.core.catalog import Catalog
 from agent.core.demand import Demand
 from agent.core.hindsight import HindsightPlan, hindsight_plan
 from agent.core.optimizer import OptimizerConfig
-from agent.sim.backtest import BacktestResult, Market, Policy, SimConfig, StepRecord, run_backtest
+from agent.sim.replay import BacktestResult, Market, Policy, SimConfig, StepRecord, run_backtest
 from agent.sim.spot_traces import load_spot_traces
 from agent.sim.strategies import RollingPolicy, SeedHybridPolicy, SkyServePolicy, StaticPolicy, peak_nodes
 from agent.sim.traces import DemandStep, DemandTrace, load_demand, peak_nodes_factor, resample, scale_trace

@@ -1,16 +1,16 @@
 """Wall time of ``cost-agent backtest``: every strategy on a 14-day real trace, and what each one scores.
 
-Builds the inputs once with :func:`agent.backtesting.build_setup` (by default ``servegen:m-large`` ×
+Builds the inputs once with :func:`agent.backtest.build_setup` (by default ``servegen:m-large`` ×
 ``skypilot:availability/16-node/aws-08-27-2023`` on the ``seed`` catalog, demand scaled so that its
 busiest step needs 8 main-type nodes, a 120 s notice, 1-minute steps and 7 warm-up days, as the CLI's
-defaults), then runs :func:`agent.backtesting.run_strategies` once per strategy, timing each call with
+defaults), then runs :func:`agent.backtest.run_strategies` once per strategy, timing each call with
 ``time.perf_counter`` (policy construction included). Settings come from
 :func:`agent.config.load_settings` (``--config`` and ``COST_AGENT_*`` as for the CLI).
 
 Figures: wall seconds for the setup, per strategy and in total (target: ≤ 60 s for the whole run), the
 machine, and each strategy's cost, SLO attainment and cost ÷ hindsight.
 
-Run: ``.venv/bin/python bench/backtest.py`` (``--catalog gcp-2026-07 --notice 30``, ``--trace``,
+Run: ``.venv/bin/python bench/backtest_speed.py`` (``--catalog gcp-2026-07 --notice 30``, ``--trace``,
 ``--spot``, ``--peak-nodes``, ``--strategies``, ``--out PATH`` to also write the JSON to a file); prints
 one JSON object, progress goes to stderr.
 """
@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import scipy
 
-from agent.backtesting import (
+from agent.backtest import (
     STRATEGIES,
     StrategyReport,
     build_setup,
