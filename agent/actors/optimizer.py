@@ -24,12 +24,12 @@ from __future__ import annotations
 import contextlib
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Final
 
 import structlog
 from nats.aio.msg import Msg
 
+from agent.actors.spot_quotes import received_quote
 from agent.bus import Bus, Rejected
 from agent.config import OptimizerSettings
 from agent.core.capacity import SloConfig
@@ -40,6 +40,7 @@ from agent.core.fleet_state import FleetState
 from agent.core.optimizer import Allocation, SpotMarket, TickInput, optimize_tick
 from agent.core.profiler import DemandProfiler
 from agent.core.recent_peak import RecentMean, RecentPeak
+from agent.core.spot_prices import SpotPriceBook
 from agent.core.tick_demand import tick_demand
 from agent.runtime.actor import Actor, Listen
 from agent.runtime.clock import Clock
@@ -48,14 +49,6 @@ from schemas import AllocationPlan, InstanceEvent, PlanReason, ReplanRequest, Sp
 # Ids of triggers already planned for, kept to recognise a redelivery.
 _REMEMBER_TRIGGERS: Final = 4096
 _PRIORITY: Final[dict[str, int]] = {"tick": 0, "demand": 1, "fleet": 2, "manual": 3, "preemption": 4}
-
-
-@dataclass(frozen=True, slots=True)
-class _Quote:
-    at: float
-    price: float
-    available: int | None
-    reclaim_per_hour: float | None
 
 
 class OptimizerTickActor(Actor):
@@ -86,7 +79,7 @@ class OptimizerTickActor(Actor):
         self.fleet = fleet
         self.last_plan: AllocationPlan | None = None
         self.plans = 0
-        self._quotes: dict[tuple[str, str], _Quote] = {}
+        self.prices = SpotPriceBook(settings.spot_price_max_age_seconds)
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._pending: list[tuple[PlanReason, str]] = []
         self._planning = False
@@ -153,15 +146,7 @@ class OptimizerTickActor(Actor):
         await self.trigger("preemption", trigger_id)
 
     async def on_price(self, quote: SpotPrice, _raw: Msg) -> None:
-        try:
-            self.fleet.check(quote.instance_type, quote.pool, "spot")
-        except ValueError as err:
-            raise Rejected(str(err)) from None
-        key = (quote.instance_type, quote.pool)
-        at = min(quote.sent_at, self.clock.now())  # a feed clock running ahead must not pin its quote
-        held = self._quotes.get(key)
-        if held is None or at >= held.at:
-            self._quotes[key] = _Quote(at, quote.price_hourly, quote.available, quote.reclaim_per_hour)
+        self.prices.offer(*received_quote(self.fleet, quote, self.clock.now()))
 
     def _below_plan(self, event: InstanceEvent) -> bool:
         plan = self.last_plan
@@ -207,11 +192,9 @@ class OptimizerTickActor(Actor):
         return smoothed
 
     def market(self, now: float) -> SpotMarket:
-        fresh = {
-            k: q for k, q in self._quotes.items() if q.at >= now - self.settings.spot_price_max_age_seconds
-        }
+        fresh = self.prices.fresh(now)
         return SpotMarket(
-            price={k: q.price for k, q in fresh.items()},
+            price={k: q.price_hourly for k, q in fresh.items()},
             available={k: q.available for k, q in fresh.items() if q.available is not None},
             reclaim_per_hour={
                 k: q.reclaim_per_hour for k, q in fresh.items() if q.reclaim_per_hour is not None

@@ -16,10 +16,12 @@ from collections.abc import Sequence
 
 from nats.aio.msg import Msg
 
+from agent.actors.spot_quotes import received_quote
 from agent.bus import Bus, Rejected
 from agent.core.catalog import Catalog
 from agent.core.fleet_state import FleetState
 from agent.core.ledger import CostLedger
+from agent.core.spot_prices import SpotPriceBook
 from agent.runtime.actor import Actor, Listen
 from agent.runtime.clock import Clock
 from schemas import CostReport, CostReportRequest, InstanceEvent, SpotPrice, WorkerMetrics
@@ -44,12 +46,11 @@ class CostReporterActor(Actor):
         self.catalog = catalog
         self.fleet = fleet
         self.ledger = CostLedger(catalog)
-        self.price_max_age_s = price_max_age_s
         self.reports = 0
         self._since: float | None = None
         self._tokens = 0.0
         self._requests = 0.0
-        self._quotes: dict[tuple[str, str], tuple[float, float]] = {}  # (type, pool) → (at, $/h)
+        self.prices = SpotPriceBook(price_max_age_s)
 
     async def on_start(self) -> None:
         if self._since is None:
@@ -75,16 +76,10 @@ class CostReporterActor(Actor):
         )
 
     async def on_price(self, quote: SpotPrice, _raw: Msg) -> None:
-        try:
-            self.fleet.check(quote.instance_type, quote.pool, "spot")
-        except ValueError as err:
-            raise Rejected(str(err)) from None
-        key = (quote.instance_type, quote.pool)
-        at = min(quote.sent_at, self.clock.now())  # a feed clock running ahead must not pin its quote
-        held = self._quotes.get(key)
-        if held is None or at >= held[0]:
+        pool, received = received_quote(self.fleet, quote, self.clock.now())
+        if self.prices.is_news(pool, received):
             self.accrue()  # time so far at the old price
-            self._quotes[key] = (at, quote.price_hourly)
+            self.prices.offer(pool, received)
 
     async def on_metrics(self, m: WorkerMetrics, _raw: Msg) -> None:
         self._tokens += m.prompt_tokens + m.output_tokens
@@ -102,11 +97,9 @@ class CostReporterActor(Actor):
         that was fresh when the interval began (the catalog's price otherwise)."""
         weighted: dict[str, tuple[float, int]] = {}
         for (name, pool), count in self.fleet.spot_pools_held().items():
-            quote = self._quotes.get((name, pool))
-            if quote is None or quote[0] < since - self.price_max_age_s:
+            price = self.prices.price((name, pool), since)
+            if price is None:
                 price = self.catalog.types[name].spot_hourly
-            else:
-                price = quote[1]
             total, n = weighted.get(name, (0.0, 0))
             weighted[name] = (total + price * count, n + count)
         return {name: total / n for name, (total, n) in weighted.items() if n > 0}
