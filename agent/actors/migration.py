@@ -25,7 +25,7 @@ import asyncio
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Literal, TypeVar
 
 import msgspec
 import structlog
@@ -48,6 +48,7 @@ from schemas import (
     HotBlocksQuery,
     InflightList,
     InflightQuery,
+    InflightRequest,
     Message,
     MigrationCounts,
     MigrationReport,
@@ -91,6 +92,27 @@ class _Tally:
     placed: set[str] = field(default_factory=set)
     dead: set[str] = field(default_factory=set)
     """Targets that did not answer: skipped for the rest of this drain."""
+
+
+@dataclass(frozen=True, slots=True)
+class _WorkerDrain:
+    """What every command of one worker's drain needs."""
+
+    worker_id: str
+    deadline: float
+    tally: _Tally
+    """The node's: shared by the drains of all its workers."""
+    requests: dict[str, InflightRequest]
+    """What the worker had in flight when asked, by request id."""
+    targets: dict[str, TargetWorker]
+    """This worker's share of the free slots of every routable worker elsewhere."""
+    target_order: list[str]
+    """Target ids, most free slots first."""
+    settings: DrainSettings
+    gate: asyncio.Semaphore
+    """Bounds the placements (and take-backs) in flight at once."""
+    link: asyncio.Lock
+    """The node's egress: the plan sends KV transfers one after another over it (its timing assumes so)."""
 
 
 class MigrationCoordinatorActor(Actor):
@@ -235,92 +257,91 @@ class MigrationCoordinatorActor(Actor):
     async def _drain_worker(
         self, order: DrainOrder, worker_id: str, tally: _Tally, share: tuple[int, int] = (0, 1)
     ) -> None:
-        deadline = order.deadline
         started = self.clock.now()
-        env = self.bus.envelope
-        # 1. Stop routing first: nothing new should land on a node that is going.
+        await self._stop_routing(worker_id, order.deadline)
+        drain = await self._survey(order, worker_id, tally, share)
+        if drain is None:
+            return
+        plan = plan_drain(
+            [_in_flight(r) for r in drain.requests.values()], list(drain.targets.values()), drain.settings
+        )
+        await self._move(drain, [a for a in plan.actions if a.kind != "finish"])
+        await self._hot_blocks(drain)
+        await self._safety_net(drain, [a for a in plan.actions if a.kind == "finish"], started)
+
+    async def _stop_routing(self, worker_id: str, deadline: float) -> None:
+        """1. Stop routing first: nothing new should land on a node that is going."""
         try:
-            await self._router("stop_routing", StopRouting(**env(), worker_id=worker_id), deadline)
+            await self._router(
+                "stop_routing", StopRouting(**self.bus.envelope(), worker_id=worker_id), deadline
+            )
         except CommandFailed as err:
             self._log.warning("stop_routing_failed", worker_id=worker_id, error=str(err))
-        # 2. What is in flight, and where it could go.
+
+    async def _survey(
+        self, order: DrainOrder, worker_id: str, tally: _Tally, share: tuple[int, int]
+    ) -> _WorkerDrain | None:
+        """2. What is in flight on the worker, and where it could go; None when the worker cannot say."""
+        deadline = order.deadline
         try:
             inflight = await self._worker(
-                worker_id, "inflight", InflightQuery(**env()), InflightList, deadline
+                worker_id, "inflight", InflightQuery(**self.bus.envelope()), InflightList, deadline
             )
         except CommandFailed as err:
             # Nothing can be read from this worker: the router requeues what it sent there, from the prompt.
             self._log.error("inflight_unreadable", worker_id=worker_id, error=str(err))
             await self._worker_lost(worker_id, tally)
-            return
+            return None
         targets = _share_slots(await self._targets(order.instance_id, deadline), *share)
-        requests = [
-            InFlight(
-                request_id=r.request_id,
-                prompt_tokens=r.prompt_tokens,
-                generated_tokens=r.generated_tokens,
-                remaining_tokens=r.expected_remaining_tokens,
-                kv_bytes=r.kv_bytes,
-                prefix_blocks=tuple(r.prefix_blocks),
-            )
-            for r in inflight.requests
-        ]
-        tally.requests += len(requests)
-        by_id = {r.request_id: r for r in inflight.requests}
-        margin = self.settings.safety_margin_seconds
-        plan = plan_drain(
-            requests,
-            list(targets.values()),
-            DrainSettings(
+        tally.requests += len(inflight.requests)
+        return _WorkerDrain(
+            worker_id=worker_id,
+            deadline=deadline,
+            tally=tally,
+            requests={r.request_id: r for r in inflight.requests},
+            targets=targets,
+            target_order=sorted(targets, key=lambda t: -targets[t].free_slots),
+            settings=DrainSettings(
                 time_left_s=max(deadline - self.clock.now(), 0.0),
                 source_decode_tokens_per_s=inflight.decode_tokens_per_s,
                 source_max_batch=max(inflight.max_batch, 1),
                 same_node_bytes_per_s=self.settings.same_node_gbytes_per_s * _GB,
                 cross_node_bytes_per_s=self.settings.cross_node_gbytes_per_s * _GB,
-                safety_margin_s=margin,
+                safety_margin_s=self.settings.safety_margin_seconds,
                 block_tokens=self.settings.block_tokens,
                 policy=self.settings.policy,
             ),
+            gate=asyncio.Semaphore(self.settings.max_concurrency),
+            link=asyncio.Lock(),
         )
-        # 3-4. Execute with bounded concurrency, in the plan's order.
-        gate = asyncio.Semaphore(self.settings.max_concurrency)
-        # The plan sends KV transfers one after another over the node's egress (its timing assumes so).
-        link = asyncio.Lock()
-        order_of_targets = sorted(targets, key=lambda t: -targets[t].free_slots)
 
-        async def run(action: DrainAction) -> None:
-            request = by_id[action.request_id]
-            # The gate bounds placements; cancels go out at once; transfers queue on the link.
-            await self._execute(
-                worker_id, action, request, order_of_targets, targets, deadline, tally, gate, link
-            )
-
-        moves = [a for a in plan.actions if a.kind != "finish"]
-        tasks = [asyncio.ensure_future(run(a)) for a in moves]
-        tally.first_commands_at = max(tally.first_commands_at, self.clock.now())
+    async def _move(self, drain: _WorkerDrain, moves: list[DrainAction]) -> None:
+        """4. Every planned move at once, in the plan's order: the gate bounds placements, cancels go out
+        at once, transfers queue on the link."""
+        tasks = [asyncio.ensure_future(self._execute(drain, action)) for action in moves]
+        drain.tally.first_commands_at = max(drain.tally.first_commands_at, self.clock.now())
         if tasks:
             await asyncio.gather(*tasks)
-        # 5. Hot prefix blocks, with the time left.
-        await self._hot_blocks(worker_id, order_of_targets, deadline, tally)
-        # 6. The safety net for what was left to finish in place: look when the plan expects them done,
-        # and at the deadline minus the margin; whatever is still there then goes back to the router.
-        finishing = {
-            a.request_id: by_id[a.request_id].generated_tokens for a in plan.actions if a.kind == "finish"
-        }
-        if finishing:
-            expected = max(a.ready_s for a in plan.actions if a.kind == "finish")
-            first_look = min(deadline - margin, started + expected * 1.1 + 1.0)
-            await self.clock.wait_until(first_look, self.stopping)
-            finishing = await self._finished_in_place(worker_id, finishing, deadline, tally)
-            if finishing and not self.stopping.is_set():
-                await self.clock.wait_until(deadline - margin, self.stopping)
-                finishing = await self._finished_in_place(worker_id, finishing, deadline, tally)
 
-            async def take_back(rid: str, tokens: int) -> None:
-                async with gate:
-                    await self._take_back(worker_id, rid, tokens, deadline, tally, by_id[rid].prompt_tokens)
+    async def _safety_net(self, drain: _WorkerDrain, finishes: list[DrainAction], started: float) -> None:
+        """5. For what was left to finish in place: look when the plan expects them done, and at the deadline
+        minus the margin; whatever is still there then goes back to the router."""
+        if not finishes:
+            return
+        finishing = {a.request_id: drain.requests[a.request_id].generated_tokens for a in finishes}
+        due = drain.deadline - self.settings.safety_margin_seconds
+        expected = max(a.ready_s for a in finishes)
+        await self.clock.wait_until(min(due, started + expected * 1.1 + 1.0), self.stopping)
+        finishing = await self._finished_in_place(drain, finishing)
+        if finishing and not self.stopping.is_set():
+            await self.clock.wait_until(due, self.stopping)
+            finishing = await self._finished_in_place(drain, finishing)
 
-            await asyncio.gather(*(take_back(rid, tokens) for rid, tokens in finishing.items()))
+        async def take_back(rid: str, tokens: int) -> None:
+            async with drain.gate:
+                await self._take_back(drain, drain.requests[rid], tokens)
+
+        await asyncio.gather(*(take_back(rid, tokens) for rid, tokens in finishing.items()))
 
     async def _targets(self, instance_id: str, deadline: float) -> dict[str, TargetWorker]:
         candidates = self.registry.routable(exclude_instance=instance_id)
@@ -350,61 +371,41 @@ class MigrationCoordinatorActor(Actor):
             )
         return targets
 
-    async def _execute(
-        self,
-        source: str,
-        action: DrainAction,
-        request: Any,
-        target_order: list[str],
-        targets: dict[str, TargetWorker],
-        deadline: float,
-        tally: _Tally,
-        gate: asyncio.Semaphore,
-        link: asyncio.Lock,
-    ) -> None:
-        rid = action.request_id
+    async def _execute(self, drain: _WorkerDrain, action: DrainAction) -> None:
+        request = drain.requests[action.request_id]
         left: int | None = None
-        if action.kind == "transfer" and action.target is not None and action.target not in tally.dead:
-            outcome = await self._transfer(source, request, targets[action.target], deadline, tally, link)
-            if outcome == -1:
+        if action.kind == "transfer" and action.target is not None and action.target not in drain.tally.dead:
+            outcome = await self._transfer(drain, request, drain.targets[action.target])
+            if outcome == "moved":
                 return
             left = outcome
         # Re-prefill or requeue (planned, or after a failed transfer): take it off the source first, which
         # is what needs the node; placing it elsewhere does not, and may take as long as it needs.
-        generated = (
-            left if left is not None else await self._cancel(source, rid, request.generated_tokens, deadline)
-        )
+        generated = left if left is not None else await self._cancel(drain, request, request.generated_tokens)
         if generated is None:
-            tally.finished_in_place += 1  # it ended on the source before it could be moved
+            drain.tally.finished_in_place += 1  # it ended on the source before it could be moved
             return
-        async with gate:
-            if action.kind in ("transfer", "reprefill"):
-                first = [action.target] if action.kind == "reprefill" and action.target else []
-                choices = first + [t for t in target_order if t not in first and t != action.target]
-                planned = action.tokens_recomputed if action.kind == "reprefill" else None
-                if await self._place(source, request, generated, choices, planned, action.target, tally):
-                    return
-            await self._requeue(source, rid, generated, deadline, tally, request.prompt_tokens)
+        async with drain.gate:
+            if action.kind in ("transfer", "reprefill") and await self._place(
+                drain, action, request, generated
+            ):
+                return
+            await self._requeue(drain, request, generated)
 
     async def _transfer(
-        self,
-        source: str,
-        request: Any,
-        target: TargetWorker,
-        deadline: float,
-        tally: _Tally,
-        link: asyncio.Lock,
-    ) -> int | None:
-        """Move the KV cache, then resume on the target. Returns -1 when it worked; the generated tokens
+        self, drain: _WorkerDrain, request: InflightRequest, target: TargetWorker
+    ) -> Literal["moved"] | int | None:
+        """Move the KV cache, then resume on the target. ``"moved"`` when it worked; the generated tokens
         when the KV left the source but the target did not resume it (it must be placed elsewhere, with
         no cancel: the source no longer has it); None when the source still has it."""
         env = self.bus.envelope
         rid = request.request_id
-        due = deadline - self.settings.safety_margin_seconds
+        tally = drain.tally
+        due = drain.deadline - self.settings.safety_margin_seconds
         try:
-            async with link:  # the plan sends transfers one after another over the node's egress
+            async with drain.link:  # the plan sends transfers one after another over the node's egress
                 ack = await self._worker(
-                    source,
+                    drain.worker_id,
                     "transfer_kv",
                     TransferKv(
                         **env(),
@@ -429,7 +430,7 @@ class MigrationCoordinatorActor(Actor):
                 Resume(
                     **env(),
                     request_id=rid,
-                    source_worker_id=source,
+                    source_worker_id=drain.worker_id,
                     prompt_tokens=request.prompt_tokens,
                     generated_tokens=generated,
                     expected_remaining_tokens=request.expected_remaining_tokens,
@@ -447,20 +448,17 @@ class MigrationCoordinatorActor(Actor):
         tally.kv_moved += 1
         tally.bytes_moved += ack.bytes_moved
         tally.placed.add(rid)
-        return -1
+        return "moved"
 
     async def _place(
-        self,
-        source: str,
-        request: Any,
-        generated: int,
-        choices: list[str],
-        planned_tokens: float | None,
-        planned_target: str | None,
-        tally: _Tally,
+        self, drain: _WorkerDrain, action: DrainAction, request: InflightRequest, generated: int
     ) -> bool:
-        """Re-prefill on the first of ``choices`` that takes it (at most three tries)."""
+        """Re-prefill on another worker (at most three tries): the planned target first for a planned
+        re-prefill; never the target of a transfer that just failed."""
         rid = request.request_id
+        tally = drain.tally
+        first = [action.target] if action.kind == "reprefill" and action.target else []
+        choices = first + [t for t in drain.target_order if t not in first and t != action.target]
         for target_id in [t for t in choices if t not in tally.dead][:3]:
             due = self._after(self.settings.command_timeout_seconds)
             try:
@@ -470,7 +468,7 @@ class MigrationCoordinatorActor(Actor):
                     Reprefill(
                         **self.bus.envelope(),
                         request_id=rid,
-                        source_worker_id=source,
+                        source_worker_id=drain.worker_id,
                         prompt_tokens=request.prompt_tokens,
                         generated_tokens=generated,
                         expected_remaining_tokens=request.expected_remaining_tokens,
@@ -487,21 +485,24 @@ class MigrationCoordinatorActor(Actor):
                 self._log.warning("reprefill_failed", request_id=rid, target=target_id, error=str(err))
                 continue
             tally.reprefilled += 1
-            as_planned = planned_tokens is not None and target_id == planned_target
-            recomputed = request.prompt_tokens + generated
+            as_planned = action.kind == "reprefill" and target_id == action.target
             tally.tokens_recomputed += (
-                planned_tokens if as_planned and planned_tokens is not None else recomputed
+                action.tokens_recomputed if as_planned else request.prompt_tokens + generated
             )
             tally.placed.add(rid)
             return True
         return False
 
-    async def _cancel(self, source: str, rid: str, generated: int, deadline: float) -> int | None:
+    async def _cancel(self, drain: _WorkerDrain, request: InflightRequest, generated: int) -> int | None:
         """Take the request off the source: the tokens it has generated, or None when the worker says it
         no longer has it (it finished meanwhile: there is nothing left to move)."""
         try:
             ack = await self._worker(
-                source, "cancel", Cancel(**self.bus.envelope(), request_id=rid), WorkerAck, deadline
+                drain.worker_id,
+                "cancel",
+                Cancel(**self.bus.envelope(), request_id=request.request_id),
+                WorkerAck,
+                drain.deadline,
             )
             return ack.generated_tokens
         except CommandFailed as err:
@@ -509,64 +510,69 @@ class MigrationCoordinatorActor(Actor):
                 return None
             return generated  # the node may be gone already: resume from what was last reported
 
-    async def _take_back(
-        self, source: str, rid: str, generated: int, deadline: float, tally: _Tally, prompt_tokens: int
-    ) -> None:
+    async def _take_back(self, drain: _WorkerDrain, request: InflightRequest, generated: int) -> None:
         """A request expected to finish in place that has not: off the node, back to the router."""
-        tokens = await self._cancel(source, rid, generated, deadline)
+        tokens = await self._cancel(drain, request, generated)
         if tokens is None:
-            tally.finished_in_place += 1
+            drain.tally.finished_in_place += 1
             return
-        await self._requeue(source, rid, tokens, deadline, tally, prompt_tokens)
+        await self._requeue(drain, request, tokens)
 
-    async def _requeue(
-        self, source: str, rid: str, generated: int, deadline: float, tally: _Tally, prompt_tokens: int = 0
-    ) -> None:
+    async def _requeue(self, drain: _WorkerDrain, request: InflightRequest, generated: int) -> None:
         # The router must take it: this is the last line before a loss, so it gets the whole command
         # timeout even past the deadline (the request no longer needs the node).
         far = self._after(self.settings.command_timeout_seconds)
+        rid, tally = request.request_id, drain.tally
         for _ in range(3):
             try:
                 await self._router(
                     "requeue",
                     Requeue(
-                        **self.bus.envelope(), request_id=rid, worker_id=source, generated_tokens=generated
+                        **self.bus.envelope(),
+                        request_id=rid,
+                        worker_id=drain.worker_id,
+                        generated_tokens=generated,
                     ),
                     far,
                 )
                 tally.requeued += 1
-                tally.tokens_recomputed += prompt_tokens + generated  # prefilled again wherever it lands
+                # Prefilled again wherever it lands.
+                tally.tokens_recomputed += request.prompt_tokens + generated
                 tally.placed.add(rid)
                 return
             except CommandFailed as err:
                 self._log.error("requeue_failed", request_id=rid, error=str(err))
         tally.lost += 1
 
-    async def _finished_in_place(
-        self, source: str, finishing: dict[str, int], deadline: float, tally: _Tally
-    ) -> dict[str, int]:
+    async def _finished_in_place(self, drain: _WorkerDrain, finishing: dict[str, int]) -> dict[str, int]:
         """Count the requests that finished; return the rest with their generated tokens."""
         try:
             left = await self._worker(
-                source, "inflight", InflightQuery(**self.bus.envelope()), InflightList, deadline
+                drain.worker_id,
+                "inflight",
+                InflightQuery(**self.bus.envelope()),
+                InflightList,
+                drain.deadline,
             )
         except CommandFailed:
             # The worker cannot answer: whatever the router still has on it goes back, from the prompt.
-            requeued = await self._worker_lost(source, tally)
-            tally.finished_in_place += max(len(finishing) - requeued, 0)
+            requeued = await self._worker_lost(drain.worker_id, drain.tally)
+            drain.tally.finished_in_place += max(len(finishing) - requeued, 0)
             return {}
         still = {r.request_id: r.generated_tokens for r in left.requests if r.request_id in finishing}
-        tally.finished_in_place += len(finishing) - len(still)
+        drain.tally.finished_in_place += len(finishing) - len(still)
         return still
 
-    async def _hot_blocks(self, source: str, target_order: list[str], deadline: float, tally: _Tally) -> None:
-        if self.settings.hot_blocks == 0 or not target_order:
+    async def _hot_blocks(self, drain: _WorkerDrain) -> None:
+        """6. Hot prefix blocks to the target with the most room, with the time left."""
+        deadline = drain.deadline
+        if self.settings.hot_blocks == 0 or not drain.target_order:
             return
         if deadline - self.clock.now() <= self.settings.safety_margin_seconds:
             return
         try:
             hot = await self._worker(
-                source,
+                drain.worker_id,
                 "hot_blocks",
                 HotBlocksQuery(**self.bus.envelope(), limit=self.settings.hot_blocks),
                 HotBlocks,
@@ -576,17 +582,29 @@ class MigrationCoordinatorActor(Actor):
                 return
             blocks: list[Block] = list(hot.blocks)
             await self._worker(
-                target_order[0],
+                drain.target_order[0],
                 "receive_blocks",
                 ReceiveBlocks(
-                    **self.bus.envelope(), source_worker_id=source, blocks=blocks, reply_by=deadline
+                    **self.bus.envelope(), source_worker_id=drain.worker_id, blocks=blocks, reply_by=deadline
                 ),
                 WorkerAck,
                 deadline,
             )
-            tally.hot_blocks += len(blocks)
+            drain.tally.hot_blocks += len(blocks)
         except CommandFailed as err:
-            self._log.info("hot_blocks_skipped", worker_id=source, error=str(err))
+            self._log.info("hot_blocks_skipped", worker_id=drain.worker_id, error=str(err))
+
+
+def _in_flight(r: InflightRequest) -> InFlight:
+    """A worker's report of one request, as the drain planner reads it."""
+    return InFlight(
+        request_id=r.request_id,
+        prompt_tokens=r.prompt_tokens,
+        generated_tokens=r.generated_tokens,
+        remaining_tokens=r.expected_remaining_tokens,
+        kv_bytes=r.kv_bytes,
+        prefix_blocks=tuple(r.prefix_blocks),
+    )
 
 
 def _share_slots(targets: dict[str, TargetWorker], index: int, workers: int) -> dict[str, TargetWorker]:
