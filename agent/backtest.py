@@ -23,28 +23,9 @@ from agent.core.optimizer import OptimizerConfig
 from agent.sim.replay import BacktestResult, Market, Policy, SimConfig, StepRecord, run_backtest
 from agent.sim.spot_traces import load_spot_traces
 from agent.sim.strategies import RollingPolicy, SeedHybridPolicy, SkyServePolicy, StaticPolicy, peak_nodes
+from agent.sim.strategy_names import STRATEGIES as STRATEGIES
+from agent.sim.strategy_names import parse_strategies as parse_strategies
 from agent.sim.traces import DemandStep, DemandTrace, load_demand, peak_nodes_factor, resample, scale_trace
-
-STRATEGIES: tuple[str, ...] = (
-    "all-ondemand",
-    "all-reserved",
-    "elastic-ondemand",
-    "reserved-spot",
-    "seed-hybrid",
-    "skyserve",
-    "skyserve-slo",
-    "rolling",
-    "hindsight",
-)
-
-
-def parse_strategies(text: str) -> list[str]:
-    """A comma-separated list of strategy names; ``ValueError`` names any unknown one."""
-    names = [s.strip() for s in text.split(",") if s.strip()]
-    unknown = [s for s in names if s not in STRATEGIES]
-    if unknown:
-        raise ValueError(f"unknown {', '.join(unknown)} (have: {', '.join(STRATEGIES)})")
-    return names
 
 
 def sim_config(
