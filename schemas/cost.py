@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from schemas.envelope import Count, Message, NonNegative, Timestamp
+from typing import Annotated
+
+from schemas.envelope import Count, Message, NonNegative, Timestamp, doc
 
 
 class CostReportRequest(Message, frozen=True, tag="cost.report_request.v1"):
@@ -16,28 +18,40 @@ class CostReport(Message, frozen=True, tag="cost.report.v1"):
     until something was served.
     """
 
-    period_start: Timestamp
-    period_end: Timestamp
-    hours: NonNegative
-    total_cost: NonNegative
-    avg_hourly_cost: NonNegative
-    monthly_cost: NonNegative
-    tokens: NonNegative
-    requests: NonNegative
-    cost_per_mtok: NonNegative | None
-    cost_per_request: NonNegative | None
-    instance_hours: dict[str, NonNegative]
-    instance_hours_by_type: dict[str, dict[str, NonNegative]]
-    cost_by_tier: dict[str, NonNegative]
-    cost_by_type: dict[str, NonNegative]
-    spot_fraction: NonNegative
-    ondemand_equivalent_cost: NonNegative
-    savings: float
-    savings_fraction: float
-    intervals: Count
+    period_start: Annotated[Timestamp, doc("Start of the ledger (the reporter's start), UNIX s.")]
+    period_end: Annotated[Timestamp, doc("End of the ledger (now), UNIX s.")]
+    hours: Annotated[NonNegative, doc("Hours covered.")]
+    total_cost: Annotated[NonNegative, doc("What the fleet cost, $.")]
+    avg_hourly_cost: Annotated[NonNegative, doc("`total_cost / hours`, $/h.")]
+    monthly_cost: Annotated[NonNegative, doc("`avg_hourly_cost` × 730 h, $.")]
+    tokens: Annotated[NonNegative, doc("Prompt + output tokens served (from worker metrics).")]
+    requests: Annotated[NonNegative, doc("Requests served.")]
+    cost_per_mtok: Annotated[NonNegative | None, doc("$ per 1M tokens; null until a token was served.")]
+    cost_per_request: Annotated[NonNegative | None, doc("$ per request; null until a request was served.")]
+    instance_hours: Annotated[
+        dict[str, NonNegative],
+        doc("Node-hours by tier: always the three keys `reserved`, `spot`, `ondemand`."),
+    ]
+    instance_hours_by_type: Annotated[
+        dict[str, dict[str, NonNegative]], doc("Node-hours by type, then tier, for the types that were held.")
+    ]
+    cost_by_tier: Annotated[dict[str, NonNegative], doc("$ by tier: always the three keys.")]
+    cost_by_type: Annotated[dict[str, NonNegative], doc("$ by type, for the types that were held.")]
+    spot_fraction: Annotated[NonNegative, doc("Spot node-hours / all node-hours (0 when none).")]
+    ondemand_equivalent_cost: Annotated[
+        NonNegative, doc("The same node-hours, type by type, at on-demand prices, $.")
+    ]
+    savings: Annotated[
+        float, doc("`ondemand_equivalent_cost − total_cost`, $ (negative if spot was dearer than on-demand).")
+    ]
+    savings_fraction: Annotated[float, doc("`savings / ondemand_equivalent_cost` (0 when that is 0).")]
+    intervals: Annotated[Count, doc("Accrual steps in the ledger (diagnostic).")]
 
 
 class ErrorReply(Message, frozen=True, tag="error.reply.v1"):
     """The answer to a request that could not be served: what was wrong, naming the field."""
 
-    error: str
+    error: Annotated[
+        str,
+        doc('`"<expected type>: <field path>: <reason>"`, or `"<expected type>: not JSON: <detail>"`.'),
+    ]

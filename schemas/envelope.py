@@ -31,11 +31,45 @@ Timestamp = Annotated[float, msgspec.Meta(ge=0, description="UNIX time in second
 Tier = Literal["reserved", "spot", "ondemand"]
 
 
+def doc(text: str) -> msgspec.Meta:
+    """A field's description, for ``Annotated[Type, doc("...")]``: it goes into the JSON Schema files and
+    the field tables of ``docs/protocol.md``, so write units and meaning here, once."""
+    return msgspec.Meta(description=text)
+
+
 class Message(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
-    msg_id: NonEmpty
-    sent_at: Timestamp
-    source: NonEmpty
-    correlation_id: str = ""
+    msg_id: Annotated[
+        NonEmpty,
+        doc(
+            "Unique per message, chosen by the publisher (a UUID4 in hex is the default). A message sent "
+            "again on purpose (a retry) keeps its `msg_id`; receivers use it to recognise a repeat where the "
+            "message's semantics say so (`cmd.plan.tick`, the worker op `receive_blocks`)."
+        ),
+    ]
+    sent_at: Annotated[
+        Timestamp,
+        doc(
+            "When the publisher produced the message, by its own clock. For observations it is also the time "
+            "the observation refers to: the end of a worker's interval, the moment an instance changed "
+            "state, the time of a price quote. Keep publishers' clocks synchronised (NTP): the agent "
+            "compares `sent_at` with its own clock."
+        ),
+    ]
+    source: Annotated[
+        NonEmpty,
+        doc(
+            "Who published it: a worker id, an actuator's or feed's name; the agent uses its `[bus] source` "
+            "(`cost-agent`)."
+        ),
+    ]
+    correlation_id: Annotated[
+        str,
+        doc(
+            "The `msg_id` of the message this one answers or was caused by, or empty. The agent sets it on a "
+            "reply (the request's `msg_id`) and on a plan (the first trigger's id). An actuator may set it "
+            "on the `InstanceEvent`s a plan caused."
+        ),
+    ] = ""
 
 
 class Envelope(TypedDict):

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from schemas.envelope import Key, Message, Tier
+from schemas.envelope import Key, Message, Tier, doc
 
 InstanceState = Literal["launched", "ready", "draining", "terminated"]
 
@@ -17,8 +17,14 @@ class InstanceEvent(Message, frozen=True, tag="fleet.instance.v1"):
     ``pool`` is the zone it runs in (reserved nodes too).
     """
 
-    instance_id: Key
-    instance_type: Key
-    pool: Key
-    tier: Tier
-    state: InstanceState
+    instance_id: Annotated[Key, doc("The node: unique, never reused; also the subject key.")]
+    instance_type: Annotated[Key, doc("Its type (a catalog type).")]
+    pool: Annotated[
+        Key,
+        doc(
+            "The zone it runs in (reserved nodes too); for spot and on-demand, a pool of that type in the "
+            "catalog, for reserved any."
+        ),
+    ]
+    tier: Annotated[Tier, doc("Its tier.")]
+    state: Annotated[InstanceState, doc("The state entered.")]

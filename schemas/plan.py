@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 
-from schemas.envelope import Count, Key, Message, NonNegative, Tier
+from schemas.envelope import Count, Key, Message, NonNegative, Tier, doc
 
 PlanReason = Literal["tick", "demand", "preemption", "manual", "fleet"]
 PlanStatus = Literal["optimal", "relaxed", "fallback"]
 
 
 class Target(msgspec.Struct, frozen=True, kw_only=True):
-    instance_type: Key
-    pool: Key
-    tier: Tier
-    count: Count
+    instance_type: Annotated[Key, doc("Catalog type.")]
+    pool: Annotated[Key, doc("Pool (zone).")]
+    tier: Annotated[Tier, doc("Tier.")]
+    count: Annotated[Count, doc("Nodes wanted in this (type, pool, tier).")]
 
 
 class AllocationPlan(Message, frozen=True, tag="plan.allocation.v1"):
@@ -31,22 +31,81 @@ class AllocationPlan(Message, frozen=True, tag="plan.allocation.v1"):
     that limit the plan; ``demand_*`` is what it covers, ``capacity_*`` what it provides (requests/s).
     """
 
-    plan_id: Key
-    reason: PlanReason
-    trigger_ids: list[str]
-    targets: list[Target]
-    hourly_cost: NonNegative
-    status: PlanStatus
-    binding: list[str]
-    detail: str
-    demand_now_rps: NonNegative
-    demand_next_rps: NonNegative
-    capacity_now_rps: NonNegative
-    capacity_next_rps: NonNegative
-    solve_seconds: NonNegative
+    plan_id: Annotated[Key, doc("Unique id of this plan.")]
+    reason: Annotated[
+        PlanReason,
+        doc(
+            "What triggered it: the timer, demand observed above what the latest plan covered (checked every "
+            "`[optimizer] surge_check_seconds` between ticks), a `plan.replan.v1`, a fleet change below "
+            "plan, a preemption (a terminate/stop `spot.notice.v1`, a rebalance recommendation with "
+            "`[spot_monitor] prelaunch_on_rebalance`, or a node whose workers all fell silent). When several "
+            "triggers are answered together, the most urgent: preemption > manual > fleet > demand > tick."
+        ),
+    ]
+    trigger_ids: Annotated[
+        list[str],
+        doc(
+            "Every trigger this plan answers: `plan.replan.v1`, `fleet.instance.v1` and `spot.notice.v1` "
+            "`msg_id`s, timer ticks (`tick-<hex>`), lost nodes (`lost-<instance_id>-<time>`). Each trigger "
+            "is planned for once. `correlation_id` is the first of them."
+        ),
+    ]
+    targets: Annotated[list[Target], doc("Target node counts (Target).")]
+    hourly_cost: Annotated[
+        NonNegative,
+        doc(
+            "Cost of the targets in $/h: reserved at the catalog's reserved price, spot at the fresh quote "
+            "(else the catalog's), on-demand at the catalog's price."
+        ),
+    ]
+    status: Annotated[
+        PlanStatus,
+        doc(
+            "`optimal`: least-cost plan within every limit. `relaxed`: the per-tick change limits were "
+            "lifted, because demand could not be covered within them or they conflicted with quotas, spot "
+            "availability or pool shares. `fallback`: demand cannot be covered within quotas and the spot "
+            "market; the plan covers the most it can (`detail` says what is short), or holds the current "
+            "fleet if no plan could be solved."
+        ),
+    ]
+    binding: Annotated[
+        list[str],
+        doc(
+            "Constraints that limit the plan: `cover_now`, `cover_next_hour`, `non_spot_min`, "
+            "`non_spot_fraction`, `zone_loss:<zone>`, `pool_share:<type>/<pool>`, `quota:<type>`, "
+            "`step_up:<tier>`, `step_down:<tier>`, `spot_available:<type>/<pool>`. For dashboards; do not "
+            "act on them."
+        ),
+    ]
+    detail: Annotated[
+        str, doc("Human-readable explanation, including where the demand figure came from. Do not parse.")
+    ]
+    demand_now_rps: Annotated[
+        NonNegative,
+        doc(
+            "Demand covered now, in requests/s: the larger of the profile's P75 for now and the observed "
+            "current demand."
+        ),
+    ]
+    demand_next_rps: Annotated[
+        NonNegative,
+        doc(
+            "Demand covered within the hour, in requests/s: the profile's highest next-hour P95, never below "
+            "`demand_now_rps`."
+        ),
+    ]
+    capacity_now_rps: Annotated[
+        NonNegative,
+        doc(
+            "Capacity of the targets for the current token mix, in requests/s (spot counted at `1 − "
+            "reclaim_per_hour`)."
+        ),
+    ]
+    capacity_next_rps: Annotated[NonNegative, doc("The same for the next-hour mix, in requests/s.")]
+    solve_seconds: Annotated[NonNegative, doc("Optimizer wall time, in seconds.")]
 
 
 class ReplanRequest(Message, frozen=True, tag="plan.replan.v1"):
     """Ask for a plan now. Sent twice with the same ``msg_id``, it is planned for once."""
 
-    note: str = ""
+    note: Annotated[str, doc("Free text for the logs (why).")] = ""

@@ -7,11 +7,11 @@ Subjects: ``{ns}.evt.spot.notice.{instance_id}`` (PreemptionNotice), ``{ns}.evt.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 
-from schemas.envelope import Count, Key, Message, NonNegative, Timestamp
+from schemas.envelope import Count, Key, Message, NonNegative, Timestamp, doc
 
 NoticeKind = Literal["terminate", "stop", "rebalance"]
 Provider = Literal["aws", "gcp", "azure", "sim"]
@@ -27,11 +27,29 @@ class PreemptionNotice(Message, frozen=True, tag="spot.notice.v1"):
     again (same instance, same kind) is harmless.
     """
 
-    instance_id: Key
-    kind: NoticeKind
-    deadline: Timestamp
-    provider: Provider
-    received_at: Timestamp
+    instance_id: Annotated[
+        Key,
+        doc(
+            "The node, as the workers report it in `worker.metrics.v1` and the actuator in "
+            "`fleet.instance.v1`; also the subject key."
+        ),
+    ]
+    kind: Annotated[
+        NoticeKind,
+        doc(
+            "`terminate`, `stop`: the node goes at `deadline`. `rebalance`: a recommendation (the node is at "
+            "elevated risk), no deadline promised."
+        ),
+    ]
+    deadline: Annotated[
+        Timestamp,
+        doc(
+            "When the node goes (`terminate`, `stop`), UNIX s, **absolute**; for `rebalance`, the time the "
+            "sidecar saw it."
+        ),
+    ]
+    provider: Annotated[Provider, doc("Where the notice came from (`sim`: the simulated cloud).")]
+    received_at: Annotated[Timestamp, doc("When the sidecar read it from the metadata service, UNIX s.")]
 
 
 class DrainOrder(Message, frozen=True, tag="spot.drain.v1"):
@@ -42,19 +60,39 @@ class DrainOrder(Message, frozen=True, tag="spot.drain.v1"):
     prompt) or ``manual``.
     """
 
-    instance_id: Key
-    worker_ids: list[Key]
-    deadline: Timestamp
-    reason: DrainReason
+    instance_id: Annotated[Key, doc("The node; also the subject key.")]
+    worker_ids: Annotated[
+        list[Key],
+        doc("The workers to drain (those known on the node; for `lost`, the silent ones). May be empty."),
+    ]
+    deadline: Annotated[
+        Timestamp, doc("The notice's deadline, UNIX s, absolute; for `lost`, the time of the order.")
+    ]
+    reason: Annotated[
+        DrainReason,
+        doc(
+            "`notice`: a preemption notice (`correlation_id` = its `msg_id`). `lost`: the workers stopped "
+            "reporting (`correlation_id` = `lost-<instance_id>-<time>`). `manual`: an operator's."
+        ),
+    ]
 
 
 class MigrationCounts(msgspec.Struct, frozen=True, kw_only=True):
-    finished_in_place: Count = 0
-    kv_moved: Count = 0
-    reprefilled: Count = 0
-    requeued: Count = 0
-    failed: Count = 0
-    """Actions that failed and were then handled another way (each such request also counts once above)."""
+    """What became of a drained node's requests, one count per request (``failed`` aside)."""
+
+    finished_in_place: Annotated[Count, doc("Requests left to finish in place on the node.")] = 0
+    kv_moved: Annotated[Count, doc("Requests moved by `transfer_kv` then `resume`.")] = 0
+    reprefilled: Annotated[Count, doc("Requests cancelled and re-prefilled on another worker.")] = 0
+    requeued: Annotated[
+        Count, doc("Requests handed back to the router to serve again (`requeue`, or `worker_lost`).")
+    ] = 0
+    failed: Annotated[
+        Count,
+        doc(
+            "Attempts that failed and were then handled another way (a failed transfer, a refused "
+            "re-prefill; such a request is also counted once above)."
+        ),
+    ] = 0
 
 
 class MigrationReport(Message, frozen=True, tag="migration.report.v1"):
@@ -65,16 +103,35 @@ class MigrationReport(Message, frozen=True, tag="migration.report.v1"):
     ``completed_at`` is when the last action ended; ``deadline`` the notice's deadline.
     """
 
-    instance_id: Key
-    policy: str
-    reason: DrainReason
-    requests: Count
-    counts: MigrationCounts
-    lost: Count
-    bytes_moved: NonNegative
-    tokens_recomputed: NonNegative
-    hot_blocks_moved: Count
-    notice_at: Timestamp
-    first_commands_at: Timestamp
-    completed_at: Timestamp
-    deadline: Timestamp
+    instance_id: Annotated[Key, doc("The drained node; also the subject key.")]
+    policy: Annotated[str, doc("The `[migration] policy` that planned it.")]
+    reason: Annotated[DrainReason, doc("The drain order's reason.")]
+    requests: Annotated[
+        Count,
+        doc("Requests that were in flight on the node's workers (for `lost`: that the router requeued)."),
+    ]
+    counts: Annotated[MigrationCounts, doc("What became of them (MigrationCounts).")]
+    lost: Annotated[
+        Count,
+        doc(
+            "Requests the coordinator could not place: three `requeue` attempts failed (an error reply or no "
+            "answer). Should be 0."
+        ),
+    ]
+    bytes_moved: Annotated[
+        NonNegative, doc("KV cache bytes transferred (sum of the `transfer_kv` acks' `bytes_moved`).")
+    ]
+    tokens_recomputed: Annotated[
+        NonNegative, doc("Prompt + generated tokens of the re-prefilled requests (requeues not counted).")
+    ]
+    hot_blocks_moved: Annotated[Count, doc("Prefix blocks copied to a survivor.")]
+    notice_at: Annotated[Timestamp, doc("When the drain was ordered (the drain order's `sent_at`), UNIX s.")]
+    first_commands_at: Annotated[
+        Timestamp,
+        doc(
+            "When the planned commands started (the latest over the node's workers), UNIX s: "
+            "`first_commands_at − notice_at` is the time spent reading state and planning."
+        ),
+    ]
+    completed_at: Annotated[Timestamp, doc("When the last action ended, UNIX s.")]
+    deadline: Annotated[Timestamp, doc("The drain order's deadline, UNIX s.")]

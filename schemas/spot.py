@@ -6,7 +6,7 @@ from typing import Annotated
 
 import msgspec
 
-from schemas.envelope import Count, Key, Message, NonNegative, Positive
+from schemas.envelope import Count, Key, Message, NonNegative, Positive, doc
 
 
 class SpotPrice(Message, frozen=True, tag="spot.price.v1"):
@@ -17,8 +17,22 @@ class SpotPrice(Message, frozen=True, tag="spot.price.v1"):
     ``reclaim_per_hour`` is the observed probability that a node is reclaimed within an hour.
     """
 
-    instance_type: Key
-    pool: Key
-    price_hourly: Positive
-    available: Count | None = None
-    reclaim_per_hour: Annotated[NonNegative, msgspec.Meta(le=1)] | None = None
+    instance_type: Annotated[Key, doc("The instance type quoted (a catalog type).")]
+    pool: Annotated[
+        Key, doc("The pool (zone), one of that type's pools in the catalog; also the subject key.")
+    ]
+    price_hourly: Annotated[
+        Positive,
+        doc('The spot price, in $/h per node. There is no "no price" value: send nothing instead.'),
+    ]
+    available: Annotated[
+        Count | None,
+        doc(
+            "How many spot nodes of this type the pool can hold now in all (held ones included), when the "
+            "feed knows it; null = unknown (no limit)."
+        ),
+    ] = None
+    reclaim_per_hour: Annotated[
+        Annotated[NonNegative, msgspec.Meta(le=1)] | None,
+        doc("Observed probability that a node is reclaimed within an hour; null = use the catalog's."),
+    ] = None

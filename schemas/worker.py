@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from schemas.envelope import Count, Key, Message, Positive, Tier
+from typing import Annotated
+
+from schemas.envelope import Count, Key, Message, Positive, Tier, doc
 
 
 class WorkerMetrics(Message, frozen=True, tag="worker.metrics.v1"):
@@ -13,16 +15,16 @@ class WorkerMetrics(Message, frozen=True, tag="worker.metrics.v1"):
     the end of the interval; ``kv_blocks_*`` describe the KV cache then.
     """
 
-    worker_id: Key
-    instance_id: Key
-    instance_type: Key
-    pool: Key
-    tier: Tier
-    interval_s: Positive
-    requests_completed: Count
-    prompt_tokens: Count
-    output_tokens: Count
-    in_flight: Count = 0
-    queued: Count = 0
-    kv_blocks_used: Count = 0
-    kv_blocks_total: Count = 0
+    worker_id: Annotated[Key, doc("The worker; also the subject key. Stable across reports.")]
+    instance_id: Annotated[Key, doc("The node it runs on (the actuator's `instance_id`).")]
+    instance_type: Annotated[Key, doc("The node's type (a catalog type).")]
+    pool: Annotated[Key, doc("The node's pool (zone).")]
+    tier: Annotated[Tier, doc("The node's tier.")]
+    interval_s: Annotated[Positive, doc("Length in seconds of the interval that ended at `sent_at`.")]
+    requests_completed: Annotated[Count, doc("Requests that finished in the interval.")]
+    prompt_tokens: Annotated[Count, doc("Prompt tokens of those requests, in total.")]
+    output_tokens: Annotated[Count, doc("Output tokens of those requests, in total.")]
+    in_flight: Annotated[Count, doc("Gauge at `sent_at`: requests being processed.")] = 0
+    queued: Annotated[Count, doc("Gauge at `sent_at`: requests waiting.")] = 0
+    kv_blocks_used: Annotated[Count, doc("Gauge at `sent_at`: KV-cache blocks in use.")] = 0
+    kv_blocks_total: Annotated[Count, doc("KV-cache blocks the worker has.")] = 0

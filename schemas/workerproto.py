@@ -22,141 +22,200 @@ Workers report request progress to the router on ``{ns}.evt.request.update.{work
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 
-from schemas.envelope import Count, Key, Message, NonNegative, Positive, Timestamp
+from schemas.envelope import Count, Key, Message, NonNegative, Positive, Timestamp, doc
+
+_PREFIX_BLOCKS = "Its prompt's prefix blocks (block hashes), in order."
 
 
 class StatusQuery(Message, frozen=True, tag="worker.status_query.v1"):
-    pass
+    """Op ``status``: can this worker take requests, and how fast is it."""
 
 
 class WorkerStatus(Message, frozen=True, tag="worker.status.v1"):
-    worker_id: Key
-    instance_id: Key
-    instance_type: Key
-    accepting: bool
-    max_batch: Count
-    active: Count
-    queued: Count
-    prefill_tokens_per_s: Positive
-    decode_tokens_per_s: Positive
-    """Node decode throughput at full batch (tokens/s over all sequences)."""
-    cached_blocks: list[str] = msgspec.field(default_factory=list)
-    """Prefix block hashes held in the KV cache (most recently used first, bounded)."""
+    """A worker's answer to ``status``."""
+
+    worker_id: Annotated[Key, doc("This worker.")]
+    instance_id: Annotated[Key, doc("Its node.")]
+    instance_type: Annotated[Key, doc("The node's type (a catalog type).")]
+    accepting: Annotated[bool, doc("False: do not send it requests (it is draining, or shutting down).")]
+    max_batch: Annotated[Count, doc("Sequences it decodes at once at most.")]
+    active: Annotated[Count, doc("Sequences running now.")]
+    queued: Annotated[Count, doc("Requests waiting for a slot. Free slots = `max_batch − active − queued`.")]
+    prefill_tokens_per_s: Annotated[Positive, doc("Prefill throughput of the worker, tokens/s.")]
+    decode_tokens_per_s: Annotated[
+        Positive,
+        doc(
+            "Decode throughput at full batch, tokens/s over all sequences (one sequence gets `/ max_batch`)."
+        ),
+    ]
+    cached_blocks: Annotated[
+        list[str],
+        doc(
+            "Prefix blocks (block hashes) held in its KV cache, most recently used first; bounded, so that "
+            "the reply stays well under the NATS payload limit (1 MB by default)."
+        ),
+    ] = msgspec.field(default_factory=list)
 
 
 class InflightQuery(Message, frozen=True, tag="worker.inflight_query.v1"):
-    pass
+    """Op ``inflight``: every request on the worker now, running or queued."""
 
 
 class InflightRequest(msgspec.Struct, frozen=True, kw_only=True):
-    request_id: Key
-    prompt_tokens: Count
-    generated_tokens: Count
-    expected_remaining_tokens: Count
-    kv_bytes: NonNegative
-    prefix_blocks: list[str] = msgspec.field(default_factory=list)
+    """One request on a worker, in an InflightList."""
+
+    request_id: Annotated[Key, doc("The router's request id.")]
+    prompt_tokens: Annotated[Count, doc("Prompt length, tokens.")]
+    generated_tokens: Annotated[Count, doc("Output tokens generated so far.")]
+    expected_remaining_tokens: Annotated[
+        Count, doc("Output tokens still expected (from `max_tokens`, or the engine's estimate).")
+    ]
+    kv_bytes: Annotated[NonNegative, doc("Size of its KV cache now, bytes (0 while queued).")]
+    prefix_blocks: Annotated[list[str], doc(_PREFIX_BLOCKS)] = msgspec.field(default_factory=list)
 
 
 class InflightList(Message, frozen=True, tag="worker.inflight.v1"):
-    worker_id: Key
-    instance_id: Key
-    decode_tokens_per_s: Positive
-    max_batch: Count
-    requests: list[InflightRequest]
+    """A worker's answer to ``inflight``."""
+
+    worker_id: Annotated[Key, doc("This worker.")]
+    instance_id: Annotated[Key, doc("Its node.")]
+    decode_tokens_per_s: Annotated[Positive, doc("As in WorkerStatus, tokens/s.")]
+    max_batch: Annotated[Count, doc("As in WorkerStatus.")]
+    requests: Annotated[
+        list[InflightRequest], doc("Every request here (InflightRequest; an empty list when idle).")
+    ]
 
 
 class TransferKv(Message, frozen=True, tag="worker.transfer_kv.v1"):
     """Send ``request_id``'s KV cache to ``target_worker_id``; the source stops decoding it."""
 
-    request_id: Key
-    target_worker_id: Key
-    target_instance_id: Key
-    """The target's node: a transfer within one node uses the fast link, across nodes the network."""
-    reply_by: Timestamp
+    request_id: Annotated[Key, doc("The request.")]
+    target_worker_id: Annotated[Key, doc("Where to send the KV cache.")]
+    target_instance_id: Annotated[
+        Key, doc("The target's node: within one node the fast link, across nodes the network.")
+    ]
+    reply_by: Annotated[
+        Timestamp, doc("UNIX s: the target must hold the cache by then; refuse at once if it cannot.")
+    ]
 
 
 class Resume(Message, frozen=True, tag="worker.resume.v1"):
     """Continue ``request_id`` from the KV cache received from ``source_worker_id``."""
 
-    request_id: Key
-    source_worker_id: Key
-    prompt_tokens: Count
-    generated_tokens: Count
-    expected_remaining_tokens: Count
-    prefix_blocks: list[str] = msgspec.field(default_factory=list)
+    request_id: Annotated[Key, doc("The request.")]
+    source_worker_id: Annotated[Key, doc("Where the KV cache came from.")]
+    prompt_tokens: Annotated[Count, doc("Prompt length, tokens.")]
+    generated_tokens: Annotated[Count, doc("Output tokens generated so far (the transfer ack's).")]
+    expected_remaining_tokens: Annotated[Count, doc("Output tokens still expected.")]
+    prefix_blocks: Annotated[
+        list[str], doc("Its prompt's prefix blocks (block hashes; they join the target's prefix cache).")
+    ] = msgspec.field(default_factory=list)
 
 
 class Reprefill(Message, frozen=True, tag="worker.reprefill.v1"):
     """Start ``request_id`` here from its prompt plus the tokens generated so far."""
 
-    request_id: Key
-    source_worker_id: Key
-    prompt_tokens: Count
-    generated_tokens: Count
-    expected_remaining_tokens: Count
-    reply_by: Timestamp
-    prefix_blocks: list[str] = msgspec.field(default_factory=list)
+    request_id: Annotated[Key, doc("The request.")]
+    source_worker_id: Annotated[Key, doc("The worker it was taken from.")]
+    prompt_tokens: Annotated[Count, doc("Prompt length, tokens.")]
+    generated_tokens: Annotated[
+        Count, doc("Output tokens already generated (re-prefilled here; the router has the token ids).")
+    ]
+    expected_remaining_tokens: Annotated[Count, doc("Output tokens still expected.")]
+    reply_by: Annotated[Timestamp, doc("Answer by then, UNIX s.")]
+    prefix_blocks: Annotated[
+        list[str], doc("Its prompt's prefix blocks (block hashes: what may be cached here).")
+    ] = msgspec.field(default_factory=list)
 
 
 class Cancel(Message, frozen=True, tag="worker.cancel.v1"):
-    request_id: Key
+    """Op ``cancel``: stop ``request_id`` here and free its slot."""
+
+    request_id: Annotated[Key, doc("The request.")]
 
 
 class HotBlocksQuery(Message, frozen=True, tag="worker.hot_blocks_query.v1"):
-    limit: Count = 100
+    """Op ``hot_blocks``: the worker's most used prefix blocks, most hits first."""
+
+    limit: Annotated[Count, doc("Blocks wanted at most (`[migration] hot_blocks`).")] = 100
 
 
 class Block(msgspec.Struct, frozen=True, kw_only=True):
-    block_hash: Key
-    size_bytes: NonNegative
-    hits: Count = 0
+    """One prefix block of a worker's KV cache."""
+
+    block_hash: Annotated[Key, doc("The block's hash.")]
+    size_bytes: Annotated[
+        NonNegative, doc("Its KV cache size in bytes (`block_tokens` × KV bytes per token).")
+    ]
+    hits: Annotated[Count, doc("Requests that found it in their cached prefix.")] = 0
 
 
 class HotBlocks(Message, frozen=True, tag="worker.hot_blocks.v1"):
-    worker_id: Key
-    blocks: list[Block]
+    """A worker's answer to ``hot_blocks``."""
+
+    worker_id: Annotated[Key, doc("This worker.")]
+    blocks: Annotated[list[Block], doc("At most `limit` blocks (Block), most hits first.")]
 
 
 class ReceiveBlocks(Message, frozen=True, tag="worker.receive_blocks.v1"):
-    source_worker_id: Key
-    blocks: list[Block]
-    reply_by: Timestamp
+    """Op ``receive_blocks``: copy these prefix blocks from ``source_worker_id`` into the prefix cache."""
+
+    source_worker_id: Annotated[Key, doc("Where to copy them from.")]
+    blocks: Annotated[list[Block], doc("The blocks (Block, from the source's `hot_blocks`).")]
+    reply_by: Annotated[Timestamp, doc("Copied by then (the source's deadline), UNIX s, or refuse at once.")]
 
 
 class Submit(Message, frozen=True, tag="worker.submit.v1"):
     """A new request (from the router): ``prompt_tokens`` to prefill, about ``expected_output_tokens`` to
     generate, ``already_generated`` tokens to re-prefill as part of the prompt when requeued."""
 
-    request_id: Key
-    prompt_tokens: Count
-    expected_output_tokens: Count
-    already_generated: Count = 0
-    prefix_blocks: list[str] = msgspec.field(default_factory=list)
+    request_id: Annotated[Key, doc("The router's request id.")]
+    prompt_tokens: Annotated[Count, doc("Prompt length, tokens.")]
+    expected_output_tokens: Annotated[Count, doc("Output tokens expected in all.")]
+    already_generated: Annotated[
+        Count,
+        doc(
+            "Output tokens generated before a requeue: prefilled as part of the prompt, not generated again."
+        ),
+    ] = 0
+    prefix_blocks: Annotated[list[str], doc(_PREFIX_BLOCKS)] = msgspec.field(default_factory=list)
 
 
 class WorkerAck(Message, frozen=True, tag="worker.ack.v1"):
-    op: Key
-    request_id: str = ""
-    ok: bool = True
-    generated_tokens: Count = 0
-    bytes_moved: NonNegative = 0.0
-    detail: str = ""
+    """A worker's reply to ``transfer_kv``, ``resume``, ``reprefill``, ``cancel``, ``receive_blocks`` and
+    ``submit``; ``correlation_id`` is the request's ``msg_id``."""
+
+    op: Annotated[Key, doc("The op answered.")]
+    request_id: Annotated[str, doc("The request (empty for `receive_blocks`).")] = ""
+    ok: Annotated[
+        bool, doc("Done (or already done: a repeat); false: understood but not carried out, see `detail`.")
+    ] = True
+    generated_tokens: Annotated[
+        Count, doc("`transfer_kv`, `cancel`: output tokens the request had generated here.")
+    ] = 0
+    bytes_moved: Annotated[NonNegative, doc("`transfer_kv`, `receive_blocks`: bytes sent.")] = 0.0
+    detail: Annotated[str, doc("Free text for the logs.")] = ""
 
 
 RequestState = Literal["started", "done", "moved_out", "lost"]
 
 
 class RequestUpdate(Message, frozen=True, tag="request.update.v1"):
-    """A request's progress on ``worker_id``: ``started`` (admitted, resumed or re-prefilled here),
-    ``done`` (its last token was sent), ``moved_out`` (handed to another worker, or cancelled for a
-    re-prefill or requeue elsewhere), ``lost`` (the worker stopped with it unfinished: emulators report
-    this; a real router sees the stream break)."""
+    """A request's progress on ``worker_id``, for the router."""
 
-    request_id: Key
-    worker_id: Key
-    state: RequestState
-    generated_tokens: Count = 0
+    request_id: Annotated[Key, doc("The request.")]
+    worker_id: Annotated[Key, doc("This worker; also the subject key.")]
+    state: Annotated[
+        RequestState,
+        doc(
+            "`started`: admitted, resumed or re-prefilled here. `done`: its last token was sent. "
+            "`moved_out`: handed to another worker (`transfer_kv` ended), or cancelled for a re-prefill or "
+            "requeue elsewhere. `lost`: the worker stopped with it unfinished (emulators report this; a real "
+            "router sees the stream break)."
+        ),
+    ]
+    generated_tokens: Annotated[Count, doc("Output tokens generated so far.")] = 0

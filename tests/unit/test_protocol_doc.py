@@ -1,0 +1,209 @@
+"""docs/protocol.md cannot drift from the code: every message, nested Struct, field and subject is in it,
+each field says what it means, and every table between ``<!-- generated -->`` markers is exactly what the
+Structs and ``agent/subjects.py`` give today (``cost-agent schemas`` rewrites them, ``--check`` fails)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import msgspec
+import pytest
+
+from agent.subjects import Subjects
+from schemas import MESSAGE_TYPES, SpotPrice, WorkerAck, WorkerMetrics, tag_of
+from schemas.envelope import Message
+from schemas.jsonschema_files import SCHEMA_DIR, drift, write_schemas
+from schemas.protocol_doc import (
+    PROTOCOL_DOC,
+    SUBJECTS,
+    description,
+    doc_is_current,
+    documented_structs,
+    field_table,
+    markers,
+    nested_structs,
+    own_fields,
+    render_doc,
+    subject_functions,
+    subject_pattern,
+    type_name,
+    write_doc,
+)
+
+PAGE = PROTOCOL_DOC.read_text(encoding="utf-8")
+ON_THE_PAGE = markers(PAGE)
+
+
+def _field(kind: type[msgspec.Struct], name: str) -> msgspec.structs.FieldInfo:
+    return next(f for f in msgspec.structs.fields(kind) if f.name == name)
+
+
+# --- the page is complete and current ----------------------------------------------------------------
+
+
+def test_the_generated_tables_on_the_page_are_current() -> None:
+    # On failure: run `cost-agent schemas` and commit docs/protocol.md.
+    assert doc_is_current()
+
+
+@pytest.mark.parametrize("kind", MESSAGE_TYPES, ids=tag_of)
+def test_every_message_type_has_its_field_table_on_the_page(kind: type[Message]) -> None:
+    assert f"fields {tag_of(kind)}" in ON_THE_PAGE
+
+
+@pytest.mark.parametrize("struct", nested_structs(), ids=lambda s: s.__name__)
+def test_every_struct_inside_a_message_has_its_field_table_on_the_page(struct: type[msgspec.Struct]) -> None:
+    assert f"fields {struct.__name__}" in ON_THE_PAGE
+
+
+def test_the_envelope_and_the_type_names_have_their_tables() -> None:
+    assert "fields envelope" in ON_THE_PAGE
+    assert "types" in ON_THE_PAGE
+
+
+@pytest.mark.parametrize("name", sorted(documented_structs()))
+def test_every_field_says_what_it_means(name: str) -> None:
+    kind = documented_structs()[name]
+    undocumented = [f.name for f in own_fields(kind) if not description(f)]
+    assert undocumented == [], f"{name}: add doc('...') to {', '.join(undocumented)} in schemas/"
+
+
+def test_every_subject_function_is_documented_and_in_the_full_subject_table() -> None:
+    documented = {doc.name for doc in SUBJECTS} | {doc.pattern for doc in SUBJECTS if doc.pattern}
+    assert sorted(documented) == sorted(subject_functions())
+    assert "subjects" in ON_THE_PAGE  # the table of every subject, not only a selection
+    for doc in SUBJECTS:
+        assert f"| `{subject_pattern(doc.name)}`" in PAGE
+
+
+def test_every_message_type_travels_on_a_documented_subject() -> None:
+    carried = {kind for doc in SUBJECTS for kind in (*doc.messages, *doc.replies)}
+    carried |= {reply for doc in SUBJECTS for op in doc.ops for reply in op.replies}
+    assert sorted(map(tag_of, set(MESSAGE_TYPES) - carried)) == []
+
+
+def test_every_operation_of_a_request_subject_is_on_the_page() -> None:
+    for doc in SUBJECTS:
+        for op in doc.ops:
+            assert f"`{op.name}`" in PAGE
+            assert op.request in doc.messages
+
+
+# --- what the tables say ----------------------------------------------------------------------------------
+
+
+def test_a_subject_pattern_names_the_namespace_and_each_key_of_the_real_subject() -> None:
+    subjects = Subjects("prod.us1")
+    for name in subject_functions():
+        pattern = subject_pattern(name)
+        keys = re.findall(r"\{(\w+)\}", pattern)[1:]
+        member = getattr(subjects, name)
+        built = member(*(f"k{i}" for i in range(len(keys)))) if callable(member) else member
+        expected = pattern.replace("{ns}", "prod.us1")
+        for i, key in enumerate(keys):
+            expected = expected.replace(f"{{{key}}}", f"k{i}")
+        assert built == expected
+
+
+def test_the_worker_protocol_subject_has_two_keys() -> None:
+    assert subject_pattern("worker_request") == "{ns}.req.worker.{worker_id}.{op}"
+    assert subject_pattern("worker_requests_all") == "{ns}.req.worker.{worker_id}.*"
+    assert subject_pattern("plan_tick") == "{ns}.cmd.plan.tick"
+
+
+def test_types_read_as_the_page_names_them_with_any_further_constraint_written_out() -> None:
+    assert type_name(_field(WorkerMetrics, "worker_id").type) == "*id*"
+    assert type_name(_field(WorkerMetrics, "tier").type) == "*tier*"
+    assert type_name(_field(WorkerMetrics, "interval_s").type) == "*number > 0*"
+    assert type_name(_field(WorkerMetrics, "sent_at").type) == "*time*"
+    assert type_name(_field(SpotPrice, "available").type) == "*count* \\| null"
+    assert type_name(_field(SpotPrice, "reclaim_per_hour").type) == "*number ≥ 0*, ≤ 1 \\| null"
+    assert type_name(_field(WorkerAck, "detail").type) == "string"
+
+
+def test_a_field_row_gives_type_default_and_the_structs_own_description() -> None:
+    table = field_table(WorkerMetrics)
+
+    assert "| `in_flight` | *count* | `0` | Gauge at `sent_at`: requests being processed. |" in table
+    assert "| `interval_s` | *number > 0* | required | Length in seconds of the interval" in table
+    assert "`msg_id`" not in table  # the envelope has its own table
+
+
+class _Odd(msgspec.Struct, frozen=True):
+    choice: Annotated[str, msgspec.Meta(description="A or B:\n  `a | b`.")]
+
+
+def test_a_description_is_one_line_and_cannot_break_the_table() -> None:
+    assert description(_field(_Odd, "choice")) == "A or B: `a \\| b`."
+
+
+# --- regenerating, and the drift check ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def page(tmp_path: Path) -> Path:
+    copy = tmp_path / "protocol.md"
+    shutil.copyfile(PROTOCOL_DOC, copy)
+    return copy
+
+
+def _stale(page: Path) -> str:
+    """Edit one generated row by hand, as someone documenting a field on the page instead of in the code."""
+    text = page.read_text(encoding="utf-8")
+    edited = text.replace("Gauge at `sent_at`: requests waiting.", "Requests waiting (edited by hand).", 1)
+    assert edited != text
+    page.write_text(edited, encoding="utf-8")
+    return edited
+
+
+def test_a_hand_edited_table_is_stale_and_rewriting_restores_it_leaving_the_prose(page: Path) -> None:
+    _stale(page)
+    assert not doc_is_current(page)
+
+    assert write_doc(page) is True
+
+    assert page.read_text(encoding="utf-8") == PAGE
+    assert write_doc(page) is False  # nothing left to change
+
+
+def test_a_table_for_a_new_message_is_filled_in_where_its_marker_is_placed() -> None:
+    text = "Prose before.\n<!-- generated: fields spot.price.v1 -->\n<!-- end generated -->\nProse after.\n"
+
+    rendered = render_doc(text)
+
+    assert rendered.startswith("Prose before.\n<!-- generated: fields spot.price.v1 -->\n| field |")
+    assert rendered.endswith("<!-- end generated -->\nProse after.\n")
+    assert "| `price_hourly` | *number > 0* | required | The spot price, in $/h per node." in rendered
+
+
+@pytest.mark.parametrize("what", ["fields spot.price.v9", "fields", "tables", "subjects no_such_subject"])
+def test_a_marker_naming_nothing_known_is_an_error(what: str) -> None:
+    with pytest.raises(ValueError, match=r"no_such_subject|unknown generated block"):
+        render_doc(f"<!-- generated: {what} -->\n<!-- end generated -->\n")
+
+
+def test_drift_names_the_page_after_the_schema_files(tmp_path: Path, page: Path) -> None:
+    schemas = tmp_path / "jsonschema"
+    shutil.copytree(SCHEMA_DIR, schemas)
+    (schemas / "spot.price.v1.json").unlink()
+    _stale(page)
+
+    assert drift(schemas, protocol_doc=page) == ["spot.price.v1.json", "protocol.md"]
+
+    write_schemas(schemas, protocol_doc=page)
+
+    assert drift(schemas, protocol_doc=page) == []
+    assert page.read_text(encoding="utf-8") == PAGE
+
+
+def test_cost_agent_schemas_check_passes_on_the_repository() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "agent", "schemas", "--check"], capture_output=True, text=True, timeout=60
+    )
+
+    assert result.returncode == 0, result.stderr
