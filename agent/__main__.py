@@ -1,4 +1,9 @@
-"""The ``cost-agent`` command line. The only module that reads argv."""
+"""The ``cost-agent`` command line. The only module that reads argv.
+
+Each subcommand is two functions, one that declares its arguments and one that runs it; options that
+several subcommands share are declared once. A subcommand imports what it needs inside the function that
+runs it, so parsing loads nothing heavy and ``cost-agent sidecar`` on a spot node loads no numpy or scipy.
+"""
 
 from __future__ import annotations
 
@@ -6,31 +11,104 @@ import argparse
 import json
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final
 
-from agent.backtest import (
-    STRATEGIES,
-    BacktestRun,
-    build_setup,
-    parse_strategies,
-    run_strategies,
-    sim_config,
+if TYPE_CHECKING:
+    from agent.backtest import BacktestRun
+    from agent.core.comparison import ComparisonRow
+
+_DESCRIPTION: Final = "The ``cost-agent`` command line. The only module that reads argv."
+_DEFAULT_TRACE: Final = "servegen:m-large"
+_DEFAULT_SPOT: Final = "skypilot:availability/16-node/aws-08-27-2023"
+
+
+class UsageError(Exception):
+    """A command-line value the command refuses: one line on stderr, exit 2."""
+
+
+# The errors that end a command with one line on stderr rather than a traceback, by the module that
+# defines each. A command imports only what it needs, and an error whose module was never imported
+# cannot have been raised: so they are looked up only among the modules loaded.
+_ONE_LINE_ERRORS: Final = (
+    ("agent.config", "ConfigError"),
+    ("agent.core.catalog", "CatalogError"),
+    ("agent.planning", "DemandSourceError"),
+    ("agent.sim.traces", "TraceError"),
 )
-from agent.config import ConfigError, load_settings, resolve_catalog
-from agent.core.catalog import HOURS_PER_MONTH, CatalogError
-from agent.core.comparison import ComparisonRow, monthly_comparison
-from agent.planning import DemandSourceError, build_horizon
-from agent.sim.traces import TraceError
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cost-agent", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    plan = sub.add_parser(
-        "plan", help="monthly cost comparison of capacity strategies from a demand forecast"
+def _one_line_errors() -> tuple[type[BaseException], ...]:
+    loaded = (getattr(sys.modules[m], name) for m, name in _ONE_LINE_ERRORS if m in sys.modules)
+    return (UsageError, *loaded)
+
+
+# --- options shared by several subcommands ------------------------------------------------------------
+
+
+def _catalog_option(parser: argparse.ArgumentParser, default: str | None = None) -> None:
+    parser.add_argument(
+        "--catalog", default=default, help="built-in catalog name (seed, gcp-2026-07) or a catalog TOML path"
     )
-    plan.add_argument("--config", help="settings TOML file (see deploy/agent.example.toml)")
-    plan.add_argument("--catalog", help="built-in catalog name (seed, gcp-2026-07) or a catalog TOML path")
+
+
+def _settings_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="settings TOML file (see deploy/agent.example.toml)")
+    _catalog_option(parser)
+
+
+def _log_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--log-level", default="info", help="debug, info, warning or error")
+    parser.add_argument(
+        "--log-format",
+        choices=["auto", "json", "console"],
+        default="auto",
+        help="JSON lines, or readable lines (auto: readable on a terminal)",
+    )
+
+
+def _configure_logging(args: argparse.Namespace) -> None:
+    """Logging as ``--log-level`` and ``--log-format`` say (see :func:`_log_options`)."""
+    from agent.runtime.logs import configure_logging
+
+    fmt = {"auto": None, "json": True, "console": False}[args.log_format]
+    try:
+        configure_logging(json=fmt, level=args.log_level)
+    except ValueError as exc:
+        raise UsageError(f"--log-level: {exc}") from None
+
+
+def _trace_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--trace",
+        default=_DEFAULT_TRACE,
+        help="demand: servegen:<model>, azure2023:code|conv, mooncake, burstgpt, csv:PATH",
+    )
+    parser.add_argument(
+        "--spot",
+        default=_DEFAULT_SPOT,
+        help="spot availability: skypilot:<dir>, spothedge-gcp, file:PATH",
+    )
+
+
+def _serve(main: Coroutine[Any, Any, int], *unreachable: type[Exception]) -> int:
+    """Run a long-lived service to its exit code; a server it cannot reach is one line and exit 2."""
+    import asyncio
+
+    errors: tuple[type[Exception], ...] = (ConnectionError, OSError, *unreachable)
+    try:
+        return asyncio.run(main)
+    except errors as exc:
+        print(f"cost-agent: {exc}", file=sys.stderr)
+        return 2
+
+
+# --- plan ---------------------------------------------------------------------------------------------
+
+
+def _plan_arguments(plan: argparse.ArgumentParser) -> None:
+    _settings_options(plan)
     plan.add_argument(
         "--demand",
         default="seed-example",
@@ -45,148 +123,35 @@ def _parser() -> argparse.ArgumentParser:
     )
     plan.add_argument("--json", action="store_true", help="print the rows as JSON")
 
-    run = sub.add_parser("run", help="run the agent on NATS until SIGTERM/SIGINT")
-    run.add_argument("--config", help="settings TOML file (see deploy/agent.example.toml)")
-    run.add_argument("--catalog", help="built-in catalog name or a catalog TOML path")
-    run.add_argument(
-        "--nats-url",
-        help="NATS server URL (default: [bus] url, then NATS_URL, else an embedded nats-server)",
-    )
-    run.add_argument(
-        "--clock-speed",
-        type=float,
-        help="simulation only: run the agent's clock this many times faster than the wall clock",
-    )
-    run.add_argument(
-        "--clock-start",
-        type=float,
-        help="simulation only: the clock's UNIX time at --clock-anchor (default: the anchor)",
-    )
-    run.add_argument(
-        "--clock-anchor",
-        type=float,
-        help="simulation only: the wall-clock UNIX time when the clock reads --clock-start (default: now)",
-    )
-    run.add_argument("--log-level", default="info", help="debug, info, warning or error")
-    run.add_argument(
-        "--log-format",
-        choices=["auto", "json", "console"],
-        default="auto",
-        help="JSON lines, or readable lines (auto: readable on a terminal)",
-    )
 
-    sidecar = sub.add_parser(
-        "sidecar",
-        help="on a spot node: watch the cloud metadata service, publish preemption notices on NATS",
-    )
-    sidecar.add_argument("--provider", required=True, choices=["aws", "gcp", "azure"], help="the cloud")
-    sidecar.add_argument(
-        "--metadata-url",
-        help="metadata service base URL (default: http://169.254.169.254 for aws and azure, "
-        "http://metadata.google.internal for gcp)",
-    )
-    sidecar.add_argument(
-        "--instance-id",
-        help="this node's instance id (default: from the metadata service: AWS instance-id, "
-        "GCP instance name, Azure VM name)",
-    )
-    sidecar.add_argument("--nats-url", help="NATS server URL (default: NATS_URL)")
-    sidecar.add_argument("--namespace", help="subject namespace (default costagent)")
-    sidecar.add_argument("--poll-seconds", type=float, help="seconds between metadata reads (default 2)")
-    sidecar.add_argument(
-        "--gcp-notice-seconds",
-        type=float,
-        help="GCP: seconds from the preemption notice to shutdown (default 30; 120 for Spot VMs "
-        "created with a 120 s preemption notice)",
-    )
-    sidecar.add_argument("--log-level", default="info", help="debug, info, warning or error")
-    sidecar.add_argument(
-        "--log-format",
-        choices=["auto", "json", "console"],
-        default="auto",
-        help="JSON lines, or readable lines (auto: readable on a terminal)",
-    )
+def _plan(args: argparse.Namespace) -> int:
+    from agent.config import load_settings, resolve_catalog
+    from agent.core.catalog import HOURS_PER_MONTH
+    from agent.core.comparison import monthly_comparison
+    from agent.planning import build_horizon
 
-    demo = sub.add_parser(
-        "demo", help="the whole system on one machine: agent, simulated cloud, workers, traffic"
+    settings = load_settings(args.config)
+    catalog = resolve_catalog(args.catalog or settings.catalog)
+    if args.peak_nodes < 0:
+        raise UsageError("--peak-nodes: must be ≥ 0")
+    horizon = build_horizon(args.demand, settings, catalog, args.peak_nodes or None)
+    rows = monthly_comparison(
+        catalog,
+        horizon.steps,
+        settings.slo_config(),
+        settings.optimizer.to_core(),
+        levels=settings.planner.levels,
     )
-    demo.add_argument("--trace", default="servegen:m-large", help="demand trace (as for backtest)")
-    demo.add_argument(
-        "--spot", default="skypilot:availability/16-node/aws-08-27-2023", help="spot availability trace"
+    if args.json:
+        keys = ("strategy", "reserved", "spot", "ondemand", "monthly_cost", "savings")
+        print(json.dumps([{k: getattr(r, k) for k in keys} for r in rows], indent=2))
+        return 0
+    print(
+        f"Monthly cost comparison: catalog {catalog.name}; demand {horizon.description}; "
+        f"{settings.planner.horizon_days:g}-day forecast; {HOURS_PER_MONTH:g} h/month\n"
     )
-    demo.add_argument("--catalog", default="seed", help="built-in catalog name or a catalog TOML path")
-    demo.add_argument(
-        "--speed", type=float, default=480.0, help="simulated seconds per second (480: a day in 3 min)"
-    )
-    demo.add_argument("--duration", type=float, default=24.0, help="simulated hours (default 24)")
-    demo.add_argument(
-        "--peak-nodes", type=int, default=4, help="scale demand so its peak needs this many nodes"
-    )
-    demo.add_argument("--notice", type=float, default=120.0, help="spot reclaim notice, seconds")
-    demo.add_argument("--boot", type=float, default=120.0, help="seconds from launch to serving")
-    demo.add_argument(
-        "--storm-at", type=float, help="hour of a one-hour 20%%/h reclaim storm (default 40%% in)"
-    )
-    demo.add_argument(
-        "--kill-agent-at", type=float, help="chaos: kill the agent process at this hour, restart it"
-    )
-    demo.add_argument("--json", dest="json_path", help="write the summary as JSON here")
-    demo.add_argument("--plot", default="demo.png", help="PNG plot path (default demo.png)")
-    demo.add_argument("--no-live", action="store_true", help="no live view (for logs and CI)")
-    demo.add_argument("--seed", type=int, default=7)
-
-    schemas = sub.add_parser("schemas", help="write the wire messages' JSON Schema files")
-    schemas.add_argument("--out", help="directory (default: schemas/jsonschema in the source tree)")
-    schemas.add_argument(
-        "--check", action="store_true", help="write nothing; exit 1 if the files differ from the Structs"
-    )
-
-    bt = sub.add_parser("backtest", help="replay real demand and spot traces through every strategy")
-    bt.add_argument("--config", help="settings TOML file (see deploy/agent.example.toml)")
-    bt.add_argument("--catalog", help="built-in catalog name or a catalog TOML path")
-    bt.add_argument(
-        "--trace",
-        default="servegen:m-large",
-        help="demand: servegen:<model>, azure2023:code|conv, mooncake, burstgpt, csv:PATH",
-    )
-    bt.add_argument(
-        "--spot",
-        default="skypilot:availability/16-node/aws-08-27-2023",
-        help="spot availability: skypilot:<dir>, spothedge-gcp, file:PATH",
-    )
-    bt.add_argument(
-        "--peak-nodes",
-        type=int,
-        default=8,
-        help="scale demand so its busiest step needs N main-type nodes (0: use --scale)",
-    )
-    bt.add_argument("--scale", type=float, default=1.0, help="demand scale factor when --peak-nodes is 0")
-    bt.add_argument(
-        "--prompt-tokens",
-        type=float,
-        help="mean prompt tokens per request, for a trace without token lengths (with --output-tokens)",
-    )
-    bt.add_argument(
-        "--output-tokens",
-        type=float,
-        help="mean output tokens per request, for a trace without token lengths (with --prompt-tokens)",
-    )
-    bt.add_argument("--spot-scale", type=float, default=1.0, help="multiply spot availability counts")
-    bt.add_argument(
-        "--strategies",
-        default=",".join(STRATEGIES),
-        help="comma-separated subset of: " + ", ".join(STRATEGIES),
-    )
-    bt.add_argument(
-        "--notice", type=float, default=120.0, help="preemption notice, seconds (30 for GCP/Azure)"
-    )
-    bt.add_argument("--boot", type=float, default=360.0, help="seconds from launch to serving")
-    bt.add_argument("--step", type=float, default=60.0, help="simulation step, seconds")
-    bt.add_argument("--warmup-days", type=float, default=7.0, help="days that only warm up the profiler")
-    bt.add_argument("--json", dest="json_path", help="write the results as JSON to this file")
-    bt.add_argument("--plot", help="write a PNG of demand vs capacity (rolling and hindsight)")
-    bt.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return parser
+    print(_table(rows))
+    return 0
 
 
 def _padded(
@@ -221,29 +186,46 @@ def _table(rows: Sequence[ComparisonRow]) -> str:
     return "\n".join(lines)
 
 
-def _plan(args: argparse.Namespace) -> int:
-    settings = load_settings(args.config)
-    catalog = resolve_catalog(args.catalog or settings.catalog)
-    if args.peak_nodes < 0:
-        raise ConfigError("--peak-nodes: must be ≥ 0")
-    horizon = build_horizon(args.demand, settings, catalog, args.peak_nodes or None)
-    rows = monthly_comparison(
-        catalog,
-        horizon.steps,
-        settings.slo_config(),
-        settings.optimizer.to_core(),
-        levels=settings.planner.levels,
+# --- backtest -----------------------------------------------------------------------------------------
+
+
+def _backtest_arguments(bt: argparse.ArgumentParser) -> None:
+    from agent.sim.strategy_names import STRATEGIES
+
+    _settings_options(bt)
+    _trace_options(bt)
+    bt.add_argument(
+        "--peak-nodes",
+        type=int,
+        default=8,
+        help="scale demand so its busiest step needs N main-type nodes (0: use --scale)",
     )
-    if args.json:
-        keys = ("strategy", "reserved", "spot", "ondemand", "monthly_cost", "savings")
-        print(json.dumps([{k: getattr(r, k) for k in keys} for r in rows], indent=2))
-        return 0
-    print(
-        f"Monthly cost comparison: catalog {catalog.name}; demand {horizon.description}; "
-        f"{settings.planner.horizon_days:g}-day forecast; {HOURS_PER_MONTH:g} h/month\n"
+    bt.add_argument("--scale", type=float, default=1.0, help="demand scale factor when --peak-nodes is 0")
+    bt.add_argument(
+        "--prompt-tokens",
+        type=float,
+        help="mean prompt tokens per request, for a trace without token lengths (with --output-tokens)",
     )
-    print(_table(rows))
-    return 0
+    bt.add_argument(
+        "--output-tokens",
+        type=float,
+        help="mean output tokens per request, for a trace without token lengths (with --prompt-tokens)",
+    )
+    bt.add_argument("--spot-scale", type=float, default=1.0, help="multiply spot availability counts")
+    bt.add_argument(
+        "--strategies",
+        default=",".join(STRATEGIES),
+        help="comma-separated subset of: " + ", ".join(STRATEGIES),
+    )
+    bt.add_argument(
+        "--notice", type=float, default=120.0, help="preemption notice, seconds (30 for GCP/Azure)"
+    )
+    bt.add_argument("--boot", type=float, default=360.0, help="seconds from launch to serving")
+    bt.add_argument("--step", type=float, default=60.0, help="simulation step, seconds")
+    bt.add_argument("--warmup-days", type=float, default=7.0, help="days that only warm up the profiler")
+    bt.add_argument("--json", dest="json_path", help="write the results as JSON to this file")
+    bt.add_argument("--plot", help="write a PNG of demand vs capacity (rolling and hindsight)")
+    bt.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 # A mean over requests, so fractions are fine; above ten million tokens is no model's context window.
@@ -256,26 +238,30 @@ def _token_lengths(prompt: float | None, output: float | None) -> tuple[float, f
         return None
     if prompt is None or output is None:
         missing = "--prompt-tokens" if prompt is None else "--output-tokens"
-        raise ConfigError(f"{missing}: give --prompt-tokens and --output-tokens together, or neither")
+        raise UsageError(f"{missing}: give --prompt-tokens and --output-tokens together, or neither")
     for flag, value in (("--prompt-tokens", prompt), ("--output-tokens", output)):
         if not (math.isfinite(value) and 1 <= value <= _MAX_MEAN_TOKENS):
-            raise ConfigError(f"{flag}: must be a mean of 1 to {_MAX_MEAN_TOKENS:,} tokens, got {value:g}")
+            raise UsageError(f"{flag}: must be a mean of 1 to {_MAX_MEAN_TOKENS:,} tokens, got {value:g}")
     return (prompt, output)
 
 
 def _backtest(args: argparse.Namespace) -> int:
+    from agent.backtest import build_setup, run_strategies, sim_config
+    from agent.config import load_settings, resolve_catalog
+    from agent.sim.strategy_names import parse_strategies
+
     settings = load_settings(args.config)
     catalog = resolve_catalog(args.catalog or settings.catalog)
     try:
         strategies = parse_strategies(args.strategies)
     except ValueError as exc:
-        raise ConfigError(f"--strategies: {exc}") from None
+        raise UsageError(f"--strategies: {exc}") from None
     try:
         sim = sim_config(
             settings, step_s=args.step, notice_s=args.notice, boot_s=args.boot, warmup_days=args.warmup_days
         )
     except ValueError as exc:
-        raise ConfigError(f"backtest: {exc}") from None
+        raise UsageError(f"backtest: {exc}") from None
     tokens = _token_lengths(args.prompt_tokens, args.output_tokens)
     try:
         setup = build_setup(
@@ -289,7 +275,7 @@ def _backtest(args: argparse.Namespace) -> int:
             tokens=tokens,
         )
     except ValueError as exc:
-        raise ConfigError(f"backtest: {exc}") from None
+        raise UsageError(f"backtest: {exc}") from None
     keep = ["rolling"] if args.plot else []
     if args.no_progress or not sys.stderr.isatty():
         run = run_strategies(setup, strategies, settings, keep_records=keep)
@@ -359,42 +345,84 @@ def _backtest_table(run: BacktestRun) -> str:
     return "\n".join(lines)
 
 
-def _run(args: argparse.Namespace) -> int:
-    import asyncio
+# --- run ----------------------------------------------------------------------------------------------
 
+
+def _run_arguments(run: argparse.ArgumentParser) -> None:
+    _settings_options(run)
+    run.add_argument(
+        "--nats-url",
+        help="NATS server URL (default: [bus] url, then NATS_URL, else an embedded nats-server)",
+    )
+    run.add_argument(
+        "--clock-speed",
+        type=float,
+        help="simulation only: run the agent's clock this many times faster than the wall clock",
+    )
+    run.add_argument(
+        "--clock-start",
+        type=float,
+        help="simulation only: the clock's UNIX time at --clock-anchor (default: the anchor)",
+    )
+    run.add_argument(
+        "--clock-anchor",
+        type=float,
+        help="simulation only: the wall-clock UNIX time when the clock reads --clock-start (default: now)",
+    )
+    _log_options(run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from agent.config import load_settings, resolve_catalog
     from agent.runtime.clock import Clock, RealClock, ScaledClock
-    from agent.runtime.logs import configure_logging
     from agent.runtime.nats_server import NatsServerError
     from agent.service import serve
 
     settings = load_settings(args.config)
     catalog = resolve_catalog(args.catalog or settings.catalog)
-    fmt = {"auto": None, "json": True, "console": False}[args.log_format]
-    try:
-        configure_logging(json=fmt, level=args.log_level)
-    except ValueError as exc:
-        raise ConfigError(f"--log-level: {exc}") from None
+    _configure_logging(args)
     clock: Clock = RealClock()
     if args.clock_speed is not None:
         try:
             clock = ScaledClock(args.clock_speed, start=args.clock_start, anchor=args.clock_anchor)
         except ValueError as exc:
-            raise ConfigError(f"--clock-speed: {exc}") from None
+            raise UsageError(f"--clock-speed: {exc}") from None
     elif args.clock_start is not None or args.clock_anchor is not None:
-        raise ConfigError("--clock-start and --clock-anchor need --clock-speed")
-    try:
-        return asyncio.run(serve(settings, catalog, args.nats_url, clock=clock))
-    except (ConnectionError, NatsServerError, OSError) as exc:
-        print(f"cost-agent: {exc}", file=sys.stderr)
-        return 2
+        raise UsageError("--clock-start and --clock-anchor need --clock-speed")
+    return _serve(serve(settings, catalog, args.nats_url, clock=clock), NatsServerError)
+
+
+# --- sidecar ------------------------------------------------------------------------------------------
+
+
+def _sidecar_arguments(sidecar: argparse.ArgumentParser) -> None:
+    sidecar.add_argument("--provider", required=True, choices=["aws", "gcp", "azure"], help="the cloud")
+    sidecar.add_argument(
+        "--metadata-url",
+        help="metadata service base URL (default: http://169.254.169.254 for aws and azure, "
+        "http://metadata.google.internal for gcp)",
+    )
+    sidecar.add_argument(
+        "--instance-id",
+        help="this node's instance id (default: from the metadata service: AWS instance-id, "
+        "GCP instance name, Azure VM name)",
+    )
+    sidecar.add_argument("--nats-url", help="NATS server URL (default: NATS_URL)")
+    sidecar.add_argument("--namespace", help="subject namespace (default costagent)")
+    sidecar.add_argument("--poll-seconds", type=float, help="seconds between metadata reads (default 2)")
+    sidecar.add_argument(
+        "--gcp-notice-seconds",
+        type=float,
+        help="GCP: seconds from the preemption notice to shutdown (default 30; 120 for Spot VMs "
+        "created with a 120 s preemption notice)",
+    )
+    _log_options(sidecar)
 
 
 def _sidecar(args: argparse.Namespace) -> int:
-    import asyncio
     import os
 
     from agent.providers.sidecar import SidecarConfig, run_sidecar
-    from agent.runtime.logs import configure_logging
 
     given = {
         "metadata_url": args.metadata_url,
@@ -410,23 +438,43 @@ def _sidecar(args: argparse.Namespace) -> int:
             **{k: v for k, v in given.items() if v is not None},
         )
     except ValueError as exc:
-        raise ConfigError(f"sidecar: {exc}") from None
-    fmt = {"auto": None, "json": True, "console": False}[args.log_format]
-    try:
-        configure_logging(json=fmt, level=args.log_level)
-    except ValueError as exc:
-        raise ConfigError(f"--log-level: {exc}") from None
-    try:
-        return asyncio.run(run_sidecar(config))
-    except (ConnectionError, OSError) as exc:
-        print(f"cost-agent: {exc}", file=sys.stderr)
-        return 2
+        raise UsageError(f"sidecar: {exc}") from None
+    _configure_logging(args)
+    return _serve(run_sidecar(config))
+
+
+# --- demo ---------------------------------------------------------------------------------------------
+
+
+def _demo_arguments(demo: argparse.ArgumentParser) -> None:
+    _trace_options(demo)
+    _catalog_option(demo, default="seed")
+    demo.add_argument(
+        "--speed", type=float, default=480.0, help="simulated seconds per second (480: a day in 3 min)"
+    )
+    demo.add_argument("--duration", type=float, default=24.0, help="simulated hours (default 24)")
+    demo.add_argument(
+        "--peak-nodes", type=int, default=4, help="scale demand so its peak needs this many nodes"
+    )
+    demo.add_argument("--notice", type=float, default=120.0, help="spot reclaim notice, seconds")
+    demo.add_argument("--boot", type=float, default=120.0, help="seconds from launch to serving")
+    demo.add_argument(
+        "--storm-at", type=float, help="hour of a one-hour 20%%/h reclaim storm (default 40%% in)"
+    )
+    demo.add_argument(
+        "--kill-agent-at", type=float, help="chaos: kill the agent process at this hour, restart it"
+    )
+    demo.add_argument("--json", dest="json_path", help="write the summary as JSON here")
+    demo.add_argument("--plot", default="demo.png", help="PNG plot path (default demo.png)")
+    demo.add_argument("--no-live", action="store_true", help="no live view (for logs and CI)")
+    demo.add_argument("--seed", type=int, default=7)
 
 
 def _demo(args: argparse.Namespace) -> int:
     import asyncio
     import signal
 
+    from agent.config import resolve_catalog
     from agent.demo import DemoError, DemoOptions, print_summary, run_demo
     from agent.demo_view import LiveView
     from agent.runtime.logs import configure_logging
@@ -451,7 +499,7 @@ def _demo(args: argparse.Namespace) -> int:
             seed=args.seed,
         )
     except DemoError as exc:
-        raise ConfigError(str(exc)) from None
+        raise UsageError(str(exc)) from None
 
     async def main() -> dict[str, object]:
         stop = asyncio.Event()
@@ -478,6 +526,16 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- schemas ------------------------------------------------------------------------------------------
+
+
+def _schemas_arguments(schemas: argparse.ArgumentParser) -> None:
+    schemas.add_argument("--out", help="directory (default: schemas/jsonschema in the source tree)")
+    schemas.add_argument(
+        "--check", action="store_true", help="write nothing; exit 1 if the files differ from the Structs"
+    )
+
+
 def _schemas(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -497,28 +555,54 @@ def _schemas(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- the command line ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Command:
+    help: str
+    arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+_COMMANDS: Final[dict[str, _Command]] = {
+    "plan": _Command(
+        "monthly cost comparison of capacity strategies from a demand forecast", _plan_arguments, _plan
+    ),
+    "run": _Command("run the agent on NATS until SIGTERM/SIGINT", _run_arguments, _run),
+    "sidecar": _Command(
+        "on a spot node: watch the cloud metadata service, publish preemption notices on NATS",
+        _sidecar_arguments,
+        _sidecar,
+    ),
+    "demo": _Command(
+        "the whole system on one machine: agent, simulated cloud, workers, traffic", _demo_arguments, _demo
+    ),
+    "schemas": _Command("write the wire messages' JSON Schema files", _schemas_arguments, _schemas),
+    "backtest": _Command(
+        "replay real demand and spot traces through every strategy", _backtest_arguments, _backtest
+    ),
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cost-agent", description=_DESCRIPTION)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, command in _COMMANDS.items():
+        command.arguments(sub.add_parser(name, help=command.help))
+    return parser
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        if args.command == "plan":
-            return _plan(args)
-        if args.command == "backtest":
-            return _backtest(args)
-        if args.command == "run":
-            return _run(args)
-        if args.command == "schemas":
-            return _schemas(args)
-        if args.command == "demo":
-            return _demo(args)
-        if args.command == "sidecar":
-            return _sidecar(args)
-    except (ConfigError, CatalogError, DemandSourceError, TraceError) as exc:
+        return _COMMANDS[args.command].run(args)
+    except _one_line_errors() as exc:
         print(f"cost-agent: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # the reader (e.g. `| head`) went away: not an error of ours
         sys.stderr.close()
         return 0
-    return 2
 
 
 if __name__ == "__main__":
