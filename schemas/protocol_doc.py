@@ -100,7 +100,10 @@ class SubjectDoc:
     pattern: str | None = None
     """The function that builds the subscription pattern (``*`` in the key position), if any."""
     replies: tuple[type[Message], ...] = ()
+    """For a request subject: what answers it."""
     ops: tuple[Op, ...] = ()
+    """For a subject whose last key is an operation: each one, with its request and reply (any of them may
+    also be answered with an ``error.reply.v1``)."""
 
 
 _ROUTER_OPS = (
@@ -213,7 +216,6 @@ SUBJECTS: tuple[SubjectDoc, ...] = (
         "— (the router serves it)",
         "during a drain",
         pattern="router_command_all",
-        replies=(RouterAck, ErrorReply),
         ops=_ROUTER_OPS,
     ),
     SubjectDoc(
@@ -223,7 +225,6 @@ SUBJECTS: tuple[SubjectDoc, ...] = (
         "— (each worker serves its own)",
         "during a drain; `submit` for every request routed",
         pattern="worker_requests_all",
-        replies=(WorkerStatus, InflightList, HotBlocks, WorkerAck, ErrorReply),
         ops=_WORKER_OPS,
     ),
     SubjectDoc(
