@@ -94,6 +94,16 @@ def test_every_operation_of_a_request_subject_is_on_the_page() -> None:
             assert op.request in doc.messages
 
 
+def test_the_hand_written_worker_op_table_names_the_same_requests_and_replies_as_the_code() -> None:
+    # The op table (who sends each op to whom) stays prose; its request and reply columns must agree.
+    table = PAGE[PAGE.index("| op | sent to | by | request | reply |") :].split("\n\n")[0]
+    code = [[re.findall(r"`([^`]+)`", cell) for cell in row.split(" | ")] for row in table.splitlines()[2:]]
+    written = {op[0]: (request[0], reply[0]) for op, _, _, request, reply in code}
+    worker_ops = next(doc for doc in SUBJECTS if doc.name == "worker_request").ops
+
+    assert written == {op.name: (tag_of(op.request), tag_of(op.replies[0])) for op in worker_ops}
+
+
 # --- what the tables say ----------------------------------------------------------------------------------
 
 
