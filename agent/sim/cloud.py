@@ -33,12 +33,13 @@ deadline (``kill_at``) and the node terminates at the first check past it; a nod
 never becomes ready.
 
 Guarantees:
-- Every plan newer than the last one applied (by ``sent_at``) is applied at once, whole: each spot and
-  on-demand (type, pool) it lists is converged to its count (missing nodes launched, leaving ones taken
-  back first; surplus ones released newest first: at once, or with ``make_before_break`` once the nodes
-  booting then are ready, serving meanwhile as *leaving*). Reserved targets are never acted on; (type,
-  pool) pairs a plan does not list are left as they are. An older plan arriving late is ignored (counted
-  in ``plans_ignored``).
+- Every plan newer than the last one applied (by ``sent_at``) is applied at once, whole, as the fleet
+  reconcile (:func:`agent.core.reconcile.reconcile`) decides: each spot and on-demand (type, pool) it
+  lists is converged to its count (leaving nodes taken back first, the one that would leave last first;
+  missing nodes launched; surplus ones released newest first: at once, or with ``make_before_break`` once
+  the nodes booting then are ready, serving meanwhile as *leaving*). Reserved targets are never acted on;
+  (type, pool) pairs a plan does not list, or that the catalog does not know, are left as they are. An
+  older plan arriving late is ignored (counted in ``plans_ignored``).
 - Hence, for every (type, pool, tier), launched + ready nodes that are not leaving never exceed the latest
   plan's target: a plan brings them to at most the target, and between plans they only decrease (a boot
   moves a node from launched to ready; releases and reclaims take nodes out).
@@ -71,6 +72,17 @@ from nats.aio.msg import Msg
 
 from agent.bus import Bus
 from agent.core.catalog import TIERS, Catalog, Tier
+from agent.core.reconcile import (
+    Decision,
+    FleetNow,
+    Launch,
+    NodeNow,
+    Refuse,
+    Slot,
+    Standing,
+    TakeBack,
+    reconcile,
+)
 from agent.runtime.actor import Actor, Listen
 from agent.runtime.clock import Clock
 from agent.sim.spot_traces import SpotTrace
@@ -325,7 +337,6 @@ class SimCloud(Actor):
 
     async def on_plan(self, plan: AllocationPlan, _raw: Msg) -> None:
         released: list[str] = []
-        surplus: list[SimInstance] = []
         async with self._lock:
             if plan.sent_at < self._plan_sent_at:
                 self.plans_ignored += 1
@@ -333,44 +344,19 @@ class SimCloud(Actor):
                 return
             self._plan_sent_at = plan.sent_at
             now = self.clock.now()
-            targets: dict[tuple[str, str, Tier], int] = {}
+            targets: dict[Slot, int] = {}
             for target in plan.targets:
                 targets[(target.instance_type, target.pool, target.tier)] = target.count
-            for (name, pool, tier), count in targets.items():
-                if tier == "reserved":
-                    continue  # only commitment planning changes reserved nodes
-                itype = self.catalog.types.get(name)
-                if itype is None or pool not in itype.pools:
-                    _log.warning("unknown_target", plan_id=plan.plan_id, instance_type=name, pool=pool)
-                    continue
-                mine = sorted(
-                    (
-                        i
-                        for i in self.instances.values()
-                        if i.state in ("launched", "ready")
-                        and (i.instance_type, i.pool, i.tier) == (name, pool, tier)
-                    ),
-                    key=lambda i: i.seq,
-                )
-                held = [i for i in mine if i.leave_at is None]
-                leaving = [i for i in mine if i.leave_at is not None]
-                while len(held) < count and leaving:  # take a leaving node back before launching
-                    back = leaving.pop()
-                    back.leave_at, back.leave_cause = None, ""
-                    held.append(back)
-                if len(held) < count:
-                    await self._launch(name, pool, tier, count - len(held), now, plan.msg_id)
-                surplus.extend(reversed(held[count:]))  # newest first
-            booting = [
-                i.launched_at + self.config.boot_s
-                for i in self.instances.values()
-                if i.state == "launched" and i.leave_at is None and i not in surplus
-            ]
-            for inst in surplus:
-                if self.config.make_before_break and booting and inst.state == "ready":
-                    inst.leave_at, inst.leave_cause = max(booting), plan.msg_id
-                elif await self._release(inst, now, plan.msg_id):
-                    released.append(inst.worker_id)
+            decisions = reconcile(
+                self._fleet_now(now),
+                self._in_catalog(targets, plan.plan_id),
+                boot_s=self.config.boot_s,
+                make_before_break=self.config.make_before_break,
+            )
+            for decision in decisions:
+                worker_id = await self._carry_out(decision, now, plan.msg_id)
+                if worker_id is not None:
+                    released.append(worker_id)
             self.targets = targets
             self.plan_id = plan.plan_id
             self.plans_applied += 1
@@ -442,30 +428,74 @@ class SimCloud(Actor):
         )
         await self.bus.publish(self.bus.subjects.fleet_instance(inst.instance_id), event)
 
-    async def _launch(self, name: str, pool: str, tier: Tier, wanted: int, now: float, cause: str) -> None:
-        count = wanted
-        if tier == "spot":
-            available = self.spot_available(name, pool, now)
-            if available is not None:
-                holding = sum(
-                    1
-                    for i in self.instances.values()
-                    if i.tier == "spot" and (i.instance_type, i.pool) == (name, pool) and _hold_market(i)
+    def _fleet_now(self, now: float) -> FleetNow:
+        """Every node not terminated, as the fleet reconcile sees it, and what the market allows now."""
+        nodes: list[NodeNow] = []
+        spot_available: dict[tuple[str, str], int | None] = {}
+        for inst in self.instances.values():
+            if inst.state == "terminated":
+                continue
+            standing: Standing = "held"
+            if inst.state == "draining":
+                standing = "released" if inst.notice_deadline is None else "reclaimed"
+            elif inst.leave_at is not None:
+                standing = "leaving"
+            nodes.append(
+                NodeNow(
+                    node_id=inst.instance_id,
+                    slot=(inst.instance_type, inst.pool, inst.tier),
+                    launch_order=inst.seq,
+                    ready_at=inst.launched_at + self.config.boot_s if inst.state == "launched" else None,
+                    standing=standing,
+                    leave_at=inst.leave_at if standing == "leaving" else None,
                 )
-                count = min(wanted, max(0, available - holding))
-                if count < wanted:
-                    self.launches_refused += wanted - count
-                    _log.info(
-                        "launch_refused",
-                        instance_type=name,
-                        pool=pool,
-                        refused=wanted - count,
-                        available=available,
-                        holding=holding,
-                    )
-        for _ in range(count):
-            inst = self._new(name, pool, tier, now, cause)
-            await self._publish(inst, now, cause)
+            )
+        for name, pool in self.catalog.pools():
+            spot_available[(name, pool)] = self.spot_available(name, pool, now)
+        return FleetNow(now=now, nodes=nodes, spot_available=spot_available)
+
+    def _in_catalog(self, targets: Mapping[Slot, int], plan_id: str) -> dict[Slot, int]:
+        """The plan's spot and on-demand targets for the catalog's types and pools (others are logged)."""
+        known: dict[Slot, int] = {}
+        for (name, pool, tier), count in targets.items():
+            if tier == "reserved":
+                continue  # only commitment planning changes reserved nodes
+            itype = self.catalog.types.get(name)
+            if itype is None or pool not in itype.pools:
+                _log.warning("unknown_target", plan_id=plan_id, instance_type=name, pool=pool)
+                continue
+            known[(name, pool, tier)] = count
+        return known
+
+    async def _carry_out(self, decision: Decision, now: float, cause: str) -> str | None:
+        """Apply one decision of the fleet reconcile; the worker to stop routing to, for a node released."""
+        if isinstance(decision, Launch):
+            name, pool, tier = decision.slot
+            for _ in range(decision.count):
+                inst = self._new(name, pool, tier, now, cause)
+                await self._publish(inst, now, cause)
+        elif isinstance(decision, Refuse):
+            self.launches_refused += decision.count
+            name, pool, _tier = decision.slot
+            _log.info(
+                "launch_refused",
+                instance_type=name,
+                pool=pool,
+                refused=decision.count,
+                available=decision.available,
+                holding=decision.holding,
+            )
+        elif isinstance(decision, TakeBack):
+            inst = self.instances[decision.node_id]
+            inst.leave_at, inst.leave_cause = None, ""
+        elif decision.leave_at is not None:  # a Release, make before break
+            inst = self.instances[decision.node_id]
+            inst.leave_at, inst.leave_cause = decision.leave_at, cause
+        else:
+            inst = self.instances[decision.node_id]
+            if await self._release(inst, now, cause):
+                return inst.worker_id
+        return None
 
     async def _boot(self, inst: SimInstance, now: float) -> None:
         """The node is ready: its worker runs and has reported once, then the event goes out."""

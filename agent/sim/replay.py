@@ -1,38 +1,54 @@
 """The backtest: replay a demand trace and spot availability traces through a capacity policy.
 
-Time advances in fixed steps (default 1 minute). Every step:
+Time advances in fixed steps (default 1 minute). Every step goes through these phases (methods of
+``_Replay``):
 
-1. The spot market: in a pool whose availability fell below the spot nodes held there, the excess is
-   reclaimed (newest first). Each reclaimed node gets a notice and keeps serving until its deadline
-   (``notice_s`` later; a node still booting never serves), then disappears. Every notice wakes the policy.
-2. Nodes whose boot finished (``boot_s`` after launch) start serving; nodes past their deadline go.
-3. The policy acts every ``policy_interval_s``, on every notice, and when it asked to after seeing the
-   last step's demand (a surge the agent's profiler reports at once): it returns spot and on-demand targets
-   per (type, pool). Launches start booting (spot only where the market has room); releases take booting
-   nodes first, then running ones. A running node is released make-before-break: until the nodes booting
-   at that moment are up it keeps serving (and costing), as an actuator replacing nodes would do.
-4. Capacity is what serves: reserved, running and draining nodes, each at its type's requests/s for the
-   step's token mix at the SLO's utilization target. Demand above it is unserved in that step.
-5. Cost: every held node (booting, running, draining) at its tier's price; reserved for every step.
+1. ``reclaim``: in a pool whose availability fell below the spot nodes held there, the excess is reclaimed
+   (newest first). Each reclaimed node gets a notice and keeps serving until its deadline (``notice_s``
+   later; a node still booting never serves), then disappears. Every notice wakes the policy.
+2. ``depart``: nodes past their deadline go, and released nodes whose leave time has come. (Nodes whose
+   boot finished, ``boot_s`` after launch, serve from then on.)
+3. ``act``: the policy acts every ``policy_interval_s``, on every notice, and when it asked to after seeing
+   the last step's demand (a surge the agent's profiler reports at once): it returns spot and on-demand
+   targets per (type, pool), a (type, pool) it leaves out meaning none. The fleet reconcile
+   (:func:`agent.core.reconcile.reconcile`, the rule every actuator applies) decides: take a leaving node
+   back before launching, launch (spot only where the market has room; a pool the market does not trade
+   has none), release the surplus newest first, a booting node at once and a running one make before
+   break (it keeps serving, and costing, until the nodes booting at that moment are up).
+4. ``serve_and_pay``: capacity is what serves: reserved, running and draining nodes, each at its type's
+   requests/s for the step's token mix at the SLO's utilization target. Demand above it is unserved in
+   that step. Every held node (booting, running, draining, leaving) costs its tier's price; reserved ones
+   cost every step.
 
 The first ``warmup_days`` only feed the policy's observations (profiler, commitment) and are not scored.
-When scoring starts, the policy commits to its reserved nodes and its first targets are taken as already
-running, so no strategy is charged for a cold start.
+When scoring starts (``commit``), the policy commits to its reserved nodes and its first targets are taken
+as already running, so no strategy is charged for a cold start.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 import numpy as np
 
 from agent.core.capacity import SloConfig, rps_per_instance
-from agent.core.catalog import Catalog, Tier
+from agent.core.catalog import TIERS, Catalog, Tier
 from agent.core.demand import Demand
 from agent.core.optimizer import PoolKey
+from agent.core.reconcile import (
+    Decision,
+    FleetNow,
+    Launch,
+    NodeNow,
+    Release,
+    Slot,
+    Standing,
+    TakeBack,
+    reconcile,
+)
 
 Reason = Literal["start", "tick", "notice", "demand"]
 
@@ -104,19 +120,6 @@ class Policy(Protocol):
         """Asked after every scored step's :meth:`observe`: act at the next step even off the tick?"""
 
 
-@dataclass(slots=True)
-class _Node:
-    key: PoolKey
-    tier: Tier
-    ready_at: float
-    deadline: float = math.inf
-    serves: bool = True
-    """False for a node reclaimed while still booting: it goes at its deadline without ever serving."""
-    leaving: bool = False
-    """Released, but kept serving until the nodes launched with it are up (make before break)."""
-    leave_at: float = math.inf
-
-
 @dataclass(frozen=True, slots=True)
 class StepRecord:
     """Per scored step, for plots: demand, capacity by tier, and preemptions."""
@@ -154,13 +157,6 @@ class BacktestResult:
         return self.cost / (self.served_tokens / 1e6) if self.served_tokens > 0 else None
 
 
-def _capacity_per_node(catalog: Catalog, demand: Demand, slo: SloConfig) -> dict[str, float]:
-    return {
-        name: rps_per_instance(t, demand.prompt_tokens, demand.output_tokens, slo)
-        for name, t in catalog.types.items()
-    }
-
-
 def run_backtest(
     catalog: Catalog,
     demand: Sequence[Demand],
@@ -180,119 +176,227 @@ def run_backtest(
         raise ValueError(
             f"market.available has shape {market.available.shape}, expected ({n_steps}, {len(market.pools)})"
         )
-    step_h = cfg.step_s / 3600.0
     warmup = min(n_steps, round(cfg.warmup_days * 86400 / cfg.step_s))
     interval = max(1, round(cfg.policy_interval_s / cfg.step_s))
-    pool_index = market.index()
     for i in range(warmup):
         policy.observe(start_epoch + i * cfg.step_s, demand[i])
 
-    reserved: dict[str, int] = {}
-    nodes: list[_Node] = []
-    cost = 0.0
-    demand_tokens = served_tokens = shortfall_steps = 0.0
-    preemptions = 0
-    node_hours: dict[Tier, float] = {"reserved": 0.0, "spot": 0.0, "ondemand": 0.0}
-    records: list[StepRecord] = []
-    reserved_hourly = 0.0
+    replay = _Replay(catalog, market, policy, cfg, keep_records)
     last_demand = demand[warmup - 1] if warmup > 0 else demand[0]
     woken = False
-
     for i in range(warmup, n_steps):
         t = start_epoch + i * cfg.step_s
-        avail = market.available[i]
-        reason: Reason | None = "start" if i == warmup else ("tick" if (i - warmup) % interval == 0 else None)
         if i == warmup:
-            seen = Market(market.pools, market.available[: max(i, 1)])  # the past only
-            reserved = {k: v for k, v in policy.commit(t, seen).items() if v > 0}
-            reserved_hourly = sum(catalog.types[k].reserved_hourly * v for k, v in reserved.items())
-
-        # 1. Reclaims: spot held beyond what the pool now allows.
-        preempted_now = 0
-        held: dict[PoolKey, list[_Node]] = {}
-        for node in nodes:
-            if node.tier == "spot" and node.deadline == math.inf:
-                held.setdefault(node.key, []).append(node)
-        for key, group in held.items():
-            excess = len(group) - int(avail[pool_index[key]])
-            if excess > 0:
-                for node in sorted(group, key=lambda n: n.ready_at, reverse=True)[:excess]:
-                    node.deadline = t + cfg.notice_s
-                    node.serves = node.ready_at <= t
-                    preempted_now += 1
-        preemptions += preempted_now
-        if preempted_now and reason is None:
-            reason = "notice"
-        if woken and reason is None:
-            reason = "demand"
-
-        # 2. Nodes past their deadline are gone; released nodes go once nothing is booting.
-        nodes = [n for n in nodes if n.deadline > t]
-        # Released nodes stay until the launches they wait for were due, even if those were reclaimed
-        # meanwhile (the policy, woken by the notice, may then take them back).
-        nodes = [n for n in nodes if not (n.leaving and n.leave_at <= t)]
-
-        # 3. The policy.
+            replay.commit(t, i)
+        preempted = replay.reclaim(t, i)
+        replay.depart(t)
+        reason = _reason(i - warmup, interval, preempted, woken)
         if reason is not None:
-            active = [n for n in nodes if n.deadline == math.inf and not n.leaving]
-            view = View(
-                t=t,
-                step=i,
-                reason=reason,
-                demand_now=last_demand,
-                reserved=dict(reserved),
-                spot=_count(active, "spot"),
-                spot_ready=_count([n for n in active if n.ready_at <= t], "spot"),
-                ondemand=_count(active, "ondemand"),
-                available={k: int(avail[j]) for k, j in pool_index.items()},
-            )
-            targets = policy.plan(view)
-            nodes = _apply(nodes, targets, t, cfg, avail, pool_index, instant=(reason == "start"))
-
-        # 4. Serve.
-        d = demand[i]
-        caps = _capacity_per_node(catalog, d, cfg.slo)
-        by_tier: dict[Tier, float] = {"reserved": 0.0, "spot": 0.0, "ondemand": 0.0}
-        for name, count in reserved.items():
-            by_tier["reserved"] += caps[name] * count
-        for node in nodes:
-            if node.ready_at <= t and node.serves:
-                by_tier[node.tier] += caps[node.key[0]]
-        capacity = sum(by_tier.values())
-        served = min(d.rps, capacity)
-        tokens_per_request = d.prompt_tokens + d.output_tokens
-        demand_tokens += d.rps * tokens_per_request * cfg.step_s
-        served_tokens += served * tokens_per_request * cfg.step_s
-        if d.rps > capacity + 1e-9:
-            shortfall_steps += 1
-
-        # 5. Pay.
-        cost += reserved_hourly * step_h
-        node_hours["reserved"] += sum(reserved.values()) * step_h
-        for node in nodes:
-            itype = catalog.types[node.key[0]]
-            cost += itype.price(node.tier) * step_h
-            node_hours[node.tier] += step_h
-        if keep_records:
-            records.append(StepRecord(t, d.rps, by_tier, served, preempted_now))
-        policy.observe(t, d)
-        woken = policy.wants_plan(t, d)
-        last_demand = d
+            replay.act(t, i, reason, last_demand)
+        replay.serve_and_pay(t, demand[i], preempted)
+        policy.observe(t, demand[i])
+        woken = policy.wants_plan(t, demand[i])
+        last_demand = demand[i]
         if progress is not None:
             progress(i)
+    return replay.result(hours=(n_steps - warmup) * cfg.step_s / 3600.0)
 
-    return BacktestResult(
-        name=policy.name,
-        cost=cost,
-        hours=(n_steps - warmup) * step_h,
-        demand_tokens=demand_tokens,
-        served_tokens=served_tokens,
-        shortfall_minutes=shortfall_steps * cfg.step_s / 60.0,
-        preemptions=preemptions,
-        node_hours=node_hours,
-        reserved=reserved,
-        records=tuple(records),
-    )
+
+def _reason(scored: int, interval: int, preempted: int, woken: bool) -> Reason | None:
+    """Why the policy acts at the ``scored``-th scored step, if it does."""
+    if scored == 0:
+        return "start"
+    if scored % interval == 0:
+        return "tick"
+    if preempted:
+        return "notice"
+    return "demand" if woken else None
+
+
+@dataclass(slots=True)
+class _Node:
+    key: PoolKey
+    tier: Tier
+    ready_at: float
+    seq: int
+    """Launch order."""
+    deadline: float = math.inf
+    """A reclaimed node's: it goes then."""
+    serves: bool = True
+    """False for a node reclaimed while still booting: it goes at its deadline without ever serving."""
+    leave_at: float = math.inf
+    """A released node that serves until the nodes launched with it are up (make before break)."""
+
+    def now(self, t: float) -> NodeNow:
+        """As the fleet reconcile sees it."""
+        standing: Standing = "held"
+        if self.deadline != math.inf:
+            standing = "reclaimed"
+        elif self.leave_at != math.inf:
+            standing = "leaving"
+        return NodeNow(
+            node_id=str(self.seq),
+            slot=(*self.key, self.tier),
+            launch_order=self.seq,
+            ready_at=self.ready_at if self.ready_at > t else None,
+            standing=standing,
+            leave_at=self.leave_at if standing == "leaving" else None,
+        )
+
+
+@dataclass(slots=True)
+class _Replay:
+    """The scored steps' state, one method per phase of a step."""
+
+    catalog: Catalog
+    market: Market
+    policy: Policy
+    cfg: SimConfig
+    keep_records: bool
+    nodes: list[_Node] = field(default_factory=list)
+    reserved: dict[str, int] = field(default_factory=dict)
+    reserved_hourly: float = 0.0
+    launched: int = 0
+    cost: float = 0.0
+    demand_tokens: float = 0.0
+    served_tokens: float = 0.0
+    shortfall_steps: int = 0
+    preemptions: int = 0
+    node_hours: dict[Tier, float] = field(default_factory=lambda: dict.fromkeys(TIERS, 0.0))
+    records: list[StepRecord] = field(default_factory=list)
+    pool_index: dict[PoolKey, int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.pool_index = self.market.index()
+
+    def commit(self, t: float, i: int) -> None:
+        """The scored start: the policy commits to its reserved nodes, knowing the market's past only."""
+        seen = Market(self.market.pools, self.market.available[: max(i, 1)])
+        self.reserved = {k: v for k, v in self.policy.commit(t, seen).items() if v > 0}
+        self.reserved_hourly = sum(
+            self.catalog.types[k].reserved_hourly * v for k, v in self.reserved.items()
+        )
+
+    def reclaim(self, t: float, i: int) -> int:
+        """Spot held beyond what its pool now allows gets a notice, newest first; how many did."""
+        available = self.market.available[i]
+        held: dict[PoolKey, list[_Node]] = {}
+        for node in self.nodes:
+            if node.tier == "spot" and node.deadline == math.inf:
+                held.setdefault(node.key, []).append(node)
+        preempted = 0
+        for key, group in held.items():
+            excess = len(group) - int(available[self.pool_index[key]])
+            if excess > 0:
+                for node in sorted(group, key=lambda n: n.ready_at, reverse=True)[:excess]:
+                    node.deadline = t + self.cfg.notice_s
+                    node.serves = node.ready_at <= t
+                    preempted += 1
+        self.preemptions += preempted
+        return preempted
+
+    def depart(self, t: float) -> None:
+        """Nodes past their notice's deadline are gone, and released ones whose leave time has come: the
+        time the launches they waited for were due, even if those were reclaimed meanwhile (the policy,
+        woken by the notice, may have taken them back)."""
+        self.nodes = [n for n in self.nodes if n.deadline > t and n.leave_at > t]
+
+    def act(self, t: float, i: int, reason: Reason, last_demand: Demand) -> None:
+        """The policy plans; the fleet reconcile's decisions are applied (at the scored start, the nodes
+        launched are taken as already running)."""
+        available = {k: int(self.market.available[i][j]) for k, j in self.pool_index.items()}
+        active = [n for n in self.nodes if n.deadline == math.inf and n.leave_at == math.inf]
+        view = View(
+            t=t,
+            step=i,
+            reason=reason,
+            demand_now=last_demand,
+            reserved=dict(self.reserved),
+            spot=_count(active, "spot"),
+            spot_ready=_count([n for n in active if n.ready_at <= t], "spot"),
+            ondemand=_count(active, "ondemand"),
+            available=available,
+        )
+        slots = _slots(self.policy.plan(view), self.nodes)
+        # A pool the market does not trade has no room for spot.
+        market = {slot[:2]: available.get(slot[:2], 0) for slot in slots if slot[2] == "spot"}
+        fleet = FleetNow(now=t, nodes=[n.now(t) for n in self.nodes], spot_available=market)
+        boot_s = 0.0 if reason == "start" else self.cfg.boot_s
+        self._apply(reconcile(fleet, slots, boot_s=boot_s))
+
+    def _apply(self, decisions: Sequence[Decision]) -> None:
+        by_id = {str(n.seq): n for n in self.nodes}
+        gone: set[str] = set()
+        for decision in decisions:
+            if isinstance(decision, TakeBack):
+                by_id[decision.node_id].leave_at = math.inf
+            elif isinstance(decision, Launch):
+                name, pool, tier = decision.slot
+                for _ in range(decision.count):
+                    self.launched += 1
+                    self.nodes.append(_Node((name, pool), tier, decision.ready_at, self.launched))
+            elif isinstance(decision, Release):
+                if decision.leave_at is None:
+                    gone.add(decision.node_id)
+                else:
+                    by_id[decision.node_id].leave_at = decision.leave_at
+        if gone:
+            self.nodes = [n for n in self.nodes if str(n.seq) not in gone]
+
+    def serve_and_pay(self, t: float, d: Demand, preempted: int) -> None:
+        """Capacity is what serves (reserved, running and draining nodes), demand above it is unserved;
+        every node held is paid for, and every reserved one."""
+        by_tier = self._capacity(t, d)
+        capacity = sum(by_tier.values())
+        served = min(d.rps, capacity)
+        step_s = self.cfg.step_s
+        tokens_per_request = d.prompt_tokens + d.output_tokens
+        self.demand_tokens += d.rps * tokens_per_request * step_s
+        self.served_tokens += served * tokens_per_request * step_s
+        if d.rps > capacity + 1e-9:
+            self.shortfall_steps += 1
+        self._pay()
+        if self.keep_records:
+            self.records.append(StepRecord(t, d.rps, by_tier, served, preempted))
+
+    def _capacity(self, t: float, d: Demand) -> dict[Tier, float]:
+        caps = _capacity_per_node(self.catalog, d, self.cfg.slo)
+        by_tier: dict[Tier, float] = {"reserved": 0.0, "spot": 0.0, "ondemand": 0.0}
+        for name, count in self.reserved.items():
+            by_tier["reserved"] += caps[name] * count
+        for node in self.nodes:
+            if node.ready_at <= t and node.serves:
+                by_tier[node.tier] += caps[node.key[0]]
+        return by_tier
+
+    def _pay(self) -> None:
+        step_h = self.cfg.step_s / 3600.0
+        self.cost += self.reserved_hourly * step_h
+        self.node_hours["reserved"] += sum(self.reserved.values()) * step_h
+        for node in self.nodes:
+            self.cost += self.catalog.types[node.key[0]].price(node.tier) * step_h
+            self.node_hours[node.tier] += step_h
+
+    def result(self, hours: float) -> BacktestResult:
+        return BacktestResult(
+            name=self.policy.name,
+            cost=self.cost,
+            hours=hours,
+            demand_tokens=self.demand_tokens,
+            served_tokens=self.served_tokens,
+            shortfall_minutes=self.shortfall_steps * self.cfg.step_s / 60.0,
+            preemptions=self.preemptions,
+            node_hours=self.node_hours,
+            reserved=self.reserved,
+            records=tuple(self.records),
+        )
+
+
+def _capacity_per_node(catalog: Catalog, demand: Demand, slo: SloConfig) -> dict[str, float]:
+    return {
+        name: rps_per_instance(t, demand.prompt_tokens, demand.output_tokens, slo)
+        for name, t in catalog.types.items()
+    }
 
 
 def _count(nodes: Sequence[_Node], tier: Tier) -> dict[PoolKey, int]:
@@ -303,56 +407,18 @@ def _count(nodes: Sequence[_Node], tier: Tier) -> dict[PoolKey, int]:
     return out
 
 
-def _apply(
-    nodes: list[_Node],
-    targets: Targets,
-    t: float,
-    cfg: SimConfig,
-    avail: np.ndarray,
-    pool_index: dict[PoolKey, int],
-    *,
-    instant: bool,
-) -> list[_Node]:
-    """Launch and release nodes to meet the targets. ``instant``: the scored start, nodes already up."""
-    # Draining nodes are the market's, not the policy's; leaving ones may be taken back.
-    keep: list[_Node] = [n for n in nodes if n.deadline != math.inf]
-    active = [n for n in nodes if n.deadline == math.inf]
-    ready_at = t if instant else t + cfg.boot_s
-    plans: tuple[tuple[Tier, dict[PoolKey, int]], ...] = (
+def _slots(targets: Targets, nodes: Sequence[_Node]) -> dict[Slot, int]:
+    """A policy's targets as the fleet reconcile takes them: a (type, pool) a policy leaves out of a tier
+    wants none of it there (and a count below zero is none)."""
+    tiers: tuple[tuple[Tier, Mapping[PoolKey, int]], ...] = (
         ("spot", targets.spot),
         ("ondemand", targets.ondemand),
     )
-    releasing: list[_Node] = []
-    for tier, wanted in plans:
-        mine = [n for n in active if n.tier == tier]
-        for key in {n.key for n in mine} | set(wanted):
-            staying = [n for n in mine if n.key == key and not n.leaving]
-            leaving = [n for n in mine if n.key == key and n.leaving]
-            want = max(0, int(wanted.get(key, 0)))
-            while len(staying) < want and leaving:  # take back a node on its way out before launching
-                node = leaving.pop()
-                node.leaving = False
-                staying.append(node)
-            if want < len(staying):
-                # Booting nodes go first and at once (newest first); then running ones, make before break.
-                staying.sort(key=lambda n: n.ready_at, reverse=True)
-                excess = staying[: len(staying) - want]
-                staying = staying[len(staying) - want :]
-                releasing.extend(n for n in excess if n.ready_at <= t)
-            elif want > len(staying):
-                extra = want - len(staying)
-                if tier == "spot":
-                    held = len(staying) + len(leaving)
-                    room = int(avail[pool_index[key]]) - held if key in pool_index else 0
-                    extra = max(0, min(extra, room))
-                staying = staying + [_Node(key, tier, ready_at) for _ in range(extra)]
-            keep.extend(staying)
-            keep.extend(leaving)
-    booting = [n.ready_at for n in keep if n.deadline == math.inf and not n.leaving and n.ready_at > t]
-    if booting:
-        # Until the nodes now booting are up, at the latest; not while later launches keep booting.
-        for node in releasing:
-            node.leaving = True
-            node.leave_at = max(booting)
-        keep.extend(releasing)
-    return keep
+    slots: dict[Slot, int] = {
+        (name, pool, tier): max(0, int(count))
+        for tier, wanted in tiers
+        for (name, pool), count in wanted.items()
+    }
+    for node in nodes:
+        slots.setdefault((*node.key, node.tier), 0)
+    return slots

@@ -355,6 +355,30 @@ async def test_a_leaving_node_is_taken_back_by_a_plan_that_wants_it_again(make_s
     assert sim.cloud.instances["a100_8x-default-ondemand-1"].state == "ready"  # never released
 
 
+async def test_of_two_leaving_nodes_a_plan_takes_back_the_one_that_would_leave_last(
+    make_sim: MakeSim,
+) -> None:
+    sim = await make_sim()
+    one, two = "a100_8x-default-ondemand-1", "a100_8x-default-ondemand-2"
+    await sim.plan({(A100, POOL, "ondemand"): 2})
+    await sim.run_for(120)
+    await sim.next_events(4)
+    moved_at = sim.clock.now()
+    await sim.plan({(A100, POOL, "ondemand"): 1, (H100, POOL, "ondemand"): 1})  # node 2 leaves first
+    await sim.tick(30)
+    await sim.plan({(H100, POOL, "ondemand"): 2})  # node 1 leaves 30 s later
+    assert sim.cloud.instances[two].leave_at == moved_at + 120
+    assert sim.cloud.instances[one].leave_at == moved_at + 150
+
+    await sim.plan({(A100, POOL, "ondemand"): 1, (H100, POOL, "ondemand"): 2})
+    assert sim.cloud.instances[one].leave_at is None  # taken back: it would have left last
+    assert sim.cloud.instances[two].leave_at == moved_at + 120  # still leaves as it was to
+    sim.check_invariant()
+    await sim.run_for(90)
+    assert sim.cloud.instances[two].state in ("draining", "terminated")
+    assert sim.cloud.instances[one].state == "ready"
+
+
 async def test_reserved_nodes_are_ready_at_start_and_never_released(make_sim: MakeSim) -> None:
     sim = await make_sim(reserved={A100: 2})
     events = await sim.next_events(4)

@@ -349,3 +349,14 @@ def test_a_released_node_stays_when_its_replacement_is_reclaimed_while_booting()
     assert serving(result, "ondemand") == [2.0] * 12
     assert result.shortfall_minutes == 0
     assert (6, "notice") in policy.calls()
+
+
+def test_of_two_leaving_nodes_a_plan_takes_back_the_one_that_would_leave_last() -> None:
+    # Two on-demand nodes are swapped for spot one at a time (steps 1 and 2), each serving on until the spot
+    # nodes booting at its release are up (steps 4 and 5). At step 3 the policy wants one on-demand node
+    # again: it keeps the one that would leave at 5, and the other leaves at 4 as it was to.
+    schedule = {0: ask(ondemand=2), 1: ask(spot=1, ondemand=1), 2: ask(spot=2), 3: ask(spot=2, ondemand=1)}
+    cfg = SimConfig(step_s=STEP_S, policy_interval_s=STEP_S, boot_s=BOOT_STEPS * STEP_S, warmup_days=0)
+    result = run(Scripted(schedule), flat(1.0, 8), market([PLENTY] * 8), cfg)
+    assert serving(result, "ondemand") == [2.0] * 4 + [1.0] * 4
+    assert serving(result, "spot") == [0.0] * 4 + [1.0] + [2.0] * 3
