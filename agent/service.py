@@ -1,8 +1,9 @@
 """The agent as a service: connect, build the actors, supervise them, serve metrics, shut down cleanly.
 
-Shutdown is drain-first (CONVENTIONS.md, Python 3.11): the stop event is set (timers return at once), the
-NATS connection is drained (every subscription handles what it already received, then the connection
-closes), the actors are awaited, and only what is still running after the grace period is cancelled.
+Connecting and shutting down follow :mod:`agent.runtime.connection` (the node sidecar's too): the stop
+event is set (timers return at once), the actors are awaited, only what is still running after the grace
+period is cancelled, and the NATS connection is drained (every subscription handles what it already
+received, everything published is flushed, then the connection closes).
 """
 
 from __future__ import annotations
@@ -10,10 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
 from dataclasses import dataclass, field
 
-import nats
 import structlog
 from nats.aio.client import Client as NATS
 
@@ -30,15 +29,15 @@ from agent.core.fleet_state import FleetState
 from agent.core.workers import WorkerRegistry
 from agent.runtime.actor import Actor
 from agent.runtime.clock import Clock, RealClock
+from agent.runtime.connection import connect, shut_down
 from agent.runtime.http import MetricsServer
 from agent.runtime.metrics import AgentMetrics
 from agent.runtime.nats_server import NatsServer
+from agent.runtime.signals import stop_on_signals
 from agent.runtime.supervisor import RestartPolicy, Supervisor
 from agent.subjects import Subjects
 
 log = structlog.get_logger("agent.service")
-
-STARTUP_CONNECT_ATTEMPTS = 3
 
 
 @dataclass(slots=True)
@@ -62,7 +61,7 @@ class Agent:
 
     async def start(self) -> None:
         """Start every actor and return once each is subscribed and ready."""
-        self._task = asyncio.ensure_future(self.supervisor.run())
+        self._task = asyncio.create_task(self.supervisor.run(), name="supervisor")
         waits = [asyncio.ensure_future(a.ready.wait()) for a in self.actors]
         done, _ = await asyncio.wait([self._task, *waits], return_when=asyncio.FIRST_COMPLETED)
         while self._task not in done and not all(w.done() for w in waits):
@@ -79,34 +78,13 @@ class Agent:
 
     async def stop(self) -> None:
         self.stop_event.set()
-        nc = self.bus.nc
-        drain = asyncio.ensure_future(_drain(nc))
-        pending = {drain} | ({self._task} if self._task else set())
-        _, pending = await asyncio.wait(pending, timeout=self.grace_s)
-        for task in pending:
-            log.warning("shutdown_cancelled", task=repr(task.get_coro()))
-            task.cancel()
-        if pending:
-            await asyncio.wait(pending, timeout=1.0)
-        if not nc.is_closed:
-            with contextlib.suppress(Exception):
-                await nc.close()
+        await shut_down(self.bus.nc, [self._task] if self._task else [], self.grace_s)
 
     def health(self) -> dict[str, object]:
         running = dict(self.supervisor.running)
         connected = self.bus.nc.is_connected
         ok = connected and all(running.values()) and not self.stop_event.is_set()
         return {"status": "ok" if ok else "unavailable", "nats_connected": connected, "actors": running}
-
-
-async def _drain(nc: NATS) -> None:
-    if nc.is_closed or nc.is_draining:
-        return
-    try:
-        await nc.drain()
-    except Exception as err:  # a connection that is reconnecting cannot drain: close it instead
-        log.warning("drain_failed", error=str(err))
-        await nc.close()
 
 
 def build_agent(
@@ -167,36 +145,6 @@ def build_agent(
     )
 
 
-async def connect(url: str, name: str, closing: asyncio.Event | None = None) -> NATS:
-    """A connection that reconnects for ever; ``closing`` set means a disconnect is ours, not news."""
-
-    async def on_error(err: Exception) -> None:
-        log.warning("nats_error", error=str(err))
-
-    async def on_disconnect() -> None:
-        if closing is None or not closing.is_set():
-            log.warning("nats_disconnected")
-
-    async def on_reconnect() -> None:
-        log.info("nats_reconnected")
-
-    nc = await nats.connect(
-        url,
-        name=name,
-        connect_timeout=5,
-        allow_reconnect=True,
-        # nats-py retries a failed *first* connect as often as it would reconnect later; with -1 that is
-        # for ever, and a wrong URL would hang start-up. Few tries first, then reconnect for ever.
-        max_reconnect_attempts=STARTUP_CONNECT_ATTEMPTS,
-        reconnect_time_wait=1,
-        error_cb=on_error,
-        disconnected_cb=on_disconnect,
-        reconnected_cb=on_reconnect,
-    )
-    nc.options["max_reconnect_attempts"] = -1
-    return nc
-
-
 async def serve(
     settings: Settings, catalog: Catalog, nats_url: str | None = None, clock: Clock | None = None
 ) -> int:
@@ -208,21 +156,24 @@ async def serve(
         url = server.start()
         log.info("nats_embedded", url=url, log_file=str(server.log_file))
     try:
-        closing = asyncio.Event()
-        try:
-            nc = await connect(url, settings.bus.source, closing)
-        except Exception as err:
-            raise ConnectionError(f"cannot connect to NATS at {url}: {err or type(err).__name__}") from None
+        nc = await connect(url, settings.bus.source)
         agent = build_agent(nc, settings, catalog, clock or RealClock())
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, agent.stop_event.set)
-        http: MetricsServer | None = None
+        with stop_on_signals(agent.stop_event):
+            return await _serve_agent(agent, settings, catalog, url)
+    finally:
+        if server is not None:
+            server.stop()
+
+
+async def _serve_agent(agent: Agent, settings: Settings, catalog: Catalog, url: str) -> int:
+    """The metrics endpoint and the actors, until the stop event; the exit code."""
+    async with contextlib.AsyncExitStack() as stack:
         if settings.metrics.enabled:
             http = MetricsServer(
                 agent.bus.metrics.registry, agent.health, settings.metrics.host, settings.metrics.port
             )
             port = await http.start()
+            stack.push_async_callback(http.stop)  # after the agent's own shutdown: /healthz says so
             log.info("metrics_serving", url=f"http://{settings.metrics.host}:{port}/metrics", port=port)
         await agent.start()
         log.info(
@@ -234,15 +185,7 @@ async def serve(
         )
         await agent.wait()
         log.info("agent_stopping", failed_actor=agent.supervisor.failed)
-        closing.set()
         await agent.stop()
-        if http is not None:
-            await http.stop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
-        code = 1 if agent.supervisor.failed else 0
-        log.info("agent_stopped", exit_code=code)
-        return code
-    finally:
-        if server is not None:
-            server.stop()
+    code = 1 if agent.supervisor.failed else 0
+    log.info("agent_stopped", exit_code=code)
+    return code

@@ -1,29 +1,31 @@
-"""A minimal HTTP/1.1 client on asyncio streams, for link-local metadata services.
+"""HTTP requests to the services the agent reads (cloud metadata services), on aiohttp.
 
 Why not urllib in a thread: a request in a thread cannot be cancelled, so a GCP long poll (up to a minute)
-would hold up shutdown, and ``asyncio.run`` waits for the executor's threads at exit. This client is one
-coroutine per request: cancelling it (on SIGTERM) closes the socket at once.
+would hold up shutdown, and ``asyncio.run`` waits for the executor's threads at exit. An aiohttp request
+is a coroutine: cancelling it (on SIGTERM) closes its socket at once.
 
-One request per connection (``Connection: close``); the answer's body is read by ``Content-Length``, by
-chunks (``Transfer-Encoding: chunked``) or to the end of the stream, up to :data:`MAX_BODY` bytes. Every
-request has an overall timeout. Anything that is not a complete HTTP answer in time (refused, reset,
-timed out, garbled, too big) raises :class:`MetadataUnavailable`: the service is, for the caller, down.
+Every request has an overall timeout and reads at most :data:`MAX_BODY` bytes of answer, whatever its
+framing (``Content-Length``, chunks, or to the end of the stream). Anything that is not a complete HTTP
+answer in time (refused, reset, timed out, garbled, too big) raises :class:`ServiceUnavailable`: for the
+caller, the service is down. Any status is an answer (redirects are not followed): what it means is the
+caller's to judge.
 """
 
 from __future__ import annotations
 
-import asyncio
+import types
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Self
 from urllib.parse import urlsplit
 
+import aiohttp
+
 MAX_BODY: Final = 1 << 20
-_MAX_HEADERS: Final = 100
 
 
-class MetadataUnavailable(Exception):
-    """No usable HTTP answer from the metadata service; the text says why."""
+class ServiceUnavailable(Exception):
+    """No usable HTTP answer from the service; the text says why."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,103 +51,78 @@ def check_url(url: str) -> str:
     return url.rstrip("/")
 
 
-async def request(
-    method: str, url: str, headers: Mapping[str, str] | None = None, *, timeout_s: float
-) -> HttpAnswer:
-    """Send one request with an empty body and read the whole answer within ``timeout_s`` seconds."""
-    parts = urlsplit(url)
-    if parts.scheme != "http" or not parts.hostname:
-        raise ValueError(f"not an http:// URL: {url!r}")
-    host = parts.hostname
-    port = parts.port or 80
-    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    lines = [
-        f"{method} {target} HTTP/1.1",
-        f"Host: {parts.netloc.rsplit('@', 1)[-1]}",
-        "User-Agent: cost-agent-sidecar",
-        "Accept: */*",
-        "Connection: close",
-    ]
-    lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
-    if method in ("PUT", "POST"):
-        lines.append("Content-Length: 0")
-    head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-    try:
-        async with asyncio.timeout(timeout_s):
-            reader, writer = await asyncio.open_connection(host, port)
-            try:
-                writer.write(head)
-                await writer.drain()
-                return await _read_answer(reader, method)
-            finally:
-                writer.close()
-    except TimeoutError:
-        raise MetadataUnavailable(f"no answer within {timeout_s:g} s") from None
-    except asyncio.IncompleteReadError:
-        raise MetadataUnavailable("connection closed in the middle of the answer") from None
-    except (OSError, ValueError, asyncio.LimitOverrunError) as err:
-        raise MetadataUnavailable(f"{type(err).__name__}: {err}") from None
+class HttpClient:
+    """One aiohttp session, used as ``async with HttpClient() as http: await http.request(...)``.
 
+    One connection per request: a metadata service is on the link (a connection costs nothing), and a
+    kept-alive connection that the server closed while idle would fail the next poll, which would then be
+    reported as an outage.
+    """
 
-async def _read_answer(reader: asyncio.StreamReader, method: str) -> HttpAnswer:
-    status_line = await reader.readline()
-    if not status_line:
-        raise MetadataUnavailable("connection closed before an answer")
-    fields = status_line.decode("latin-1").rstrip("\r\n").split(" ", 2)
-    if len(fields) < 2 or not fields[0].startswith("HTTP/1.") or not fields[1].isdigit():
-        raise MetadataUnavailable(f"not an HTTP answer: {status_line[:60]!r}")
-    status = int(fields[1])
-    headers: dict[str, str] = {}
-    for _ in range(_MAX_HEADERS):
-        line = await reader.readline()
-        if line in (b"\r\n", b"\n"):
-            break
-        if not line:
-            raise MetadataUnavailable("connection closed in the headers")
-        name, sep, value = line.decode("latin-1").partition(":")
-        if not sep or not name.strip():
-            raise MetadataUnavailable(f"bad header line: {line[:60]!r}")
-        headers[name.strip().lower()] = value.strip()
-    else:
-        raise MetadataUnavailable(f"more than {_MAX_HEADERS} headers")
-    if method == "HEAD" or status in (204, 304) or 100 <= status < 200:
-        body = b""
-    elif "chunked" in headers.get("transfer-encoding", "").lower():
-        body = await _read_chunked(reader)
-    elif "content-length" in headers:
-        length = headers["content-length"]
-        if not length.isdigit():
-            raise MetadataUnavailable(f"bad Content-Length: {length[:20]!r}")
-        if int(length) > MAX_BODY:
-            raise MetadataUnavailable(f"answer of {length} bytes, more than {MAX_BODY}")
-        body = await reader.readexactly(int(length))
-    else:
-        body = await _read_to_end(reader)
-    return HttpAnswer(status=status, headers=headers, body=body)
+    def __init__(self, *, user_agent: str = "cost-agent", max_body: int = MAX_BODY) -> None:
+        self.user_agent = user_agent
+        self.max_body = max_body
+        self._session: aiohttp.ClientSession | None = None
 
+    async def __aenter__(self) -> Self:
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(force_close=True),
+            headers={"User-Agent": self.user_agent},
+            trust_env=False,  # a link-local metadata service is never reached through a proxy
+        )
+        return self
 
-async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
-    body = bytearray()
-    while True:
-        size_line = (await reader.readline()).split(b";", 1)[0].strip()
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: types.TracebackType | None,
+    ) -> None:
+        if self._session is not None:
+            session, self._session = self._session, None
+            await session.close()
+
+    async def request(
+        self, method: str, url: str, headers: Mapping[str, str] | None = None, *, timeout_s: float
+    ) -> HttpAnswer:
+        """Send one request with an empty body and read the whole answer within ``timeout_s`` seconds."""
+        if self._session is None:
+            raise RuntimeError("HttpClient: use it inside `async with`")
+        parts = urlsplit(url)
+        if parts.scheme != "http" or not parts.hostname:
+            raise ValueError(f"not an http:// URL: {url!r}")
         try:
-            size = int(size_line, 16)
-        except ValueError:
-            raise MetadataUnavailable(f"bad chunk size: {size_line[:20]!r}") from None
-        if size == 0:
-            while (await reader.readline()) not in (b"\r\n", b"\n", b""):
-                pass  # trailers
-            return bytes(body)
-        if len(body) + size > MAX_BODY:
-            raise MetadataUnavailable(f"answer of more than {MAX_BODY} bytes")
-        body += await reader.readexactly(size)
-        await reader.readline()
+            async with self._session.request(
+                method,
+                url,
+                headers=dict(headers or {}),
+                timeout=aiohttp.ClientTimeout(total=timeout_s),
+                allow_redirects=False,
+            ) as response:
+                body = await self._read_body(response)
+                return HttpAnswer(
+                    status=response.status,
+                    headers={name.lower(): value for name, value in response.headers.items()},
+                    body=body,
+                )
+        except TimeoutError:
+            raise ServiceUnavailable(f"no answer within {timeout_s:g} s") from None
+        except (aiohttp.ClientError, OSError, ValueError) as err:
+            raise ServiceUnavailable(_one_line(err)) from None
+
+    async def _read_body(self, response: aiohttp.ClientResponse) -> bytes:
+        length = response.content_length
+        if length is not None and length > self.max_body:
+            raise ServiceUnavailable(f"answer of {length} bytes, more than {self.max_body}")
+        body = bytearray()
+        async for chunk in response.content.iter_any():
+            body += chunk
+            if len(body) > self.max_body:
+                raise ServiceUnavailable(f"answer of more than {self.max_body} bytes")
+        return bytes(body)
 
 
-async def _read_to_end(reader: asyncio.StreamReader) -> bytes:
-    body = bytearray()
-    while chunk := await reader.read(65536):
-        body += chunk
-        if len(body) > MAX_BODY:
-            raise MetadataUnavailable(f"answer of more than {MAX_BODY} bytes")
-    return bytes(body)
+def _one_line(err: Exception) -> str:
+    # aiohttp's parser errors span lines (the bad bytes, a caret under them): one line in the logs.
+    text = err.message if isinstance(err, aiohttp.ClientResponseError) else str(err)
+    return f"{type(err).__name__}: {' '.join(text.split())}"

@@ -25,11 +25,9 @@ Contract:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
-import signal
 from collections import Counter
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from typing import Final, Protocol, TypeVar
 from urllib.parse import quote
@@ -38,8 +36,7 @@ import structlog
 from nats.aio.client import Client as NATS
 
 from agent.bus import Bus
-from agent.providers import httpclient
-from agent.providers.httpclient import HttpAnswer, MetadataUnavailable, check_url
+from agent.providers.httpclient import HttpAnswer, HttpClient, ServiceUnavailable, check_url
 from agent.providers.metadata import (
     AWS_INSTANCE_ACTION_PATH,
     AWS_INSTANCE_ID_PATH,
@@ -69,8 +66,9 @@ from agent.providers.metadata import (
     parse_instance_id,
 )
 from agent.runtime.clock import Clock, RealClock
+from agent.runtime.connection import connect, shut_down
 from agent.runtime.metrics import AgentMetrics
-from agent.service import connect
+from agent.runtime.signals import stop_on_signals
 from agent.subjects import DEFAULT_NAMESPACE, Subjects, check_namespace
 from schemas import PreemptionNotice, envelope
 
@@ -158,30 +156,43 @@ class Watcher(Protocol):
         ...
 
     async def check(self, instance_id: str) -> Round:
-        """Read the metadata service once. Raises MetadataUnavailable or MetadataError."""
+        """Read the metadata service once. Raises ServiceUnavailable or MetadataError."""
         ...
 
 
-class AwsWatcher:
+class _MetadataReader:
+    """What every watcher reads through: the HTTP client, the metadata service's base URL, the clock that
+    stamps each answer, and the timeout of a plain request."""
+
+    def __init__(self, http: HttpClient, base_url: str, clock: Clock, timeout_s: float) -> None:
+        self.http = http
+        self.base_url = base_url
+        self.clock = clock
+        self.timeout_s = timeout_s
+
+    async def _request(
+        self, method: str, path: str, headers: Mapping[str, str], timeout_s: float | None = None
+    ) -> HttpAnswer:
+        return await self.http.request(
+            method, self.base_url + path, headers, timeout_s=timeout_s or self.timeout_s
+        )
+
+
+class AwsWatcher(_MetadataReader):
     """IMDSv2: a session token, renewed before it expires and again on a 401."""
 
     provider: ProviderName = "aws"
     unavailable_hint = "in a container, IMDSv2 needs the instance's HttpPutResponseHopLimit set to 2"
 
-    def __init__(self, base_url: str, clock: Clock, timeout_s: float) -> None:
-        self.base_url = base_url
-        self.clock = clock
-        self.timeout_s = timeout_s
+    def __init__(self, http: HttpClient, base_url: str, clock: Clock, timeout_s: float) -> None:
+        super().__init__(http, base_url, clock, timeout_s)
         self.tokens_taken = 0
         self._token: str | None = None
         self._token_until = 0.0
 
     async def _new_token(self) -> str:
-        answer = await httpclient.request(
-            "PUT",
-            self.base_url + AWS_TOKEN_PATH,
-            {AWS_TOKEN_TTL_HEADER: str(AWS_TOKEN_TTL_SECONDS)},
-            timeout_s=self.timeout_s,
+        answer = await self._request(
+            "PUT", AWS_TOKEN_PATH, {AWS_TOKEN_TTL_HEADER: str(AWS_TOKEN_TTL_SECONDS)}
         )
         token = parse_aws_token(answer.status, answer.body)
         self._token = token
@@ -193,15 +204,10 @@ class AwsWatcher:
         token = self._token
         if token is None or self.clock.now() >= self._token_until:
             token = await self._new_token()
-        answer = await httpclient.request(
-            "GET", self.base_url + path, {AWS_TOKEN_HEADER: token}, timeout_s=self.timeout_s
-        )
+        answer = await self._request("GET", path, {AWS_TOKEN_HEADER: token})
         if answer.status == 401:  # the token expired or was revoked: take a new one, once
             self._token = None
-            token = await self._new_token()
-            answer = await httpclient.request(
-                "GET", self.base_url + path, {AWS_TOKEN_HEADER: token}, timeout_s=self.timeout_s
-            )
+            answer = await self._request("GET", path, {AWS_TOKEN_HEADER: await self._new_token()})
         return answer
 
     async def instance_id(self) -> str:
@@ -227,36 +233,39 @@ class AwsWatcher:
         return Round(notices, errors)
 
 
-class GcpWatcher:
+class GcpWatcher(_MetadataReader):
     """``instance/preempted``: one plain read, then ``wait_for_change`` long polls from its ETag."""
 
     provider: ProviderName = "gcp"
     unavailable_hint = ""
 
     def __init__(
-        self, base_url: str, clock: Clock, timeout_s: float, *, notice_s: float, long_poll_s: int
+        self,
+        http: HttpClient,
+        base_url: str,
+        clock: Clock,
+        timeout_s: float,
+        *,
+        notice_s: float,
+        long_poll_s: int,
     ) -> None:
-        self.base_url = base_url
-        self.clock = clock
-        self.timeout_s = timeout_s
+        super().__init__(http, base_url, clock, timeout_s)
         self.notice_s = notice_s
         self.long_poll_s = long_poll_s
         self._etag: str | None = None
 
     async def instance_id(self) -> str:
-        answer = await httpclient.request(
-            "GET", self.base_url + GCP_INSTANCE_NAME_PATH, GCP_HEADERS, timeout_s=self.timeout_s
-        )
+        answer = await self._request("GET", GCP_INSTANCE_NAME_PATH, GCP_HEADERS)
         return parse_instance_id("instance/name", answer.status, answer.body)
 
     async def check(self, instance_id: str) -> Round:
         sent = self._etag
-        url = self.base_url + GCP_PREEMPTED_PATH
+        path = GCP_PREEMPTED_PATH
         timeout_s = self.timeout_s
         if sent is not None:
-            url += f"?wait_for_change=true&last_etag={quote(sent, safe='')}&timeout_sec={self.long_poll_s}"
+            path += f"?wait_for_change=true&last_etag={quote(sent, safe='')}&timeout_sec={self.long_poll_s}"
             timeout_s += self.long_poll_s
-        answer = await httpclient.request("GET", url, GCP_HEADERS, timeout_s=timeout_s)
+        answer = await self._request("GET", path, GCP_HEADERS, timeout_s)
         try:
             notice = parse_gcp_preempted(answer.status, answer.body, self.clock.now(), self.notice_s)
         except MetadataError:
@@ -269,48 +278,43 @@ class GcpWatcher:
         return Round([notice] if notice is not None else [], immediate=immediate)
 
 
-class AzureWatcher:
+class AzureWatcher(_MetadataReader):
     """Scheduled Events: ``Preempt`` events naming this VM."""
 
     provider: ProviderName = "azure"
     unavailable_hint = ""
 
-    def __init__(self, base_url: str, clock: Clock, timeout_s: float) -> None:
-        self.base_url = base_url
-        self.clock = clock
-        self.timeout_s = timeout_s
+    def __init__(self, http: HttpClient, base_url: str, clock: Clock, timeout_s: float) -> None:
+        super().__init__(http, base_url, clock, timeout_s)
         self._answered = False
 
     async def instance_id(self) -> str:
-        answer = await httpclient.request(
-            "GET", self.base_url + AZURE_INSTANCE_NAME_PATH, AZURE_HEADERS, timeout_s=self.timeout_s
-        )
+        answer = await self._request("GET", AZURE_INSTANCE_NAME_PATH, AZURE_HEADERS)
         return parse_instance_id("instance/compute/name", answer.status, answer.body)
 
     async def check(self, instance_id: str) -> Round:
         timeout_s = self.timeout_s
         if not self._answered:
             timeout_s = max(timeout_s, AZURE_FIRST_CALL_TIMEOUT_SECONDS)
-        answer = await httpclient.request(
-            "GET", self.base_url + AZURE_EVENTS_PATH, AZURE_HEADERS, timeout_s=timeout_s
-        )
+        answer = await self._request("GET", AZURE_EVENTS_PATH, AZURE_HEADERS, timeout_s)
         self._answered = True
         notice = parse_azure_events(answer.status, answer.body, self.clock.now(), instance_id)
         return Round([notice] if notice is not None else [])
 
 
-def make_watcher(config: SidecarConfig, clock: Clock) -> Watcher:
+def make_watcher(config: SidecarConfig, clock: Clock, http: HttpClient) -> Watcher:
     if config.provider == "aws":
-        return AwsWatcher(config.base_url, clock, config.request_timeout_s)
+        return AwsWatcher(http, config.base_url, clock, config.request_timeout_s)
     if config.provider == "gcp":
         return GcpWatcher(
+            http,
             config.base_url,
             clock,
             config.request_timeout_s,
             notice_s=config.gcp_notice_s,
             long_poll_s=config.long_poll_s,
         )
-    return AzureWatcher(config.base_url, clock, config.request_timeout_s)
+    return AzureWatcher(http, config.base_url, clock, config.request_timeout_s)
 
 
 class _Stopped(Exception):
@@ -350,7 +354,7 @@ class Sidecar:
         self._published: set[str] = set()
         self._logged: set[tuple[str, ...]] = set()
         self._failures = 0
-        self._log = log.bind(provider=watcher.provider)
+        self.log = log.bind(provider=watcher.provider)
 
     async def run(self) -> None:
         if not self.instance_id:
@@ -358,7 +362,7 @@ class Sidecar:
             if resolved is None:
                 return
             self.instance_id = resolved
-        self._log = self._log.bind(instance_id=self.instance_id)
+        self.log = self.log.bind(instance_id=self.instance_id)
         bus = Bus(
             self.nc,
             self.subjects,
@@ -367,7 +371,7 @@ class Sidecar:
             metrics=self.metrics,
         )
         subject = self.subjects.spot_notice(self.instance_id)
-        self._log.info("sidecar_started", subject=subject, poll_s=self.poll_s)
+        self.log.info("sidecar_started", subject=subject, poll_s=self.poll_s)
         self.started.set()
         next_at = self.clock.now()
         while not self.stop.is_set():
@@ -375,7 +379,7 @@ class Sidecar:
                 found = await self._unless_stopped(self.watcher.check(self.instance_id))
             except _Stopped:
                 break
-            except MetadataUnavailable as err:
+            except ServiceUnavailable as err:
                 if await self._back_off(str(err)):
                     break
                 next_at = self.clock.now()
@@ -408,7 +412,7 @@ class Sidecar:
                 return await self._unless_stopped(self.watcher.instance_id())
             except _Stopped:
                 return None
-            except MetadataUnavailable as err:
+            except ServiceUnavailable as err:
                 reason, unavailable = str(err), True
             except MetadataError as err:
                 self._bad_answer(err)
@@ -440,12 +444,12 @@ class Sidecar:
             self.stats["unavailable"] += 1
             if self._failures == 1:
                 extra = {"hint": self.watcher.unavailable_hint} if self.watcher.unavailable_hint else {}
-                self._log.warning("metadata_unavailable", error=reason, retry_in_s=delay, **extra)
+                self.log.warning("metadata_unavailable", error=reason, retry_in_s=delay, **extra)
         return await self.clock.wait_until(self.clock.now() + delay, self.stop)
 
     def _recovered(self) -> None:
         if self._failures:
-            self._log.info("metadata_recovered", failures=self._failures)
+            self.log.info("metadata_recovered", failures=self._failures)
             self._failures = 0
 
     def _once(self, kind: tuple[str, ...]) -> bool:
@@ -457,14 +461,14 @@ class Sidecar:
     def _bad_answer(self, err: MetadataError) -> None:
         self.stats["bad_answers"] += 1
         if self._once(("bad_answer", err.field, err.problem)):
-            self._log.warning(
+            self.log.warning(
                 "metadata_bad_answer", field=err.field, problem=err.problem, detail=err.detail, error=str(err)
             )
 
     def _crashed(self, err: Exception) -> None:
         self.stats["crashes"] += 1
         if self._once(("crash", type(err).__name__)):
-            self._log.error("sidecar_round_failed", error=f"{type(err).__name__}: {err}", exc_info=err)
+            self.log.error("sidecar_round_failed", error=f"{type(err).__name__}: {err}", exc_info=err)
 
     async def _publish(self, bus: Bus, subject: str, notice: Notice) -> None:
         if notice.key in self._published:
@@ -483,11 +487,11 @@ class Sidecar:
             self.stats["publish_failed"] += 1
             if self._once(("publish_failed", type(err).__name__)):
                 error = f"{type(err).__name__}: {err}"
-                self._log.warning("notice_publish_failed", subject=subject, error=error)
+                self.log.warning("notice_publish_failed", subject=subject, error=error)
             return
         self._published.add(notice.key)
         self.stats["published"] += 1
-        self._log.info(
+        self.log.info(
             "notice_published",
             subject=subject,
             msg_id=message.msg_id,
@@ -499,26 +503,6 @@ class Sidecar:
         )
 
 
-async def _drain(nc: NATS, timeout_s: float) -> None:
-    """Drain (flush what was published, then close); close outright if that fails or takes too long."""
-    if nc.is_closed:
-        return
-    drain = asyncio.ensure_future(nc.drain())
-    done, _ = await asyncio.wait({drain}, timeout=timeout_s)
-    if drain in done and drain.exception() is None:
-        return
-    if drain in done:
-        log.warning("drain_failed", error=str(drain.exception()))
-    with contextlib.suppress(Exception):
-        await nc.close()
-    if drain not in done:
-        await asyncio.wait({drain}, timeout=1.0)
-        if not drain.done():
-            drain.cancel()
-        elif not drain.cancelled():
-            drain.exception()  # retrieved: no "never retrieved" warning
-
-
 async def run_sidecar(
     config: SidecarConfig,
     *,
@@ -526,66 +510,60 @@ async def run_sidecar(
     stop: asyncio.Event | None = None,
     install_signals: bool = True,
 ) -> int:
-    """``cost-agent sidecar``: until SIGTERM/SIGINT (or ``stop``), exit code 0. Raises ConnectionError when
-    NATS cannot be reached at start."""
+    """``cost-agent sidecar``: until SIGTERM/SIGINT (or ``stop``), exit code 0 (1 if the poller crashed).
+    Raises ConnectionError when NATS cannot be reached at start."""
     clock = clock or RealClock()
     stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    signals = (signal.SIGTERM, signal.SIGINT) if install_signals else ()
-    for sig in signals:
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        closing = asyncio.Event()
-        try:
-            nc = await connect(config.nats_url, "cost-agent-sidecar", closing)
-        except Exception as err:
-            raise ConnectionError(
-                f"cannot connect to NATS at {config.nats_url}: {err or type(err).__name__}"
-            ) from None
-        sidecar = Sidecar(
-            make_watcher(config, clock),
-            nc,
-            Subjects(config.namespace),
-            clock,
-            stop,
-            instance_id=config.instance_id.strip(),
-            poll_s=config.poll_s,
-            max_backoff_s=config.max_backoff_s,
-        )
-        log.info(
-            "sidecar_starting",
-            provider=config.provider,
-            metadata_url=config.base_url,
-            nats_url=config.nats_url,
-            namespace=config.namespace,
-        )
-        task = asyncio.ensure_future(sidecar.run())
-        stopper = asyncio.ensure_future(stop.wait())
-        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        stopper.cancel()
-        code = 0
-        slog = sidecar._log  # bound to the provider and, once known, the instance id
-        if task.done() and not stop.is_set():  # run() only returns once stopped: this is a bug
-            code = 1
-            error = task.exception()
-            slog.error("sidecar_crashed", error=repr(error), exc_info=error)
-        slog.info("sidecar_stopping")
-        stop.set()
-        closing.set()
-        _, pending = await asyncio.wait({task}, timeout=config.grace_s)
-        if pending:
-            slog.warning("shutdown_cancelled", task="poller")
-            task.cancel()
-            await asyncio.wait({task}, timeout=1.0)
-        elif code == 0 and not task.cancelled() and task.exception() is not None:
-            code = 1
-            slog.error("sidecar_crashed", error=repr(task.exception()), exc_info=task.exception())
-        await _drain(nc, config.grace_s)
-        slog.info("sidecar_stopped", exit_code=code, **dict(sidecar.stats))
-        return code
-    finally:
-        for sig in signals:
-            loop.remove_signal_handler(sig)
+    with stop_on_signals(stop, install=install_signals):
+        nc = await connect(config.nats_url, "cost-agent-sidecar")
+        async with HttpClient(user_agent="cost-agent-sidecar") as http:
+            sidecar = Sidecar(
+                make_watcher(config, clock, http),
+                nc,
+                Subjects(config.namespace),
+                clock,
+                stop,
+                instance_id=config.instance_id.strip(),
+                poll_s=config.poll_s,
+                max_backoff_s=config.max_backoff_s,
+            )
+            log.info(
+                "sidecar_starting",
+                provider=config.provider,
+                metadata_url=config.base_url,
+                nats_url=config.nats_url,
+                namespace=config.namespace,
+            )
+            poller = asyncio.create_task(sidecar.run(), name="poller")
+            stopped = asyncio.ensure_future(stop.wait())
+            await asyncio.wait({poller, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            stopped.cancel()
+            ended_alone = poller.done() and not stop.is_set()
+            sidecar.log.info("sidecar_stopping")
+            stop.set()
+            await shut_down(nc, [poller], config.grace_s)
+    code = _exit_code(poller, ended_alone, sidecar.log)
+    sidecar.log.info("sidecar_stopped", exit_code=code, **dict(sidecar.stats))
+    return code
+
+
+def _exit_code(
+    poller: asyncio.Task[None], ended_alone: bool, slog: structlog.typing.FilteringBoundLogger
+) -> int:
+    """0 for a poller that ended on the stop event (or was cancelled after the grace period); 1, logged
+    with its traceback, for one that raised or returned unasked (:meth:`Sidecar.run` returns only once
+    stopped: either is a bug)."""
+    if poller.cancelled():
+        return 0
+    error = poller.exception()
+    if error is None and not ended_alone:
+        return 0
+    slog.error(
+        "sidecar_crashed",
+        error=repr(error) if error else "poller returned before the stop event",
+        exc_info=error,
+    )
+    return 1
 
 
 __all__ = [

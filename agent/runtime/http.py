@@ -1,63 +1,94 @@
 """The metrics and health endpoint: ``GET /metrics`` (Prometheus text format) and ``GET /healthz``.
 
-A small asyncio server rather than prometheus-client's threaded one, so it starts and stops with the
-agent's event loop and can report the agent's own health: 200 with ``{"status": "ok"}`` while NATS is
-connected and every actor runs, 503 with the reasons otherwise.
+An aiohttp server rather than prometheus-client's threaded one, so it starts and stops with the agent's
+event loop and can report the agent's own health: 200 with ``{"status": "ok"}`` while NATS is connected
+and every actor runs, 503 with the reasons otherwise (``/health`` is the same). ``HEAD`` is answered
+too; any other method is 405, any other path 404.
+
+A connection that sends nothing for ``idle_timeout_s`` seconds, before its first request or between two,
+is closed, so idle or half-open connections cannot pile up; however many there are, each new request is
+answered on its own.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
+from typing import Final
 
 import msgspec
+from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 Health = Callable[[], dict[str, object]]
 
+DEFAULT_IDLE_TIMEOUT_SECONDS: Final = 15.0
+"""Longer than Prometheus's default scrape timeout (10 s), so a slow scrape is never cut off."""
+_SHUTDOWN_SECONDS: Final = 1.0
+"""How long a request being answered at shutdown may still take: every answer here is immediate."""
+
 
 class MetricsServer:
-    def __init__(self, registry: CollectorRegistry, health: Health, host: str, port: int) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        health: Health,
+        host: str,
+        port: int,
+        *,
+        idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_SECONDS,
+    ) -> None:
+        if not idle_timeout_s > 0:
+            raise ValueError(f"idle_timeout_s: must be > 0, got {idle_timeout_s!r}")
         self.registry = registry
         self.health = health
         self.host = host
         self.port = port
-        self._server: asyncio.Server | None = None
+        self.idle_timeout_s = idle_timeout_s
+        self._runner: web.AppRunner | None = None
 
     async def start(self) -> int:
-        self._server = await asyncio.start_server(self._handle, self.host, self.port)
-        self.port = self._server.sockets[0].getsockname()[1]
+        """Listen; returns the port (the one the system chose, for port 0)."""
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/health", self._healthz)
+        app.router.add_route("*", "/{path:.*}", _elsewhere)
+        runner = web.AppRunner(
+            app,
+            access_log=None,
+            keepalive_timeout=self.idle_timeout_s,
+            shutdown_timeout=_SHUTDOWN_SECONDS,
+        )
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, self.host, self.port).start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        self.port = runner.addresses[0][1]
         return self.port
 
     async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            await runner.cleanup()
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            request = await reader.readline()
-            while (await reader.readline()) not in (b"\r\n", b"\n", b""):
-                pass  # headers: nothing here needs them
-            parts = request.decode("latin-1").split()
-            path = parts[1].split("?", 1)[0] if len(parts) >= 2 else ""
-            if len(parts) < 2 or parts[0] not in ("GET", "HEAD"):
-                status, ctype, body = "405 Method Not Allowed", "text/plain", b"GET only\n"
-            elif path == "/metrics":
-                status, ctype, body = "200 OK", CONTENT_TYPE_LATEST, generate_latest(self.registry)
-            elif path in ("/healthz", "/health"):
-                report = self.health()
-                ok = report.get("status") == "ok"
-                status = "200 OK" if ok else "503 Service Unavailable"
-                ctype, body = "application/json", msgspec.json.encode(report) + b"\n"
-            else:
-                status, ctype, body = "404 Not Found", "text/plain", b"try /metrics or /healthz\n"
-            head = f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
-            writer.write((head + "Connection: close\r\n\r\n").encode())
-            if parts and parts[0] != "HEAD":
-                writer.write(body)
-            await writer.drain()
-        except (ConnectionError, UnicodeDecodeError):
-            pass
-        finally:
-            writer.close()
+    async def _metrics(self, _request: web.Request) -> web.Response:
+        return web.Response(
+            body=generate_latest(self.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
+
+    async def _healthz(self, _request: web.Request) -> web.Response:
+        report = self.health()
+        return web.Response(
+            status=200 if report.get("status") == "ok" else 503,
+            body=msgspec.json.encode(report) + b"\n",
+            content_type="application/json",
+        )
+
+
+async def _elsewhere(request: web.Request) -> web.Response:
+    if request.method not in ("GET", "HEAD"):
+        return web.Response(status=405, text="GET only\n", headers={"Allow": "GET, HEAD"})
+    return web.Response(status=404, text="try /metrics or /healthz\n")

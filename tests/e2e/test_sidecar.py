@@ -13,6 +13,7 @@ import email.utils
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 import uuid
@@ -421,3 +422,17 @@ def test_a_bad_option_stops_the_sidecar_with_one_line() -> None:
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert lines == ["cost-agent: sidecar: --poll-seconds: must be a number > 0, got 0.0"]
+
+
+def test_the_sidecar_loads_no_planning_code() -> None:
+    # A spot node's sidecar starts fast and small: no optimizer, so no numpy or scipy (checked in a fresh
+    # interpreter, since this one has loaded them for other tests).
+    code = (
+        "import agent.providers.sidecar, sys\n"
+        "loaded = [m for m in ('numpy', 'scipy', 'agent.service', 'agent.actors') if m in sys.modules]\n"
+        "assert not loaded, loaded"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
