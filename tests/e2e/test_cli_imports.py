@@ -36,3 +36,23 @@ def test_parsing_any_subcommand_loads_no_numpy_scipy_nats_or_settings() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == []
+
+
+# The sidecar as on a spot node, all the way to its first connection attempt (to a port nothing listens on).
+RUN_SIDECAR = f"""
+import json, sys
+from agent.__main__ import main
+code = main(["sidecar", "--provider", "aws", "--instance-id", "i-0abc", "--nats-url", "nats://127.0.0.1:1",
+             "--metadata-url", "http://127.0.0.1:1", "--log-level", "error"])
+print(json.dumps([code, [m for m in {HEAVY!r} if m in sys.modules]]))
+"""
+
+
+def test_a_sidecar_run_loads_no_numpy_scipy_or_agent_settings() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", RUN_SIDECAR], cwd=ROOT, capture_output=True, text=True, timeout=60, check=False
+    )
+    code, heavy = json.loads(result.stdout)
+    assert code == 2  # cannot connect: one line, exit 2
+    assert "cannot connect to NATS" in result.stderr
+    assert [m for m in heavy if m != "nats"] == []
