@@ -30,7 +30,7 @@ import sys
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,7 +48,7 @@ from agent.core.catalog import Catalog, InstanceType
 from agent.runtime.clock import ScaledClock, wait_event
 from agent.runtime.metrics import AgentMetrics
 from agent.runtime.nats_server import NatsServer
-from agent.sim.cloud import CloudConfig, SimCloud
+from agent.sim.cloud import CloudBill, CloudConfig, SimCloud
 from agent.sim.replay import SimConfig
 from agent.sim.router import RouterEmulator
 from agent.subjects import Subjects
@@ -168,6 +168,13 @@ class Observed:
     violations: int = 0
     samples: list[Sample] = field(default_factory=list)
     preemption_hours: list[float] = field(default_factory=list)
+    agent_restarted: bool = False
+
+    def plan(self, plan: AllocationPlan) -> None:
+        self.plans += 1
+        if self.agent_restarted:
+            self.plans_after_restart += 1
+        self.last_plan = plan
 
 
 class AgentProcess:
@@ -327,13 +334,39 @@ async def _ask_cost(bus: Bus, attempts: int = 3) -> CostReport | None:
     return None
 
 
-async def run_demo(
-    opts: DemoOptions,
-    render: Callable[[dict[str, Any]], None] | None = None,
-    stop: asyncio.Event | None = None,
-) -> dict[str, Any]:
-    """Run the demo; return its summary (what ``--json`` writes). Setting ``stop`` (Ctrl-C) ends it early,
-    cleanly, with a summary of what ran."""
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    """What a run replays, built before anything starts: the traces, the scaled-down catalog, the reserved
+    baseline and the shared scaled clock."""
+
+    setup: Setup
+    catalog: Catalog
+    """The catalog's node types at 1/``scale_down`` of their batch and throughput."""
+    reserved: dict[str, int]
+    clock: ScaledClock
+    end: float
+    """Clock time at which the run ends."""
+    market_index: dict[tuple[str, str], int]
+
+    @property
+    def t0(self) -> float:
+        return self.clock.start
+
+    def hour(self, t: float) -> float:
+        """Simulated hours since the start at clock time ``t``."""
+        return (t - self.t0) / 3600
+
+    def spot_available(self, type_name: str, pool: str, t: float) -> int | None:
+        """Spot nodes the availability trace offers in a pool at clock time ``t`` (None: not a spot pool)."""
+        j = self.market_index.get((type_name, pool))
+        if j is None:
+            return None
+        available = self.setup.market.available
+        i = min(max(int((t - self.setup.start_epoch) // self.setup.sim.step_s), 0), len(available) - 1)
+        return int(available[i, j])
+
+
+def build_scenario(opts: DemoOptions) -> Scenario:
     from agent.config import resolve_catalog
 
     base = opts.catalog or resolve_catalog("seed")
@@ -342,156 +375,271 @@ async def run_demo(
         setup = build_setup(base, opts.trace, opts.spot, sim, peak=opts.peak_nodes)
     except (ValueError, OSError) as exc:
         raise DemoError(str(exc)) from None
-    catalog = scaled_catalog(setup.catalog, opts.scale_down)
     steps = max(1, math.ceil(opts.duration_h * 3600 / sim.step_s))
-    reserved = reserved_baseline(setup, steps, sim.slo)
-    market_index = setup.market.index()
-
     clock = ScaledClock(opts.speed, start=setup.start_epoch)
-    t0 = clock.start
-    end = t0 + opts.duration_h * 3600
+    return Scenario(
+        setup=setup,
+        catalog=scaled_catalog(setup.catalog, opts.scale_down),
+        reserved=reserved_baseline(setup, steps, sim.slo),
+        clock=clock,
+        end=clock.start + opts.duration_h * 3600,
+        market_index=setup.market.index(),
+    )
 
-    def spot_available(type_name: str, pool: str, t: float) -> int | None:
-        j = market_index.get((type_name, pool))
-        if j is None:
-            return None
-        i = min(max(int((t - setup.start_epoch) // sim.step_s), 0), len(setup.market.available) - 1)
-        return int(setup.market.available[i, j])
 
+@dataclass(frozen=True, slots=True)
+class _System:
+    """The parts running in this process, and the agent process, once all have started."""
+
+    bus: Bus
+    agent: AgentProcess
+    router: RouterEmulator
+    cloud: SimCloud
+    traffic: Traffic
+
+
+async def run_demo(
+    opts: DemoOptions,
+    render: Callable[[dict[str, Any]], None] | None = None,
+    stop: asyncio.Event | None = None,
+) -> dict[str, Any]:
+    """Run the demo; return its summary (what ``--json`` writes). Setting ``stop`` (Ctrl-C) ends it early,
+    cleanly, with a summary of what ran.
+
+    Each phase registers its own teardown as it starts, so whatever happens (an error, Ctrl-C) everything
+    started is stopped, in reverse order, and the nats-server and the agent process are never left behind.
+    """
+    scenario = build_scenario(opts)
+    stop = stop or asyncio.Event()
     ns = f"demo{uuid.uuid4().hex[:8]}"
+    observed = Observed()
+    async with contextlib.AsyncExitStack() as stack:
+        url = _start_server(stack)
+        catalog_path = _write_catalog(stack, ns, scenario.catalog)
+        bus = await _connect(stack, url, ns, scenario.clock)
+        agent = await _start_agent(stack, stop, url, ns, catalog_path, scenario.clock)
+        await _observe(bus, observed)
+        router, cloud = await _start_cloud(stack, stop, bus, scenario, opts)
+        traffic = _start_traffic(stack, stop, scenario, router, opts)
+        system = _System(bus, agent, router, cloud, traffic)
+        await _watch(opts, scenario, system, observed, stop, render)
+        return await _settle(opts, scenario, system, observed, stop)
+
+
+# --- the phases, in the order they run -----------------------------------------------------------------
+
+
+def _start_server(stack: contextlib.AsyncExitStack) -> str:
+    """An embedded nats-server, stopped last."""
+    server = NatsServer()
+    stack.callback(server.stop)
+    return server.start()
+
+
+def _write_catalog(stack: contextlib.AsyncExitStack, ns: str, catalog: Catalog) -> Path:
+    """The scaled-down catalog as a file for the agent process (``--catalog PATH``)."""
     workdir = Path(os.environ.get("TMPDIR", "/tmp")) / f"cost-agent-demo-{ns}"
     workdir.mkdir(parents=True, exist_ok=True)
-    catalog_path = workdir / "catalog.toml"
-    catalog_path.write_text(catalog_toml(catalog), encoding="utf-8")
+    path = workdir / "catalog.toml"
+    stack.callback(_remove_catalog, path)
+    path.write_text(catalog_toml(catalog), encoding="utf-8")
+    return path
 
-    server = NatsServer()
-    url = server.start()
-    stop = stop or asyncio.Event()
+
+def _remove_catalog(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.unlink()
+        path.parent.rmdir()
+
+
+async def _connect(stack: contextlib.AsyncExitStack, url: str, ns: str, clock: ScaledClock) -> Bus:
+    """The connection the simulated cloud, router and workers share."""
+    nc = await nats.connect(url, name="demo-sim")
+    stack.push_async_callback(_quietly, _close(nc))
+    return Bus(nc, Subjects(ns), source="sim-cloud", clock=clock, metrics=AgentMetrics())
+
+
+async def _close(nc: NATS) -> None:
+    if not nc.is_closed:
+        await nc.close()
+
+
+async def _start_agent(
+    stack: contextlib.AsyncExitStack,
+    stop: asyncio.Event,
+    url: str,
+    ns: str,
+    catalog_path: Path,
+    clock: ScaledClock,
+) -> AgentProcess:
+    """``cost-agent run`` as a child process, ready once it logs ``agent_started`` (or on Ctrl-C)."""
     agent = AgentProcess(url, ns, catalog_path, clock)
-    sim_nc: NATS | None = None
-    tasks: list[asyncio.Task[Any]] = []
-    observed = Observed()
-    cloud: SimCloud | None = None
-    try:
-        sim_nc = await nats.connect(url, name="demo-sim")
-        bus = Bus(sim_nc, Subjects(ns), source="sim-cloud", clock=clock, metrics=AgentMetrics())
-        await agent.start()
-        await _wait_agent_ready(agent)
+    stack.push_async_callback(_quietly, agent.stop())
+    await agent.start()
+    await _wait_agent_ready(agent, stop)
+    return agent
 
-        # Retry waiting requests every few simulated seconds (about 10 ms at 480×), not every half second.
-        router = RouterEmulator(bus, clock, dispatch_retry_s=5.0, submit_timeout_s=5.0)
-        storm_at = opts.storm_at_h if opts.storm_at_h is not None else 0.4 * opts.duration_h
-        cloud = SimCloud(
-            bus,
-            clock,
-            catalog=catalog,
-            config=CloudConfig(
-                boot_s=opts.boot_s,
-                notice_s=opts.notice_s,
-                storm_start_s=storm_at * 3600,
-                storm_duration_s=3600.0,
-                storm_rate_per_hour=opts.storm_rate_per_hour,
-                seed=opts.seed,
-                worker_step_s=5.0,
-                metrics_interval_s=10.0,
-            ),
-            spot_available=spot_available,
-            reserved=reserved,
-        )
-        decode = msgspec.json.Decoder(AllocationPlan)
-        reports = msgspec.json.Decoder(MigrationReport)
-        restarted_at: list[float] = []
 
-        async def on_plan(msg: Msg) -> None:
-            plan = decode.decode(msg.data)
-            observed.plans += 1
-            if restarted_at:
-                observed.plans_after_restart += 1
-            observed.last_plan = plan
+async def _observe(bus: Bus, observed: Observed) -> None:
+    """Count the agent's plans and collect its migration reports (subscribed before the cloud, so that
+    every plan the cloud applies has been counted)."""
+    plans = msgspec.json.Decoder(AllocationPlan)
+    reports = msgspec.json.Decoder(MigrationReport)
 
-        async def on_report(msg: Msg) -> None:
-            observed.reports.append(reports.decode(msg.data))
+    async def on_plan(msg: Msg) -> None:
+        observed.plan(plans.decode(msg.data))
 
-        await sim_nc.subscribe(bus.subjects.plan_allocation, cb=on_plan)
-        await sim_nc.subscribe(bus.subjects.migration_report_all, cb=on_report)
-        await bus.settle()
+    async def on_report(msg: Msg) -> None:
+        observed.reports.append(reports.decode(msg.data))
 
-        for actor in (router, cloud):
-            tasks.append(asyncio.ensure_future(actor.run(stop)))
-        await _wait(
-            lambda: router.ready.is_set() and cloud.ready.is_set(), 10, "the simulated cloud did not start"
-        )
-        traffic = Traffic(setup, router, clock, 1.0 / opts.scale_down, opts.seed)
-        tasks.append(asyncio.ensure_future(traffic.run(stop, end)))
+    await bus.nc.subscribe(bus.subjects.plan_allocation, cb=on_plan)
+    await bus.nc.subscribe(bus.subjects.migration_report_all, cb=on_report)
+    await bus.settle()
 
-        seen_preemptions = 0
-        killed = False
-        last_sample = -1.0
-        last_render = -1.0
-        while clock.now() < end and not stop.is_set():
-            await _pause(stop, 0.25)
-            now = clock.now()
-            hour = (now - t0) / 3600
-            observed.violations += check_invariant(cloud)
-            rps, prompt, output = traffic.demand_at(now)
-            if hour - last_sample >= 1 / 12:  # every five simulated minutes
-                last_sample = hour
-                observed.samples.append(
-                    Sample(hour, rps, capacity_by_tier(cloud, catalog, prompt, output, sim.slo))
-                )
-            for instance_id, notice_at, _deadline in cloud.preemptions[seen_preemptions:]:
-                del instance_id
-                observed.preemption_hours.append((notice_at - t0) / 3600)
-            seen_preemptions = len(cloud.preemptions)
-            if opts.kill_agent_at_h is not None and not killed and hour >= opts.kill_agent_at_h:
-                killed = True
-                await agent.kill()
-                await _pause(stop, opts.restart_after_s)  # the rest of the system serves on meanwhile
-                agent.restarts += 1
-                await agent.start()
-                restarted_at.append(clock.now())
-            if render is not None and (hour - last_render) * 3600 >= opts.speed * 0.5:  # twice a second
-                last_render = hour
-                state = _live_state(hour, opts, traffic, router, cloud, observed, rps)
-                state["spot"] = {
-                    f"{name}/{pool}": (catalog.types[name].spot_hourly, spot_available(name, pool, now))
-                    for name, pool in catalog.pools()
-                }
-                render(state)
 
-        # Let what is in flight finish (bounded), then settle the accounts.
-        interrupted = stop.is_set()
-        await traffic.drain()
-        if not interrupted:
-            await _wait(lambda: router.all_done(), 30 / max(opts.speed / 480, 0.5), None)
-        cost = await _ask_cost(bus)
-        bill = cloud.bill(until=clock.now())
-        hours = round(min(clock.now() - t0, end - t0) / 3600, 3) if interrupted else opts.duration_h
-        summary = _summary(
-            opts, hours, catalog, reserved, router, cloud, observed, traffic, cost, bill, agent
-        )
-        summary["interrupted"] = interrupted
-        summary["plot"] = _plot(opts, observed, catalog)
-        if opts.json_path:
-            _write(Path(opts.json_path), json.dumps(summary, indent=2))
-        return summary
-    finally:
-        # Every step on its own: one failing must not leave the nats-server or the agent behind.
-        stop.set()
-        with contextlib.suppress(Exception):
-            await agent.stop()
-        if cloud is not None:
-            with contextlib.suppress(Exception):
-                await cloud.shutdown()
-        if tasks:
-            await asyncio.wait(tasks, timeout=5)
-        if sim_nc is not None and not sim_nc.is_closed:
-            with contextlib.suppress(Exception):
-                await sim_nc.close()
-        server.stop()
-        with contextlib.suppress(OSError):
-            catalog_path.unlink()
-            workdir.rmdir()
+async def _start_cloud(
+    stack: contextlib.AsyncExitStack, stop: asyncio.Event, bus: Bus, scenario: Scenario, opts: DemoOptions
+) -> tuple[RouterEmulator, SimCloud]:
+    """The simulated cloud (with its workers) and the router in front of them, once both are ready."""
+    clock = scenario.clock
+    # Retry waiting requests every few simulated seconds (about 10 ms at 480×), not every half second.
+    router = RouterEmulator(bus, clock, dispatch_retry_s=5.0, submit_timeout_s=5.0)
+    storm_at = opts.storm_at_h if opts.storm_at_h is not None else 0.4 * opts.duration_h
+    cloud = SimCloud(
+        bus,
+        clock,
+        catalog=scenario.catalog,
+        config=CloudConfig(
+            boot_s=opts.boot_s,
+            notice_s=opts.notice_s,
+            storm_start_s=storm_at * 3600,
+            storm_duration_s=3600.0,
+            storm_rate_per_hour=opts.storm_rate_per_hour,
+            seed=opts.seed,
+            worker_step_s=5.0,
+            metrics_interval_s=10.0,
+        ),
+        spot_available=scenario.spot_available,
+        reserved=scenario.reserved,
+    )
+    stack.push_async_callback(_quietly, cloud.shutdown())
+    _run_tasks(stack, stop, router.run(stop), cloud.run(stop))
+    # Ctrl-C during start-up ends the actors before they are ready: the demo then ends with what ran.
+    await _wait(
+        lambda: stop.is_set() or (router.ready.is_set() and cloud.ready.is_set()),
+        10,
+        "the simulated cloud did not start",
+    )
+    return router, cloud
+
+
+def _start_traffic(
+    stack: contextlib.AsyncExitStack,
+    stop: asyncio.Event,
+    scenario: Scenario,
+    router: RouterEmulator,
+    opts: DemoOptions,
+) -> Traffic:
+    traffic = Traffic(scenario.setup, router, scenario.clock, 1.0 / opts.scale_down, opts.seed)
+    _run_tasks(stack, stop, traffic.run(stop, scenario.end))
+    return traffic
+
+
+@dataclass(slots=True)
+class _Watch:
+    """The live phase's bookkeeping."""
+
+    last_sample_h: float = -1.0
+    last_render_h: float = -1.0
+    preemptions_seen: int = 0
+    killed: bool = False
+
+
+async def _watch(
+    opts: DemoOptions,
+    scenario: Scenario,
+    system: _System,
+    observed: Observed,
+    stop: asyncio.Event,
+    render: Callable[[dict[str, Any]], None] | None,
+) -> None:
+    """Until the end (or ``stop``): check the plan invariant, sample capacity every five simulated minutes,
+    note preemption notices, restart the agent once if asked, and render twice a second."""
+    watch = _Watch()
+    clock, cloud = scenario.clock, system.cloud
+    while clock.now() < scenario.end and not stop.is_set():
+        await _pause(stop, 0.25)
+        now = clock.now()
+        hour = scenario.hour(now)
+        observed.violations += check_invariant(cloud)
+        if hour - watch.last_sample_h >= 1 / 12:
+            watch.last_sample_h = hour
+            rps, prompt, output = system.traffic.demand_at(now)
+            capacity = capacity_by_tier(cloud, scenario.catalog, prompt, output, scenario.setup.sim.slo)
+            observed.samples.append(Sample(hour, rps, capacity))
+        for _instance_id, notice_at, _deadline in cloud.preemptions[watch.preemptions_seen :]:
+            observed.preemption_hours.append(scenario.hour(notice_at))
+        watch.preemptions_seen = len(cloud.preemptions)
+        if opts.kill_agent_at_h is not None and not watch.killed and hour >= opts.kill_agent_at_h:
+            watch.killed = True
+            await _restart_agent(opts, system.agent, observed, stop)
+        if render is not None and (hour - watch.last_render_h) * 3600 >= opts.speed * 0.5:
+            watch.last_render_h = hour
+            render(_live_state(opts, scenario, system, observed, now))
+
+
+async def _restart_agent(
+    opts: DemoOptions, agent: AgentProcess, observed: Observed, stop: asyncio.Event
+) -> None:
+    """Chaos: SIGKILL the agent, let the rest of the system serve on without it, then start it again."""
+    await agent.kill()
+    await _pause(stop, opts.restart_after_s)
+    agent.restarts += 1
+    await agent.start()
+    observed.agent_restarted = True
+
+
+async def _settle(
+    opts: DemoOptions, scenario: Scenario, system: _System, observed: Observed, stop: asyncio.Event
+) -> dict[str, Any]:
+    """Let what is in flight finish (bounded), settle the accounts, and write the summary and plot."""
+    interrupted = stop.is_set()
+    await system.traffic.drain()
+    if not interrupted:
+        await _wait(lambda: system.router.all_done(), 30 / max(opts.speed / 480, 0.5), None)
+    cost = await _ask_cost(system.bus)
+    now = scenario.clock.now()
+    bill = system.cloud.bill(until=now)
+    hours = round(scenario.hour(min(now, scenario.end)), 3) if interrupted else opts.duration_h
+    summary = _summary(opts, scenario, system, observed, hours, cost, bill)
+    summary["interrupted"] = interrupted
+    summary["plot"] = _plot(opts, observed, scenario.catalog)
+    if opts.json_path:
+        _write(Path(opts.json_path), json.dumps(summary, indent=2))
+    return summary
+
+
+# --- helpers --------------------------------------------------------------------------------------------
+
+
+def _run_tasks(
+    stack: contextlib.AsyncExitStack, stop: asyncio.Event, *work: Coroutine[Any, Any, Any]
+) -> None:
+    """Run ``work`` until ``stop``; at teardown, set ``stop`` and give it five seconds to end."""
+    tasks = [asyncio.ensure_future(w) for w in work]
+    stack.push_async_callback(_end_tasks, stop, tasks)
+
+
+async def _end_tasks(stop: asyncio.Event, tasks: Sequence[asyncio.Future[Any]]) -> None:
+    stop.set()
+    await asyncio.wait(tasks, timeout=5)
+
+
+async def _quietly(step: Awaitable[object]) -> None:
+    """A teardown step whose failure must neither keep the others from running nor hide the demo's own
+    result or error."""
+    with contextlib.suppress(Exception):
+        await step
 
 
 async def _pause(stop: asyncio.Event, seconds: float) -> None:
@@ -508,24 +656,19 @@ async def _wait(condition: Callable[[], bool], timeout_s: float, error: str | No
         await asyncio.sleep(0.05)
 
 
-async def _wait_agent_ready(agent: AgentProcess) -> None:
+async def _wait_agent_ready(agent: AgentProcess, stop: asyncio.Event) -> None:
     def started() -> bool:
         if agent.proc is not None and agent.proc.returncode is not None:
             raise DemoError(f"the agent process exited with {agent.proc.returncode} at start-up")
-        return any(e.get("event") == "agent_started" for e in agent.events)
+        return stop.is_set() or any(e.get("event") == "agent_started" for e in agent.events)
 
     await _wait(started, 30, "the agent process did not start within 30 s")
 
 
 def _live_state(
-    hour: float,
-    opts: DemoOptions,
-    traffic: Traffic,
-    router: RouterEmulator,
-    cloud: SimCloud,
-    observed: Observed,
-    rps: float,
+    opts: DemoOptions, scenario: Scenario, system: _System, observed: Observed, now: float
 ) -> dict[str, Any]:
+    cloud, catalog = system.cloud, scenario.catalog
     fleet: dict[str, int] = {"reserved": 0, "spot": 0, "ondemand": 0, "booting": 0, "draining": 0}
     for inst in cloud.instances.values():
         if inst.state == "ready":
@@ -534,10 +677,11 @@ def _live_state(
             fleet["booting"] += 1
         elif inst.state == "draining":
             fleet["draining"] += 1
-    summary = router.summary()
+    summary = system.router.summary()
     last = observed.reports[-1] if observed.reports else None
+    rps, _prompt, _output = system.traffic.demand_at(now)
     return {
-        "hour": hour,
+        "hour": scenario.hour(now),
         "duration_h": opts.duration_h,
         "demand_rps": rps * opts.scale_down,
         "capacity_rps": sum(observed.samples[-1].capacity.values()) * opts.scale_down
@@ -562,23 +706,24 @@ def _live_state(
             "requeued": last.counts.requeued,
             "lost": last.lost,
         },
+        "spot": {
+            f"{name}/{pool}": (catalog.types[name].spot_hourly, scenario.spot_available(name, pool, now))
+            for name, pool in catalog.pools()
+        },
     }
 
 
 def _summary(
     opts: DemoOptions,
-    hours: float,
-    catalog: Catalog,
-    reserved: dict[str, int],
-    router: RouterEmulator,
-    cloud: SimCloud,
+    scenario: Scenario,
+    system: _System,
     observed: Observed,
-    traffic: Traffic,
+    hours: float,
     cost: CostReport | None,
-    bill: Any,
-    agent: AgentProcess,
+    bill: CloudBill,
 ) -> dict[str, Any]:
-    r = router.summary()
+    cloud, catalog = system.cloud, scenario.catalog
+    r = system.router.summary()
     counts = {"kv_moved": 0, "reprefilled": 0, "requeued": 0, "finished_in_place": 0}
     for rep in observed.reports:
         counts["kv_moved"] += rep.counts.kv_moved
@@ -586,7 +731,7 @@ def _summary(
         counts["requeued"] += rep.counts.requeued
         counts["finished_in_place"] += rep.counts.finished_in_place
     agent_cost = cost.total_cost if cost is not None else None
-    full_tokens = traffic.tokens * opts.scale_down
+    full_tokens = system.traffic.tokens * opts.scale_down
     ondemand_equivalent = cost.ondemand_equivalent_cost if cost is not None else None
     agreement = (
         abs(agent_cost - bill.total) / bill.total if agent_cost is not None and bill.total > 0 else None
@@ -612,7 +757,7 @@ def _summary(
         "simulated_hours": hours,
         "speed": opts.speed,
         "scale_down": opts.scale_down,
-        "reserved": reserved,
+        "reserved": scenario.reserved,
         "requests_admitted": r["admitted"],
         "requests_served": r["completed"],
         "requests_migrated": counts["kv_moved"],
@@ -627,7 +772,7 @@ def _summary(
         "plans_after_agent_restart": observed.plans_after_restart,
         "plans_applied": cloud.plans_applied,
         "plan_violations": observed.violations,
-        "agent_restarts": agent.restarts,
+        "agent_restarts": system.agent.restarts,
         "agent_cost": agent_cost,
         "cloud_bill": bill.total,
         "cloud_bill_by_tier": bill.by_tier,

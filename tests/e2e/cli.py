@@ -15,16 +15,29 @@ import agent
 ROOT = Path(agent.__file__).resolve().parent.parent
 
 
-def run_cost_agent(*args: str, timeout_s: float) -> subprocess.CompletedProcess[str]:
+def cost_agent_command(*args: str) -> list[str]:
     """``cost-agent ARGS`` through the installed console script (``python -m agent`` without one)."""
     script = Path(sys.executable).parent / "cost-agent"
-    command = [str(script)] if script.is_file() else [sys.executable, "-m", "agent"]
-    # Settings come from the command line only: no COST_AGENT_* override from the calling shell.
-    env = {
+    return [*([str(script)] if script.is_file() else [sys.executable, "-m", "agent"]), *args]
+
+
+def cost_agent_env() -> dict[str, str]:
+    """Settings come from the command line only: no COST_AGENT_* override from the calling shell."""
+    return {
         k: v for k, v in os.environ.items() if not k.startswith("COST_AGENT_") or k == "COST_AGENT_DATA_DIR"
     }
+
+
+def run_cost_agent(*args: str, timeout_s: float) -> subprocess.CompletedProcess[str]:
+    """``cost-agent ARGS`` run to its end."""
     return subprocess.run(
-        [*command, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout_s, check=False
+        cost_agent_command(*args),
+        cwd=ROOT,
+        env=cost_agent_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
     )
 
 

@@ -1,15 +1,23 @@
 """``cost-agent demo`` as CI runs it: two simulated hours of the whole system, with a reclaim storm, judged
-from its JSON summary; and the same with the agent process killed mid-run."""
+from its JSON summary; the same with the agent process killed mid-run; and Ctrl-C in the middle."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import os
+import signal
+import subprocess
+import time
 from pathlib import Path
 
+import nats
 import pytest
-from cli import run_cost_agent
+from cli import ROOT, cost_agent_command, cost_agent_env, run_cost_agent
 
 from agent.sim.traces import TraceError, find_data_dir
+from agent.subjects import Subjects
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -84,3 +92,101 @@ def test_bad_options_stop_the_demo_with_one_line(flag: str) -> None:
     result = run_cost_agent("demo", flag, "--no-live", timeout_s=60)
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def children(pid: int) -> dict[int, str]:
+    """The processes whose parent is ``pid``, with their command lines."""
+    found = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid:
+                found[int(stat.parent.name)] = (
+                    (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+                )
+        except (OSError, IndexError, ValueError):
+            continue  # it ended while we looked
+    return found
+
+
+def wait_for_children(pid: int, *needles: str, timeout_s: float) -> dict[int, str]:
+    """``pid``'s children once one of them matches each needle (polled: no event tells us from outside)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = children(pid)
+        if all(any(n in cmd for cmd in found.values()) for n in needles):
+            return found
+        time.sleep(0.1)
+    raise AssertionError(f"no children matching {needles} after {timeout_s} s: {children(pid)}")
+
+
+def wait_for_first_plan(agent_pid: int, agent_cmdline: str, timeout_s: float) -> None:
+    """Wait for the agent to publish a plan on the demo's own nats-server: the demo is then mid-run."""
+    args = agent_cmdline.split()
+    url = args[args.index("--nats-url") + 1]
+    pairs = Path(f"/proc/{agent_pid}/environ").read_text().split("\0")
+    environ = dict(item.split("=", 1) for item in pairs if "=" in item)
+
+    async def first_plan() -> None:
+        nc = await nats.connect(url)
+        try:
+            sub = await nc.subscribe(Subjects(environ["COST_AGENT_BUS__NAMESPACE"]).plan_allocation)
+            await sub.next_msg(timeout=timeout_s)
+        finally:
+            await nc.close()
+
+    asyncio.run(first_plan())
+
+
+def wait_noting_children(proc: subprocess.Popen[str], started: dict[int, str], timeout_s: float) -> str:
+    """Wait for ``proc`` to end, adding to ``started`` every child it has meanwhile; return its stderr."""
+    deadline = time.monotonic() + timeout_s
+    while proc.poll() is None and time.monotonic() < deadline:
+        started.update(children(proc.pid))
+        time.sleep(0.1)
+    _out, err = proc.communicate(timeout=5)
+    return err
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("when", ["start-up", "mid-run"])
+def test_ctrl_c_ends_the_demo_with_a_summary_and_leaves_no_nats_server_or_agent(
+    tmp_path: Path, when: str
+) -> None:
+    summary_path = tmp_path / "summary.json"
+    args = ("demo", "--duration", "2", "--speed", "240", "--no-live", "--json", str(summary_path))
+    proc = subprocess.Popen(
+        cost_agent_command(*args, "--plot", str(tmp_path / "demo.png")),
+        cwd=ROOT,
+        env=cost_agent_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    started: dict[int, str] = {}
+    try:
+        if when == "start-up":  # the server is up, the agent process may not be yet
+            started = wait_for_children(proc.pid, "nats-server", timeout_s=120)
+        else:
+            started = wait_for_children(proc.pid, "nats-server", " run ", timeout_s=120)
+            wait_for_first_plan(
+                *next((p, cmd) for p, cmd in started.items() if " run " in cmd), timeout_s=120
+            )
+        proc.send_signal(signal.SIGINT)
+        err = wait_noting_children(proc, started, timeout_s=90)
+    finally:
+        if proc.poll() is None:  # the test failed: leave nothing running
+            proc.kill()
+            proc.wait()
+            for pid in started:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+    assert proc.returncode == 0, err[-3000:]
+    assert "Traceback" not in err
+    summary = json.loads(summary_path.read_text())
+    assert summary["interrupted"] is True
+    if when == "mid-run":
+        assert 0 < summary["simulated_hours"] < 2
+        assert summary["plans"] >= 1
+    left = [cmd for pid, cmd in started.items() if Path(f"/proc/{pid}").exists()]
+    assert left == []
