@@ -790,31 +790,22 @@ def _plot(opts: DemoOptions, observed: Observed, catalog: Catalog) -> str | None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from agent.sim.plot import capacity_panel
+
     hours = np.array([s.t_h for s in observed.samples])
     demand = np.array([s.demand_rps for s in observed.samples]) * opts.scale_down
     tiers = {
         t: np.array([s.capacity[t] for s in observed.samples]) * opts.scale_down
         for t in ("reserved", "spot", "ondemand")
     }
-    colours = {"reserved": "#4c72b0", "spot": "#55a868", "ondemand": "#dd8452"}
     fig, ax = plt.subplots(figsize=(11, 4.5))
-    ax.stackplot(
-        hours,
-        *tiers.values(),
-        labels=[f"{t} capacity" for t in tiers],
-        colors=[colours[t] for t in tiers],
-        alpha=0.55,
-        step="post",
-    )
-    ax.step(hours, demand, where="post", color="black", linewidth=0.9, label="demand")
+    capacity_panel(ax, hours, demand, tiers, f"cost-agent demo: {opts.trace} on {catalog.name}")
     for k, h in enumerate(observed.preemption_hours):
         ax.axvline(
             h, color="crimson", linewidth=0.7, alpha=0.6, label="preemption notice" if k == 0 else None
         )
     ax.set_xlabel("simulated hours")
     ax.set_ylabel("requests/s (full scale)")
-    ax.set_title(f"cost-agent demo: {opts.trace} on {catalog.name}")
-    ax.grid(alpha=0.3)
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     path = Path(opts.plot_path)

@@ -21,7 +21,10 @@ from agent.sim.replay import StepRecord
 _TIER_COLOURS = {"reserved": "#4c72b0", "spot": "#55a868", "ondemand": "#dd8452"}
 
 
-def _panel(ax: Axes, hours: np.ndarray, demand: np.ndarray, tiers: dict[str, np.ndarray], title: str) -> None:
+def capacity_panel(
+    ax: Axes, hours: np.ndarray, demand: np.ndarray, tiers: dict[str, np.ndarray], title: str
+) -> None:
+    """Capacity stacked by tier, demand over it (the backtest's panels and the demo's plot)."""
     ax.stackplot(
         hours,
         *tiers.values(),
@@ -56,7 +59,7 @@ def plot_backtest(
         t0 = recs[0].t if recs else 0.0
         hours = np.array([(r.t - t0) / 3600 for r in recs])
         tiers = {t: np.array([r.capacity_rps[t] for r in recs]) for t in ("reserved", "spot", "ondemand")}
-        _panel(ax, hours, np.array([r.demand_rps for r in recs]), tiers, name)
+        capacity_panel(ax, hours, np.array([r.demand_rps for r in recs]), tiers, name)
         marks = [(h, r.demand_rps) for h, r in zip(hours, recs, strict=True) if r.preempted]
         if marks:
             ax.scatter(*zip(*marks, strict=True), marker="v", color="red", s=18, zorder=3, label="preemption")
@@ -80,7 +83,7 @@ def plot_backtest(
                 reserved[b] += cap * hindsight.reserved.get(t.name, 0)
                 spot[b] += cap * hindsight.spot[b, j]
                 ondemand[b] += cap * hindsight.ondemand[b, j]
-        _panel(
+        capacity_panel(
             ax,
             hours,
             np.array(peaks),
