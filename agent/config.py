@@ -11,7 +11,6 @@ Environment: ``COST_AGENT_CATALOG`` and ``COST_AGENT_<SECTION>__<FIELD>`` (for e
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import tomllib
 from collections.abc import Mapping
@@ -22,7 +21,13 @@ import msgspec
 
 from agent.core.capacity import SloConfig
 from agent.core.catalog import Catalog, CatalogError, load_catalog
-from agent.core.optimizer import OptimizerConfig
+from agent.core.optimizer_config import (
+    DiscountSpot,
+    NonSpotFraction,
+    OptimizerConfig,
+    PoolShare,
+    SurviveZoneLoss,
+)
 from agent.core.profiler import DemandProfiler
 from agent.core.validation import split_error
 
@@ -39,48 +44,84 @@ class _Section(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
 
 class SloSettings(_Section, frozen=True):
-    utilization_target: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.70
-    target_attainment: Annotated[float, msgspec.Meta(gt=0, lt=1)] = 0.999
-    """Share of demand (token-weighted) to serve within its step; half the miss sizes the headroom."""
+    utilization_target: Annotated[
+        float,
+        msgspec.Meta(gt=0, le=1, description="utilization a node may run at and still meet the latency SLO"),
+    ] = 0.70
+    target_attainment: Annotated[
+        float,
+        msgspec.Meta(
+            gt=0,
+            lt=1,
+            description=(
+                "share of demand (token-weighted) to serve within its minute; the rolling policy sizes its "
+                "headroom so that, on the observed history, demand surprises would use no more than half "
+                "the allowed miss"
+            ),
+        ),
+    ] = 0.999
 
 
-class OptimizerSettings(_Section, frozen=True):
-    interval_seconds: Annotated[float, msgspec.Meta(gt=0)] = 300.0
-    min_non_spot_instances: Annotated[int, msgspec.Meta(ge=0)] = 1
-    min_non_spot_fraction: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.5
-    max_pool_share: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.5
-    survive_zone_loss: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.0
-    step_limits: bool = True
-    max_step_up: Annotated[int, msgspec.Meta(ge=0)] = 2
-    max_step_down: Annotated[int, msgspec.Meta(ge=0)] = 1
-    switching_cost_hours: Annotated[float, msgspec.Meta(ge=0)] = 0.0
-    discount_spot_by_reliability: bool = True
-    base_window_seconds: Annotated[float, msgspec.Meta(ge=0)] = 0.0
-    surge_check_seconds: Annotated[float, msgspec.Meta(ge=0)] = 0.0
-    demand_smoothing_seconds: Annotated[float, msgspec.Meta(ge=0)] = 0.0
-    spot_price_max_age_seconds: Annotated[float, msgspec.Meta(gt=0)] = 1800.0
+class OptimizerSettings(OptimizerConfig, _Section, frozen=True, kw_only=True):
+    """The optimizer's fields (defined once, in agent/core/optimizer_config.py), then what only the
+    service reads: when to plan, and how it reads demand and prices."""
+
+    interval_seconds: Annotated[float, msgspec.Meta(gt=0, description="the tick")] = 300.0
+    base_window_seconds: Annotated[
+        float,
+        msgspec.Meta(
+            ge=0,
+            description=(
+                "size to the busiest demand observed over this window, not the last report. Off by default "
+                "in the agent (the backtest's rolling policy uses 3600 / every step / none for this and the "
+                "next two): worker reports count completions, not arrivals, and in the demo holding their "
+                "peak over-provisioned 1.3-2.3x"
+            ),
+        ),
+    ] = 0.0
+    surge_check_seconds: Annotated[
+        float,
+        msgspec.Meta(
+            ge=0,
+            description="between ticks, plan at once when demand passes what the last plan covered (0: off)",
+        ),
+    ] = 0.0
+    demand_smoothing_seconds: Annotated[
+        float,
+        msgspec.Meta(ge=0, description="the observed demand is the mean of the reports over this window"),
+    ] = 0.0
+    spot_price_max_age_seconds: Annotated[
+        float,
+        msgspec.Meta(gt=0, description="a price older than this is ignored (the catalog's price is used)"),
+    ] = 1800.0
 
     def to_core(self) -> OptimizerConfig:
-        return OptimizerConfig(
-            min_non_spot_instances=self.min_non_spot_instances,
-            min_non_spot_fraction=self.min_non_spot_fraction,
-            max_pool_share=self.max_pool_share,
-            max_step_up=self.max_step_up if self.step_limits else None,
-            max_step_down=self.max_step_down if self.step_limits else None,
-            switching_cost_hours=self.switching_cost_hours,
-            discount_spot_by_reliability=self.discount_spot_by_reliability,
-            survive_zone_loss=self.survive_zone_loss,
-        )
+        """The optimizer's own fields, without the service's."""
+        return OptimizerConfig(**{name: getattr(self, name) for name in OptimizerConfig.__struct_fields__})
 
 
 class ProfilerSettings(_Section, frozen=True):
-    bin_minutes: Annotated[int, msgspec.Meta(ge=1, le=1440)] = 5
-    history_days: Annotated[int, msgspec.Meta(ge=1)] = 28
-    timezone: str = "UTC"
-    neighbour_bins: Annotated[int, msgspec.Meta(ge=0)] = 2
-    residual_spread: bool = True
-    close_delay_seconds: Annotated[float, msgspec.Meta(ge=0)] = 15.0
-    stale_after_seconds: Annotated[float, msgspec.Meta(gt=0)] = 60.0
+    bin_minutes: Annotated[
+        int, msgspec.Meta(ge=1, le=1440, description="width of a demand bin; divides a day")
+    ] = 5
+    history_days: Annotated[int, msgspec.Meta(ge=1, description="days of history the profile keeps")] = 28
+    timezone: Annotated[
+        str, msgspec.Meta(description="IANA name; day-of-week and time-of-day are taken in this zone")
+    ] = "UTC"
+    neighbour_bins: Annotated[
+        int, msgspec.Meta(ge=0, description="a cell pools its own bin and this many neighbours on each side")
+    ] = 2
+    residual_spread: Annotated[
+        bool, msgspec.Meta(description="widen P75/P95 by the spread of the history's own forecast errors")
+    ] = True
+    close_delay_seconds: Annotated[
+        float,
+        msgspec.Meta(ge=0, description="a bin is recorded this long after it ends (late worker reports)"),
+    ] = 15.0
+    stale_after_seconds: Annotated[
+        float,
+        msgspec.Meta(gt=0, description="a worker silent this long no longer counts towards current demand"),
+    ] = 60.0
 
     def build(self) -> DemandProfiler:
         return DemandProfiler(
@@ -93,7 +134,7 @@ class ProfilerSettings(_Section, frozen=True):
 
 
 class BacktestSettings(_Section, frozen=True):
-    """The optimizer settings of the backtest's ``rolling`` policy, where they differ from the agent's.
+    """The backtest's rolling policy: these optimizer settings instead of [optimizer]'s.
 
     Measured on the backtest (issue 3): spreading spot so that any one zone's loss leaves demand served,
     with a 50% non-spot floor, holds 99.9% on m-large for 1-17% less than before. The agent keeps its
@@ -101,74 +142,143 @@ class BacktestSettings(_Section, frozen=True):
     are understood there.
     """
 
-    min_non_spot_fraction: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.5
-    max_pool_share: Annotated[float, msgspec.Meta(gt=0, le=1)] = 1.0
-    discount_spot_by_reliability: bool = False
-    survive_zone_loss: Annotated[float, msgspec.Meta(ge=0, le=1)] = 1.0
+    # Each field is the optimizer field of the same name, by the same type (range and description).
+    min_non_spot_fraction: NonSpotFraction = 0.5
+    max_pool_share: PoolShare = 1.0
+    discount_spot_by_reliability: DiscountSpot = False
+    survive_zone_loss: SurviveZoneLoss = 1.0
 
     def apply(self, cfg: OptimizerConfig) -> OptimizerConfig:
-        return dataclasses.replace(
-            cfg,
-            min_non_spot_fraction=self.min_non_spot_fraction,
-            max_pool_share=self.max_pool_share,
-            discount_spot_by_reliability=self.discount_spot_by_reliability,
-            survive_zone_loss=self.survive_zone_loss,
-        )
+        return msgspec.structs.replace(cfg, **msgspec.structs.asdict(self))
 
 
 class PlannerSettings(_Section, frozen=True):
-    horizon_days: Annotated[float, msgspec.Meta(gt=0, le=366)] = 30.0
-    levels: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 48
+    horizon_days: Annotated[float, msgspec.Meta(gt=0, le=366, description="commitment planning horizon")] = (
+        30.0
+    )
+    levels: Annotated[
+        int, msgspec.Meta(ge=1, le=1000, description="demand levels the horizon is grouped into")
+    ] = 48
 
 
 class SpotMonitorSettings(_Section, frozen=True):
-    health_check_seconds: Annotated[float, msgspec.Meta(gt=0)] = 10.0
-    missed_intervals: Annotated[float, msgspec.Meta(gt=0)] = 3.0
-    prelaunch_on_rebalance: bool = False
+    health_check_seconds: Annotated[
+        float, msgspec.Meta(gt=0, description="how often workers are checked for silence")
+    ] = 10.0
+    missed_intervals: Annotated[
+        float,
+        msgspec.Meta(
+            gt=0, description="a worker silent this many of its report intervals is lost: requeue, replace"
+        ),
+    ] = 3.0
+    prelaunch_on_rebalance: Annotated[
+        bool, msgspec.Meta(description="on a rebalance recommendation, plan a replacement before any notice")
+    ] = False
 
 
 class MigrationSettings(_Section, frozen=True):
-    policy: Literal["deadline", "migrate_top_n", "let_short_finish"] = "deadline"
-    safety_margin_seconds: Annotated[float, msgspec.Meta(ge=0)] = 5.0
-    same_node_gbytes_per_s: Annotated[float, msgspec.Meta(gt=0)] = 100.0
-    cross_node_gbytes_per_s: Annotated[float, msgspec.Meta(gt=0)] = 3.125
-    kv_bytes_per_token: Annotated[float, msgspec.Meta(gt=0)] = 327_680.0
-    block_tokens: Annotated[int, msgspec.Meta(ge=1)] = 16
-    max_concurrency: Annotated[int, msgspec.Meta(ge=1)] = 32
-    command_timeout_seconds: Annotated[float, msgspec.Meta(gt=0)] = 2.0
-    hot_blocks: Annotated[int, msgspec.Meta(ge=0)] = 100
+    policy: Annotated[
+        Literal["deadline", "migrate_top_n", "let_short_finish"],
+        msgspec.Meta(description="deadline (default), or the seed's migrate_top_n / let_short_finish"),
+    ] = "deadline"
+    safety_margin_seconds: Annotated[
+        float,
+        msgspec.Meta(
+            ge=0, description="whatever needs the reclaimed node is done this long before its deadline"
+        ),
+    ] = 5.0
+    same_node_gbytes_per_s: Annotated[
+        float, msgspec.Meta(gt=0, description="KV transfer rate between GPUs of one node")
+    ] = 100.0
+    cross_node_gbytes_per_s: Annotated[
+        float,
+        msgspec.Meta(
+            gt=0, description="the node's network egress for KV (25 Gbit/s), shared by its transfers"
+        ),
+    ] = 3.125
+    kv_bytes_per_token: Annotated[
+        float, msgspec.Meta(gt=0, description="320 KiB: a 70B model with GQA in fp16")
+    ] = 327_680.0
+    block_tokens: Annotated[int, msgspec.Meta(ge=1, description="tokens per KV (prefix) block")] = 16
+    max_concurrency: Annotated[
+        int, msgspec.Meta(ge=1, description="migration commands in flight at once, per drained node")
+    ] = 32
+    command_timeout_seconds: Annotated[
+        float, msgspec.Meta(gt=0, description="per worker or router command (never past the deadline)")
+    ] = 2.0
+    hot_blocks: Annotated[
+        int, msgspec.Meta(ge=0, description="hot prefix blocks copied to survivors with the time left")
+    ] = 100
 
 
 class BusSettings(_Section, frozen=True):
-    namespace: Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9_-]+(\.[a-z0-9_-]+)*$")] = "costagent"
-    url: str = ""
-    """Empty: the NATS_URL environment variable, else an embedded nats-server."""
-    source: Annotated[str, msgspec.Meta(min_length=1)] = "cost-agent"
+    """The rest is for `cost-agent run`, the service."""
+
+    namespace: Annotated[
+        str,
+        msgspec.Meta(
+            pattern=r"^[a-z0-9_-]+(\.[a-z0-9_-]+)*$",
+            description="every subject starts with it: costagent.evt.plan.allocation, ...",
+        ),
+    ] = "costagent"
+    url: Annotated[
+        str,
+        msgspec.Meta(
+            description="empty: NATS_URL, else an embedded nats-server from the virtual environment"
+        ),
+    ] = ""
+    source: Annotated[
+        str,
+        msgspec.Meta(
+            min_length=1, description="the envelope's source field on everything the agent publishes"
+        ),
+    ] = "cost-agent"
 
 
 class MetricsSettings(_Section, frozen=True):
-    enabled: bool = True
-    host: str = "127.0.0.1"
-    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 9464
+    enabled: Annotated[bool, msgspec.Meta(description="serve GET /metrics (Prometheus) and /healthz")] = True
+    host: Annotated[str, msgspec.Meta(description="the address to listen on")] = "127.0.0.1"
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535, description="0 picks a free port (logged)")] = 9464
 
 
 class ReporterSettings(_Section, frozen=True):
-    interval_seconds: Annotated[float, msgspec.Meta(gt=0)] = 60.0
+    interval_seconds: Annotated[
+        float, msgspec.Meta(gt=0, description="a cost report is published this often")
+    ] = 60.0
 
 
 class SupervisorSettings(_Section, frozen=True):
-    max_restarts: Annotated[int, msgspec.Meta(ge=0)] = 5
-    window_seconds: Annotated[float, msgspec.Meta(gt=0)] = 60.0
-    shutdown_grace_seconds: Annotated[float, msgspec.Meta(gt=0)] = 4.0
+    max_restarts: Annotated[
+        int,
+        msgspec.Meta(
+            ge=0,
+            description=(
+                "an actor crashing more often than this within window_seconds stops the agent (exit 1)"
+            ),
+        ),
+    ] = 5
+    window_seconds: Annotated[float, msgspec.Meta(gt=0, description="the window max_restarts counts in")] = (
+        60.0
+    )
+    shutdown_grace_seconds: Annotated[
+        float, msgspec.Meta(gt=0, description="on SIGTERM: drain, then cancel what is left after this long")
+    ] = 4.0
 
 
 class Settings(_Section, frozen=True):
-    catalog: str = "seed"
+    """cost-agent settings. Every field is optional; the values below are the defaults.
+    Environment overrides: COST_AGENT_CATALOG, COST_AGENT_<SECTION>__<FIELD> (e.g.
+    COST_AGENT_SLO__UTILIZATION_TARGET=0.6)."""
+
+    catalog: Annotated[
+        str,
+        msgspec.Meta(description="a built-in catalog (seed, gcp-2026-07) or a path to your own catalog TOML"),
+    ] = "seed"
     slo: SloSettings = msgspec.field(default_factory=SloSettings)
     optimizer: OptimizerSettings = msgspec.field(default_factory=OptimizerSettings)
     profiler: ProfilerSettings = msgspec.field(default_factory=ProfilerSettings)
-    planner: PlannerSettings = msgspec.field(default_factory=PlannerSettings)
     backtest: BacktestSettings = msgspec.field(default_factory=BacktestSettings)
+    planner: PlannerSettings = msgspec.field(default_factory=PlannerSettings)
     bus: BusSettings = msgspec.field(default_factory=BusSettings)
     metrics: MetricsSettings = msgspec.field(default_factory=MetricsSettings)
     reporter: ReporterSettings = msgspec.field(default_factory=ReporterSettings)

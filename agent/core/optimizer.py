@@ -270,7 +270,7 @@ def _solve(
     quotas, availability or pool shares), without them: damping must never cost coverage. Only if
     demand cannot be covered at all, the elastic program finds the allocation that covers the most.
     """
-    relaxable = cfg.relax_step_limits and (cfg.max_step_up is not None or cfg.max_step_down is not None)
+    relaxable = cfg.relax_step_limits and (cfg.step_up_limit is not None or cfg.step_down_limit is not None)
     # (step-up limit, step-down limit, elastic coverage): lift the step-up limit first, since scaling up
     # is what coverage needs; the step-down limit only if it conflicts with quotas or the market.
     attempts: list[tuple[bool, bool, bool]] = [(True, True, False)]
@@ -303,7 +303,7 @@ def _fallback_reason(cols: tick_program.Columns, x: np.ndarray, binding: tuple[s
 
 def _relaxed_reason(p: Problem, cfg: OptimizerConfig, spot: np.ndarray, od: np.ndarray) -> str:
     """Which step limit was lifted: the step-up limit when demand needed a larger step."""
-    limit = cfg.max_step_up
+    limit = cfg.step_up_limit
     stepped = limit is not None and (
         float(np.sum(spot)) > p.cur_spot.sum() + limit or float(np.sum(od)) > p.cur_od.sum() + limit
     )

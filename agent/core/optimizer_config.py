@@ -1,44 +1,160 @@
-"""What the tick optimizer (and the commitment planner, which covers each step as the tick would) is told."""
+"""What the tick optimizer (and the commitment planner, which covers each step as a tick would) is told.
+
+:class:`OptimizerConfig` is the one definition of each optimizer field: its type, its physical range, its
+default (what ``cost-agent run`` plans with) and its description. The ``[optimizer]`` settings section
+extends it with the settings that only the service reads, the ``[backtest]`` section overrides some of
+these fields by the same types (:data:`NonSpotFraction` ...), and ``deploy/agent.example.toml`` is written
+from them.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
+from typing import Annotated, Any
+
+import msgspec
+import msgspec.inspect
+
+# The field types the ``[backtest]`` override table reuses: its fields are these very fields.
+NonSpotFraction = Annotated[
+    float,
+    msgspec.Meta(
+        ge=0,
+        le=1,
+        description="reserved + on-demand cover this share of next-hour P95 demand if all spot vanished",
+    ),
+]
+PoolShare = Annotated[
+    float,
+    msgspec.Meta(
+        gt=0,
+        le=1,
+        description="at most this share of the spot fleet (plus one node) in one pool (zone × type)",
+    ),
+]
+SurviveZoneLoss = Annotated[
+    float,
+    msgspec.Meta(
+        ge=0,
+        le=1,
+        description=(
+            "share of current demand still covered if every spot node of any one zone (pool name, all "
+            "types) were reclaimed at once, as reclaims come in waves per zone; 0 turns the rule off. "
+            "Applies with two zones or more (with one, min_non_spot_fraction is what survives a wave)"
+        ),
+    ),
+]
+DiscountSpot = Annotated[bool, msgspec.Meta(description="count spot capacity at (1 - reclaim rate per hour)")]
 
 
-@dataclass(frozen=True, slots=True)
-class OptimizerConfig:
-    min_non_spot_instances: int = 1
-    min_non_spot_fraction: float = 0.0
-    max_pool_share: float = 0.5
-    max_step_up: int | None = 2
-    max_step_down: int | None = 1
-    relax_step_limits: bool = True
-    switching_cost_hours: float = 0.0
-    """Charge each launch this many hours of its price (boot time is paid but not useful)."""
-    discount_spot_by_reliability: bool = True
-    allow_ondemand: bool = True
-    """False for a reserved + spot-only fleet (the backtest's reserved-spot baseline)."""
-    time_limit_s: float = 5.0
-    """Per solve; the best allocation found by then is used (ticks take milliseconds: bench/optimizer.py)."""
-    survive_zone_loss: float = 0.0
-    """Share of current demand still covered if every spot node of any one zone (pool name, all types)
-    were reclaimed at once; 0 turns the rule off. Reclaims come in waves per zone. Applies when the
-    catalog has two zones or more (with one, ``min_non_spot_fraction`` is what survives a wave)."""
+class OptimizerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """How the tick optimizer plans: the reliability rules, the damping, the solver's budget."""
+
+    min_non_spot_instances: Annotated[
+        int,
+        msgspec.Meta(ge=0, description="never a spot-only fleet: at least this many reserved + on-demand"),
+    ] = 1
+    min_non_spot_fraction: NonSpotFraction = 0.5
+    max_pool_share: PoolShare = 0.5
+    survive_zone_loss: SurviveZoneLoss = 0.0
+    step_limits: Annotated[
+        bool,
+        msgspec.Meta(description="damp changes per tick by max_step_up / max_step_down (false: no limits)"),
+    ] = True
+    max_step_up: Annotated[
+        Annotated[int, msgspec.Meta(ge=0)] | None,
+        msgspec.Meta(
+            description="at most this many more nodes per tier per tick (lifted when demand needs more)"
+        ),
+    ] = 2
+    max_step_down: Annotated[
+        Annotated[int, msgspec.Meta(ge=0)] | None,
+        msgspec.Meta(
+            description="at most this many fewer nodes per tier per tick (reclaimed spot does not count)"
+        ),
+    ] = 1
+    relax_step_limits: Annotated[
+        bool,
+        msgspec.Meta(
+            description=(
+                "lift the step limits for a tick whose demand they would leave uncovered, or that "
+                "conflict with quotas, spot availability or pool shares"
+            )
+        ),
+    ] = True
+    switching_cost_hours: Annotated[
+        float,
+        msgspec.Meta(
+            ge=0,
+            description="charge each launch this many hours of its price (boot time is paid, not useful)",
+        ),
+    ] = 0.0
+    discount_spot_by_reliability: DiscountSpot = True
+    allow_ondemand: Annotated[
+        bool,
+        msgspec.Meta(
+            description="false: a reserved + spot-only fleet (the backtest's reserved-spot baseline)"
+        ),
+    ] = True
+    time_limit_s: Annotated[
+        float,
+        msgspec.Meta(
+            gt=0,
+            description="per solve; the best allocation found by then is used (ticks take milliseconds)",
+        ),
+    ] = 5.0
 
     def __post_init__(self) -> None:
-        if self.min_non_spot_instances < 0:
-            raise ValueError("min_non_spot_instances must be ≥ 0")
-        if not 0 <= self.min_non_spot_fraction <= 1:
-            raise ValueError("min_non_spot_fraction must be in [0, 1]")
-        if not 0 < self.max_pool_share <= 1:
-            raise ValueError("max_pool_share must be in (0, 1]")
-        for name in ("max_step_up", "max_step_down"):
-            value = getattr(self, name)
-            if value is not None and value < 0:
-                raise ValueError(f"{name} must be ≥ 0 or unset")
-        if not 0 <= self.survive_zone_loss <= 1:
-            raise ValueError("survive_zone_loss must be in [0, 1]")
-        if not self.time_limit_s > 0:
-            raise ValueError("time_limit_s must be > 0")
-        if self.switching_cost_hours < 0:
-            raise ValueError("switching_cost_hours must be ≥ 0")
+        check_ranges(self)
+
+    @property
+    def step_up_limit(self) -> int | None:
+        """Nodes a tier may grow by in one tick (None: no limit)."""
+        return self.max_step_up if self.step_limits else None
+
+    @property
+    def step_down_limit(self) -> int | None:
+        """Nodes a tier may shrink by in one tick (None: no limit)."""
+        return self.max_step_down if self.step_limits else None
+
+
+def check_ranges(struct: msgspec.Struct) -> None:
+    """Raise ValueError naming the first field outside the range its type declares.
+
+    msgspec checks ranges when it decodes (a settings file); this checks a Struct built in code the same
+    way, from the same declarations.
+    """
+    for name, bounds in _ranges(type(struct)).items():
+        value = getattr(struct, name)
+        if value is None or isinstance(value, bool):
+            continue
+        for op, limit in bounds:
+            if not _OPS[op](value, limit):
+                raise ValueError(f"{name} must be {_SYMBOLS[op]} {limit:g} (got {value!r})")
+
+
+_OPS = {
+    "ge": lambda v, lim: v >= lim,
+    "gt": lambda v, lim: v > lim,
+    "le": lambda v, lim: v <= lim,
+    "lt": lambda v, lim: v < lim,
+}
+_SYMBOLS = {"ge": "≥", "gt": ">", "le": "≤", "lt": "<"}
+
+
+@functools.cache
+def _ranges(cls: type[msgspec.Struct]) -> dict[str, list[tuple[str, float]]]:
+    """Per field, the numeric bounds its declared type carries (through Annotated and ``| None``)."""
+    info = msgspec.inspect.type_info(cls)
+    assert isinstance(info, msgspec.inspect.StructType)
+    return {field.name: _bounds(field.type) for field in info.fields}
+
+
+def _bounds(t: Any) -> list[tuple[str, float]]:
+    if isinstance(t, msgspec.inspect.Metadata):
+        return _bounds(t.type)
+    if isinstance(t, msgspec.inspect.UnionType):
+        return [b for member in t.types for b in _bounds(member)]
+    if isinstance(t, msgspec.inspect.IntType | msgspec.inspect.FloatType):
+        return [(op, getattr(t, op)) for op in _OPS if getattr(t, op) is not None]
+    return []

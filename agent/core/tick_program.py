@@ -237,7 +237,8 @@ def step_floor(p: Problem, cfg: OptimizerConfig, tier: Tier) -> float:
     """The fewest nodes of the tier the step-down limit lets the tick keep (0: no floor). Spot nodes
     beyond what the market now allows are gone already, so their loss is not a voluntary release."""
     held = np.minimum(p.cur_spot, p.spot_cap) if tier == "spot" else p.cur_od
-    floor = float(np.sum(held)) - cfg.max_step_down if cfg.max_step_down is not None else 0.0
+    limit = cfg.step_down_limit
+    floor = float(np.sum(held)) - limit if limit is not None else 0.0
     return max(floor, 0.0)
 
 
@@ -251,8 +252,9 @@ def step_limits(
     for tier in TIERS:
         # The spot total is one column; the on-demand total is the sum of the block.
         total: list[Term] = [(cols.spot_total, 1.0)] if tier == "spot" else [(cols.ondemand, 1.0)]
-        if up and cfg.max_step_up is not None:
-            rows.add(f"step_up:{tier}", total, hi=float(p.current(tier).sum()) + cfg.max_step_up)
+        limit = cfg.step_up_limit
+        if up and limit is not None:
+            rows.add(f"step_up:{tier}", total, hi=float(p.current(tier).sum()) + limit)
         if floors[tier] > 0:
             rows.add(f"step_down:{tier}", total, lo=floors[tier])
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import msgspec
 import numpy as np
 
 from agent.core.capacity import SloConfig, instances_needed, rps_per_instance
@@ -177,11 +177,11 @@ class RollingPolicy:
         available = view.available if self.use_spot else {k: 0 for k in view.available}
         # The optimizer discounts spot by (1 − this): here the share lost before a replacement serves.
         market = SpotMarket(available=available, reclaim_per_hour=self.reclaim)
-        cfg = self.cfg if self.use_ondemand else dataclasses.replace(self.cfg, allow_ondemand=False)
+        cfg = self.cfg if self.use_ondemand else msgspec.structs.replace(self.cfg, allow_ondemand=False)
         if cfg.survive_zone_loss > 0:
             # ``survive_zone_loss`` is a share of the demand measured (the base); the tick's demand
             # carries the headroom for growth on top, which a zone loss need not also be covered for.
-            cfg = dataclasses.replace(cfg, survive_zone_loss=min(1.0, cfg.survive_zone_loss / headroom))
+            cfg = msgspec.structs.replace(cfg, survive_zone_loss=min(1.0, cfg.survive_zone_loss / headroom))
         alloc = optimize_tick(
             self.catalog,
             TickInput(demand_now, demand_next, Fleet(view.reserved, view.spot, view.ondemand), market),

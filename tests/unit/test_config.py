@@ -13,6 +13,7 @@ import pytest
 
 import agent
 from agent.config import (
+    BacktestSettings,
     ConfigError,
     OptimizerSettings,
     ProfilerSettings,
@@ -23,6 +24,8 @@ from agent.config import (
 )
 from agent.core.catalog import CatalogError
 from agent.core.optimizer import OptimizerConfig
+from agent.core.optimizer_config import check_ranges
+from agent.settings_example import description, example_toml
 
 ROOT = Path(agent.__file__).resolve().parent.parent
 EXAMPLE = ROOT / "deploy" / "agent.example.toml"
@@ -71,6 +74,80 @@ def test_default_optimizer_settings_become_the_seeds_damping_of_plus_2_minus_1()
     )
 
 
+def test_the_core_plans_with_the_agents_defaults_when_given_no_settings() -> None:
+    # One definition: what `cost-agent run` plans with is what optimize_tick(cfg=None) plans with.
+    assert OptimizerConfig() == Settings().optimizer.to_core()
+    assert OptimizerConfig().min_non_spot_fraction == 0.5
+
+
+def test_the_optimizer_section_is_the_core_config_plus_the_services_own_fields() -> None:
+    core = set(OptimizerConfig.__struct_fields__)
+    service = set(OptimizerSettings.__struct_fields__) - core
+    assert core <= set(OptimizerSettings.__struct_fields__)
+    assert service == {
+        "interval_seconds",
+        "base_window_seconds",
+        "surge_check_seconds",
+        "demand_smoothing_seconds",
+        "spot_price_max_age_seconds",
+    }
+
+
+def test_the_backtest_section_overrides_optimizer_fields_by_their_own_types() -> None:
+    optimizer = msgspec.inspect.type_info(OptimizerConfig)
+    backtest = msgspec.inspect.type_info(BacktestSettings)
+    assert isinstance(optimizer, msgspec.inspect.StructType)
+    assert isinstance(backtest, msgspec.inspect.StructType)
+    types = {f.name: f.type for f in optimizer.fields}
+    for field in backtest.fields:
+        assert field.type == types[field.name], field.name
+    rolling = Settings().backtest.apply(Settings().optimizer.to_core())
+    assert (rolling.min_non_spot_fraction, rolling.max_pool_share) == (0.5, 1.0)
+    assert (rolling.discount_spot_by_reliability, rolling.survive_zone_loss) == (False, 1.0)
+    assert rolling.max_step_up == Settings().optimizer.max_step_up
+
+
+def test_a_backtest_override_out_of_its_range_is_refused_like_the_optimizer_field(tmp_path: Path) -> None:
+    message = config_error(write(tmp_path, "[backtest]\nmax_pool_share = 0.0\n"))
+    assert "'backtest.max_pool_share'" in message
+
+
+def test_every_setting_is_described_and_every_number_has_a_range() -> None:
+    def fields(cls: type[msgspec.Struct]) -> list[msgspec.inspect.Field]:
+        info = msgspec.inspect.type_info(cls)
+        assert isinstance(info, msgspec.inspect.StructType)
+        return list(info.fields)
+
+    for section in fields(Settings):
+        if not isinstance(section.type, msgspec.inspect.StructType):
+            assert description(section), section.name
+            continue
+        for field in fields(section.type.cls):
+            where = f"{section.name}.{field.name}"
+            assert description(field), where
+            inner = field.type.type if isinstance(field.type, msgspec.inspect.Metadata) else field.type
+            members = inner.types if isinstance(inner, msgspec.inspect.UnionType) else (inner,)
+            for member in members:
+                if isinstance(member, msgspec.inspect.IntType | msgspec.inspect.FloatType):
+                    assert (member.ge, member.gt) != (None, None), where
+
+
+def test_a_config_built_in_code_is_checked_against_the_same_ranges() -> None:
+    with pytest.raises(ValueError, match="min_non_spot_fraction must be ≤ 1"):
+        OptimizerConfig(min_non_spot_fraction=1.5)
+    with pytest.raises(ValueError, match="max_pool_share must be > 0"):
+        msgspec.structs.replace(OptimizerConfig(), max_pool_share=0.0)
+    with pytest.raises(ValueError, match="max_step_up must be ≥ 0"):
+        OptimizerConfig(max_step_up=-1)
+    check_ranges(OptimizerConfig(max_step_up=None, max_step_down=None))
+
+
+def test_step_limits_false_lifts_both_limits_in_the_core_too() -> None:
+    lifted = OptimizerConfig(step_limits=False)
+    assert (lifted.step_up_limit, lifted.step_down_limit) == (None, None)
+    assert (OptimizerConfig().step_up_limit, OptimizerConfig().step_down_limit) == (2, 1)
+
+
 def test_the_example_file_loads_to_exactly_the_defaults() -> None:
     assert load_settings(EXAMPLE, env=NO_ENV) == Settings()
 
@@ -78,6 +155,13 @@ def test_the_example_file_loads_to_exactly_the_defaults() -> None:
 def test_the_example_file_spells_out_every_field_with_its_default_value() -> None:
     written = tomllib.loads(EXAMPLE.read_text(encoding="utf-8"))
     assert written == msgspec.to_builtins(Settings())
+
+
+def test_the_example_file_is_written_from_the_settings_definitions() -> None:
+    assert EXAMPLE.read_text(encoding="utf-8") == example_toml(), (
+        "deploy/agent.example.toml is stale: .venv/bin/python -m agent.settings_example "
+        "> deploy/agent.example.toml"
+    )
 
 
 # -- overrides ----------------------------------------------------------------------------------------
@@ -128,7 +212,7 @@ def test_variables_without_the_prefix_and_the_data_dir_variable_are_not_settings
 def test_step_limits_false_gives_an_optimizer_without_step_limits(tmp_path: Path) -> None:
     path = write(tmp_path, "[optimizer]\nstep_limits = false\n")
     core = load_settings(path, env=NO_ENV).optimizer.to_core()
-    assert (core.max_step_up, core.max_step_down) == (None, None)
+    assert (core.step_up_limit, core.step_down_limit) == (None, None)
     assert core.min_non_spot_instances == 1
 
 

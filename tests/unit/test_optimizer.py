@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import msgspec
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -32,7 +33,8 @@ SEED = resolve_catalog("seed")
 GCP = resolve_catalog("gcp-2026-07")
 H100 = SEED.type("h100_8x")
 H100_RPS = rps_per_instance(H100, 1500, 500, SloConfig())  # ≈ 7.57 rps per node
-NO_LIMITS = OptimizerConfig(max_step_up=None, max_step_down=None)
+# Each rule on its own: no step limits, and none of the agent's default 50% non-spot floor.
+NO_LIMITS = OptimizerConfig(max_step_up=None, max_step_down=None, min_non_spot_fraction=0.0)
 
 
 def demand(nodes: float) -> Demand:
@@ -54,7 +56,7 @@ def test_reserved_nodes_are_never_changed_by_the_tick() -> None:
 def test_spot_capacity_is_discounted_by_its_reliability() -> None:
     # Exactly 4 nodes' worth of demand: 4 spot nodes at 95% reliability are not enough.
     inp = TickInput(demand(4), demand(4), Fleet(reserved={"h100_8x": 0}))
-    alloc = optimize_tick(only_h100(), inp, cfg=dataclasses.replace(NO_LIMITS, min_non_spot_instances=0))
+    alloc = optimize_tick(only_h100(), inp, cfg=msgspec.structs.replace(NO_LIMITS, min_non_spot_instances=0))
     assert alloc.total("spot") + alloc.total("ondemand") >= 5 or alloc.total("ondemand") == 4
     assert alloc.capacity_now_rps >= inp.demand_now.rps - 1e-9
 
@@ -76,7 +78,7 @@ def test_keeps_at_least_one_non_spot_node_even_when_spot_is_far_cheaper() -> Non
 
 
 def test_non_spot_fraction_keeps_that_share_of_demand_on_reliable_nodes() -> None:
-    cfg = dataclasses.replace(NO_LIMITS, min_non_spot_fraction=0.5)
+    cfg = msgspec.structs.replace(NO_LIMITS, min_non_spot_fraction=0.5)
     inp = TickInput(demand(8), demand(8))
     alloc = optimize_tick(only_h100(), inp, cfg=cfg)
     assert alloc.total("ondemand") * H100_RPS >= 0.5 * inp.demand_next.rps
@@ -94,7 +96,7 @@ def test_spot_is_never_planned_beyond_what_a_pool_offers() -> None:
 
 def test_spot_is_spread_over_pools_because_reclaims_are_correlated_within_one() -> None:
     catalog = only_h100(("a", "b", "c"))
-    cfg = dataclasses.replace(NO_LIMITS, max_pool_share=0.5)
+    cfg = msgspec.structs.replace(NO_LIMITS, max_pool_share=0.5)
     alloc = optimize_tick(catalog, TickInput(demand(10), demand(10)), cfg=cfg)
     total = alloc.total("spot")
     assert total >= 8
@@ -105,7 +107,7 @@ def test_spot_is_spread_over_pools_because_reclaims_are_correlated_within_one() 
 def test_a_live_spot_price_overrides_the_catalog() -> None:
     catalog = only_h100(("a", "b"))
     market = SpotMarket(price={("h100_8x", "a"): 30.0})  # pool a's spot now costs nearly on-demand
-    cfg = dataclasses.replace(NO_LIMITS, max_pool_share=1.0)
+    cfg = msgspec.structs.replace(NO_LIMITS, max_pool_share=1.0)
     alloc = optimize_tick(catalog, TickInput(demand(4), demand(4), market=market), cfg=cfg)
     assert ("h100_8x", "a") not in alloc.spot
     assert alloc.hourly_cost == pytest.approx(hourly_cost(catalog, alloc, market))
@@ -153,10 +155,10 @@ def test_a_switching_cost_keeps_running_nodes_instead_of_chasing_a_small_saving(
     catalog = only_h100(("a", "b"))
     fleet = Fleet(spot={("h100_8x", "a"): 2}, ondemand={("h100_8x", "b"): 2})
     market = SpotMarket(price={("h100_8x", "a"): 9.0})  # pool a got a little cheaper than b's 9.83
-    base = dataclasses.replace(NO_LIMITS, max_pool_share=1.0)
+    base = msgspec.structs.replace(NO_LIMITS, max_pool_share=1.0)
     inp = TickInput(demand(3), demand(3), fleet, market)
     moved = optimize_tick(catalog, inp, cfg=base)
-    kept = optimize_tick(catalog, inp, cfg=dataclasses.replace(base, switching_cost_hours=500.0))
+    kept = optimize_tick(catalog, inp, cfg=msgspec.structs.replace(base, switching_cost_hours=500.0))
     assert moved.total("ondemand") < 2  # without a switching cost it trades on-demand for spot
     assert kept.ondemand == {("h100_8x", "b"): 2}
 
@@ -273,7 +275,7 @@ def test_cost_never_falls_when_demand_rises(
 ) -> None:
     catalog, inp, cfg = case
     # From an empty fleet without step limits, so that the answer depends on demand alone.
-    cfg = dataclasses.replace(cfg, max_step_up=None, max_step_down=None)
+    cfg = msgspec.structs.replace(cfg, max_step_up=None, max_step_down=None)
     base = TickInput(inp.demand_now, inp.demand_next, Fleet(reserved=inp.fleet.reserved), inp.market)
     more = dataclasses.replace(
         base, demand_now=inp.demand_now.scaled(k), demand_next=inp.demand_next.scaled(k)
@@ -287,7 +289,7 @@ def test_cost_never_falls_when_demand_rises(
 
 def test_losing_every_spot_node_of_any_one_zone_still_leaves_demand_covered() -> None:
     catalog = only_h100(("a", "b", "c"))
-    cfg = dataclasses.replace(NO_LIMITS, survive_zone_loss=1.0, max_pool_share=1.0)
+    cfg = msgspec.structs.replace(NO_LIMITS, survive_zone_loss=1.0, max_pool_share=1.0)
     inp = TickInput(demand(6), demand(6))
     alloc = optimize_tick(catalog, inp, cfg=cfg)
     assert alloc.status == "optimal"
@@ -298,7 +300,7 @@ def test_losing_every_spot_node_of_any_one_zone_still_leaves_demand_covered() ->
 
 
 def test_a_reserved_and_spot_only_fleet_never_plans_on_demand() -> None:
-    cfg = dataclasses.replace(NO_LIMITS, allow_ondemand=False)
+    cfg = msgspec.structs.replace(NO_LIMITS, allow_ondemand=False)
     alloc = optimize_tick(
         only_h100(), TickInput(demand(5), demand(5), Fleet(reserved={"h100_8x": 1})), cfg=cfg
     )
@@ -309,11 +311,11 @@ def test_a_reserved_and_spot_only_fleet_never_plans_on_demand() -> None:
 def test_with_a_single_zone_the_zone_loss_rule_leaves_the_guard_to_the_non_spot_floor() -> None:
     # Nothing to spread over: the rule would forbid spot outright. The non-spot floor says how much of
     # demand must survive a wave there.
-    zone_only = dataclasses.replace(NO_LIMITS, survive_zone_loss=0.8, min_non_spot_instances=0)
+    zone_only = msgspec.structs.replace(NO_LIMITS, survive_zone_loss=0.8, min_non_spot_instances=0)
     alloc = optimize_tick(only_h100(), TickInput(demand(5), demand(5)), cfg=zone_only)
     assert alloc.total("ondemand") == 0
     assert alloc.total("spot") > 0
-    with_floor = dataclasses.replace(zone_only, min_non_spot_fraction=0.4)
+    with_floor = msgspec.structs.replace(zone_only, min_non_spot_fraction=0.4)
     alloc = optimize_tick(only_h100(), TickInput(demand(5), demand(5)), cfg=with_floor)
     assert alloc.total("ondemand") * H100_RPS >= 0.4 * demand(5).rps - 1e-9
 

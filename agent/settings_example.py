@@ -1,0 +1,90 @@
+"""``deploy/agent.example.toml``, written from the settings' own definitions: every field of
+:class:`agent.config.Settings` with its default and its description, each section with its docstring.
+
+Rewrite the file with ``.venv/bin/python -m agent.settings_example > deploy/agent.example.toml``; a test
+fails when the file and the definitions differ.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import sys
+import textwrap
+from typing import Any
+
+import msgspec
+import msgspec.inspect
+
+from agent.config import Settings
+
+WIDTH = 120  # an inline description fits within this
+COMMENT_WIDTH = 110  # a description too long to fit inline is wrapped to this, above its field
+COMMENT_COLUMN = 33  # where an inline description starts (later after a long field)
+
+
+def example_toml() -> str:
+    """The example settings file: the defaults of :class:`Settings`, described."""
+    info = _struct_info(Settings)
+    lines = _comment(_summary(Settings))
+    scalars = [f for f in info.fields if not isinstance(f.type, msgspec.inspect.StructType)]
+    sections = [f for f in info.fields if isinstance(f.type, msgspec.inspect.StructType)]
+    for field in scalars:
+        lines += ["", *_field_lines(field)]
+    for section in sections:
+        assert isinstance(section.type, msgspec.inspect.StructType)
+        lines.append("")
+        lines += _comment(_summary(section.type.cls))
+        lines.append(f"[{section.name}]")
+        for field in section.type.fields:
+            lines += _field_lines(field)
+    return "\n".join(lines) + "\n"
+
+
+def _struct_info(cls: type[msgspec.Struct]) -> msgspec.inspect.StructType:
+    info = msgspec.inspect.type_info(cls)
+    assert isinstance(info, msgspec.inspect.StructType)
+    return info
+
+
+def _summary(cls: type) -> str:
+    """A section's docstring up to its first blank line (the rest is for readers of the code)."""
+    own = cls.__dict__.get("__doc__")
+    return inspect.cleandoc(own).split("\n\n")[0] if own else ""
+
+
+def description(field: msgspec.inspect.Field) -> str:
+    """A field's description, from the ``Meta`` of its type (empty when it has none)."""
+    if isinstance(field.type, msgspec.inspect.Metadata) and field.type.extra_json_schema:
+        return str(field.type.extra_json_schema.get("description", ""))
+    return ""
+
+
+def _field_lines(field: msgspec.inspect.Field) -> list[str]:
+    """``name = default``, described inline when it fits, else by comment lines above it."""
+    line = f"{field.name} = {_literal(field.default)}"
+    text = description(field)
+    pad = COMMENT_COLUMN - 1 if len(line) < COMMENT_COLUMN - 2 else len(line) + 3
+    inline = f"{line.ljust(pad)} # {text}"
+    if not text or len(inline) <= WIDTH:
+        return [inline if text else line]
+    return [*_comment(text), line]
+
+
+def _comment(text: str) -> list[str]:
+    paragraphs = text.split("\n")
+    return [f"# {line}" for paragraph in paragraphs for line in textwrap.wrap(paragraph, COMMENT_WIDTH - 2)]
+
+
+def _literal(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, int | float):
+        return repr(value)
+    raise TypeError(f"no TOML literal for the default {value!r}")
+
+
+if __name__ == "__main__":
+    sys.stdout.write(example_toml())
