@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal, TypeVar
@@ -144,7 +145,7 @@ class MigrationCoordinatorActor(Actor):
         # A drain runs for up to the notice's length: in its own task, so other orders are not held up.
         task = asyncio.ensure_future(self._drain(order))
         self._active[order.instance_id] = task
-        task.add_done_callback(lambda t, iid=order.instance_id: self._finished(iid, t))  # type: ignore[misc]
+        task.add_done_callback(functools.partial(self._finished, order.instance_id))
 
     def _finished(self, instance_id: str, task: asyncio.Task[None]) -> None:
         if self._active.get(instance_id) is task:
