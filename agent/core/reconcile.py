@@ -47,7 +47,8 @@ Standing = Literal["held", "leaving", "released", "reclaimed"]
   capacity until it is gone;
 - ``reclaimed``: under a market notice; neither a plan's nor the market's."""
 
-_HOLDS_MARKET: frozenset[Standing] = frozenset({"held", "leaving", "released"})
+HOLDS_MARKET: frozenset[Standing] = frozenset({"held", "leaving", "released"})
+"""The standings in which a spot node holds its pool's market capacity (the market reclaims among these)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,7 +181,7 @@ def _spot_room(fleet: FleetNow, mine: Sequence[NodeNow], slot: Slot) -> tuple[in
     available = fleet.spot_available.get((name, pool)) if tier == "spot" else None
     if available is None:
         return None
-    return available, sum(1 for n in mine if n.standing in _HOLDS_MARKET)
+    return available, sum(1 for n in mine if n.standing in HOLDS_MARKET)
 
 
 def _last_boot(fleet: FleetNow, grown: Sequence[Decision], released: set[str]) -> float | None:

@@ -73,6 +73,7 @@ from nats.aio.msg import Msg
 from agent.bus import Bus
 from agent.core.catalog import TIERS, Catalog, Tier
 from agent.core.reconcile import (
+    HOLDS_MARKET,
     Decision,
     FleetNow,
     Launch,
@@ -219,10 +220,21 @@ def trace_market(traces: Mapping[tuple[str, str], SpotTrace], start: float) -> S
     return available
 
 
+def _standing(inst: SimInstance) -> Standing | None:
+    """Where a node stands with the plans (None: terminated): launched or ready and counted by them
+    (``held``), or given up and still serving (``leaving``); draining after a release (``released``) or
+    after a notice (``reclaimed``)."""
+    if inst.state == "terminated":
+        return None
+    if inst.state == "draining":
+        return "released" if inst.notice_deadline is None else "reclaimed"
+    return "held" if inst.leave_at is None else "leaving"
+
+
 def _hold_market(inst: SimInstance) -> bool:
     """A spot node that holds its pool's market capacity: launched, ready, or draining after a release
     (still running) and not reclaimed."""
-    return inst.state in ("launched", "ready") or (inst.state == "draining" and inst.notice_deadline is None)
+    return _standing(inst) in HOLDS_MARKET
 
 
 def _idle(worker: WorkerEmulator) -> bool:
@@ -433,13 +445,9 @@ class SimCloud(Actor):
         nodes: list[NodeNow] = []
         spot_available: dict[tuple[str, str], int | None] = {}
         for inst in self.instances.values():
-            if inst.state == "terminated":
+            standing = _standing(inst)
+            if standing is None:
                 continue
-            standing: Standing = "held"
-            if inst.state == "draining":
-                standing = "released" if inst.notice_deadline is None else "reclaimed"
-            elif inst.leave_at is not None:
-                standing = "leaving"
             nodes.append(
                 NodeNow(
                     node_id=inst.instance_id,

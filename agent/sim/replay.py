@@ -39,6 +39,7 @@ from agent.core.catalog import TIERS, Catalog, Tier
 from agent.core.demand import Demand
 from agent.core.optimizer import PoolKey
 from agent.core.reconcile import (
+    HOLDS_MARKET,
     Decision,
     FleetNow,
     Launch,
@@ -227,13 +228,16 @@ class _Node:
     leave_at: float = math.inf
     """A released node that serves until the nodes launched with it are up (make before break)."""
 
+    @property
+    def standing(self) -> Standing:
+        """Released nodes are gone at once here, or leaving (make before break): none is ``released``."""
+        if self.deadline != math.inf:
+            return "reclaimed"
+        return "held" if self.leave_at == math.inf else "leaving"
+
     def now(self, t: float) -> NodeNow:
         """As the fleet reconcile sees it."""
-        standing: Standing = "held"
-        if self.deadline != math.inf:
-            standing = "reclaimed"
-        elif self.leave_at != math.inf:
-            standing = "leaving"
+        standing = self.standing
         return NodeNow(
             node_id=str(self.seq),
             slot=(*self.key, self.tier),
@@ -282,7 +286,7 @@ class _Replay:
         available = self.market.available[i]
         held: dict[PoolKey, list[_Node]] = {}
         for node in self.nodes:
-            if node.tier == "spot" and node.deadline == math.inf:
+            if node.tier == "spot" and node.standing in HOLDS_MARKET:
                 held.setdefault(node.key, []).append(node)
         preempted = 0
         for key, group in held.items():
@@ -305,7 +309,7 @@ class _Replay:
         """The policy plans; the fleet reconcile's decisions are applied (at the scored start, the nodes
         launched are taken as already running)."""
         available = {k: int(self.market.available[i][j]) for k, j in self.pool_index.items()}
-        active = [n for n in self.nodes if n.deadline == math.inf and n.leave_at == math.inf]
+        active = [n for n in self.nodes if n.standing == "held"]
         view = View(
             t=t,
             step=i,
