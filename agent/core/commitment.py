@@ -170,95 +170,167 @@ def plan_commitment(
 ) -> CommitmentPlan:
     """Reserved nodes per type that minimise expected cost over the horizon ``steps`` cover."""
     started = time.perf_counter()
-    slo = slo or SloConfig()
-    cfg = cfg or OptimizerConfig()
-    spot_available = spot_available or {}
     horizon = sum(s.hours for s in steps)
     grouped = group_levels(steps, levels)
-    pools = catalog.pools()
-    prog = _Program()
-    reserved_var = {
-        t.name: prog.var(
-            horizon * t.reserved_hourly, t.max_instances if t.max_instances is not None else math.inf
-        )
-        for t in catalog.types.values()
-    }
-    if not allow_reserved:
-        for j in reserved_var.values():
-            prog.upper[j] = 0.0
-    share_applies = cfg.max_pool_share < 1 and len(pools) >= 2
-    reserved_upper = dict.fromkeys(reserved_var, 0.0)
-    level_vars: list[tuple[list[int], list[int]]] = []
+    program = _HorizonProgram(
+        catalog,
+        slo or SloConfig(),
+        cfg or OptimizerConfig(),
+        allow_spot=allow_spot,
+        allow_ondemand=allow_ondemand,
+        spot_available=spot_available or {},
+    )
+    program.add_reserved(horizon, allow_reserved)
     for level in grouped:
+        program.add_level(level)
+    x = program.solve()
+    if x is None:
+        return _infeasible_plan(list(program.reserved), horizon, len(grouped), started)
+    return _priced_plan(program, grouped, x, horizon, started)
+
+
+@dataclass(frozen=True, slots=True)
+class _LevelColumns:
+    """A level's spot and on-demand columns, one per pool in the catalog's order."""
+
+    spot: list[int]
+    ondemand: list[int]
+
+
+@dataclass(slots=True)
+class _HorizonProgram:
+    """The horizon's program, built phase by phase: reserved columns, then each level's columns and the
+    rows that make it covered as a tick would cover it."""
+
+    catalog: Catalog
+    slo: SloConfig
+    cfg: OptimizerConfig
+    allow_spot: bool
+    allow_ondemand: bool
+    spot_available: Mapping[PoolKey, int]
+    prog: _Program = field(default_factory=_Program)
+    reserved: dict[str, int] = field(default_factory=dict)
+    """The reserved column of each type."""
+    reserved_upper: dict[str, float] = field(default_factory=dict)
+    """Reserved nodes of a type beyond those covering the busiest level alone are never optimal."""
+    levels: list[_LevelColumns] = field(default_factory=list)
+    pools: list[PoolKey] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.pools = self.catalog.pools()
+
+    def add_reserved(self, horizon: float, allowed: bool) -> None:
+        """One column per type, paid every hour of the horizon, within the type's quota."""
+        for t in self.catalog.types.values():
+            quota = t.max_instances if t.max_instances is not None else math.inf
+            self.reserved[t.name] = self.prog.var(horizon * t.reserved_hourly, quota if allowed else 0.0)
+            self.reserved_upper[t.name] = 0.0
+
+    def add_level(self, level: _Level) -> None:
         caps = {
             t.name: (
-                rps_per_instance(t, level.now.prompt_tokens, level.now.output_tokens, slo),
-                rps_per_instance(t, level.next_hour.prompt_tokens, level.next_hour.output_tokens, slo),
+                rps_per_instance(t, level.now.prompt_tokens, level.now.output_tokens, self.slo),
+                rps_per_instance(t, level.next_hour.prompt_tokens, level.next_hour.output_tokens, self.slo),
             )
-            for t in catalog.types.values()
+            for t in self.catalog.types.values()
         }
-        spot_vars = []
-        od_vars = []
-        for key in pools:
-            itype = catalog.types[key[0]]
-            # As in the tick: more nodes of one pool than cover the level alone are never optimal.
+        cols = self._level_columns(level, caps)
+        self.levels.append(cols)
+        self._cover(level, caps, cols)
+        self._non_spot(level, caps, cols)
+        self._pool_share(cols)
+        self._quota(cols)
+
+    def _reliability(self, type_name: str) -> float:
+        return (
+            self.catalog.types[type_name].spot_reliability if self.cfg.discount_spot_by_reliability else 1.0
+        )
+
+    def _level_columns(self, level: _Level, caps: Mapping[str, tuple[float, float]]) -> _LevelColumns:
+        """Spot and on-demand columns per pool, paid for the level's hours, bounded as in the tick: more
+        nodes of one pool than cover the level alone are never optimal."""
+        cfg = self.cfg
+        cols = _LevelColumns([], [])
+        for key in self.pools:
+            itype = self.catalog.types[key[0]]
             alone = _nodes_alone(level, caps[key[0]], 1.0)
-            od_upper = max(alone, cfg.min_non_spot_instances) if allow_ondemand else 0.0
-            reserved_upper[key[0]] = max(reserved_upper[key[0]], max(alone, cfg.min_non_spot_instances))
-            spot_upper = float(spot_available.get(key, math.inf)) if allow_spot else 0.0
+            od_upper = max(alone, cfg.min_non_spot_instances) if self.allow_ondemand else 0.0
+            self.reserved_upper[key[0]] = max(self.reserved_upper[key[0]], alone, cfg.min_non_spot_instances)
+            spot_upper = float(self.spot_available.get(key, math.inf)) if self.allow_spot else 0.0
             if cfg.max_pool_share >= 0.5:
-                rel = itype.spot_reliability if cfg.discount_spot_by_reliability else 1.0
-                spot_upper = min(spot_upper, _nodes_alone(level, caps[key[0]], rel))
-            spot_vars.append(prog.var(level.hours * itype.spot_hourly, spot_upper))
-            od_vars.append(prog.var(level.hours * itype.ondemand_hourly, od_upper))
-        level_vars.append((spot_vars, od_vars))
+                spot_upper = min(spot_upper, _nodes_alone(level, caps[key[0]], self._reliability(key[0])))
+            cols.spot.append(self.prog.var(level.hours * itype.spot_hourly, spot_upper))
+            cols.ondemand.append(self.prog.var(level.hours * itype.ondemand_hourly, od_upper))
+        return cols
+
+    def _cover(self, level: _Level, caps: Mapping[str, tuple[float, float]], cols: _LevelColumns) -> None:
+        """The level's current P75 and next-hour P95 demand covered, spot counted at its reliability."""
         for which, rps in ((0, level.now.rps), (1, level.next_hour.rps)):
-            coeffs = {reserved_var[t]: caps[t][which] for t in reserved_var}
-            for key, sv, dv in zip(pools, spot_vars, od_vars, strict=True):
-                itype = catalog.types[key[0]]
-                rel = itype.spot_reliability if cfg.discount_spot_by_reliability else 1.0
-                coeffs[sv] = caps[key[0]][which] * rel
+            coeffs = {self.reserved[t]: caps[t][which] for t in self.reserved}
+            for key, sv, dv in zip(self.pools, cols.spot, cols.ondemand, strict=True):
+                coeffs[sv] = caps[key[0]][which] * self._reliability(key[0])
                 coeffs[dv] = caps[key[0]][which]
-            prog.row(coeffs, rps, math.inf)
+            self.prog.row(coeffs, rps, math.inf)
+
+    def _non_spot(self, level: _Level, caps: Mapping[str, tuple[float, float]], cols: _LevelColumns) -> None:
+        """The tick's non-spot floors: a node count, and a share of the next hour's demand."""
+        cfg = self.cfg
         if cfg.min_non_spot_instances > 0:
-            coeffs = {j: 1.0 for j in reserved_var.values()} | {dv: 1.0 for dv in od_vars}
-            prog.row(coeffs, cfg.min_non_spot_instances, math.inf)
+            coeffs = {j: 1.0 for j in self.reserved.values()} | {dv: 1.0 for dv in cols.ondemand}
+            self.prog.row(coeffs, cfg.min_non_spot_instances, math.inf)
         if cfg.min_non_spot_fraction > 0:
-            coeffs = {reserved_var[t]: caps[t][1] for t in reserved_var}
-            coeffs |= {dv: caps[key[0]][1] for key, dv in zip(pools, od_vars, strict=True)}
-            prog.row(coeffs, cfg.min_non_spot_fraction * level.next_hour.rps, math.inf)
-        if share_applies and allow_spot:
-            total = prog.var(0.0)  # Σ spot of the level: keeps each share row to two entries
-            prog.row({sv: 1.0 for sv in spot_vars} | {total: -1.0}, 0.0, 0.0)
-            for sv in spot_vars:
-                prog.row({sv: 1.0, total: -cfg.max_pool_share}, -math.inf, 1.0)
-        for t in catalog.types.values():
+            coeffs = {self.reserved[t]: caps[t][1] for t in self.reserved}
+            coeffs |= {dv: caps[key[0]][1] for key, dv in zip(self.pools, cols.ondemand, strict=True)}
+            self.prog.row(coeffs, cfg.min_non_spot_fraction * level.next_hour.rps, math.inf)
+
+    def _pool_share(self, cols: _LevelColumns) -> None:
+        """No pool holds more than ``max_pool_share`` of the level's spot nodes (plus one)."""
+        if not (self.cfg.max_pool_share < 1 and len(self.pools) >= 2 and self.allow_spot):
+            return
+        total = self.prog.var(0.0)  # Σ spot of the level: keeps each share row to two entries
+        self.prog.row({sv: 1.0 for sv in cols.spot} | {total: -1.0}, 0.0, 0.0)
+        for sv in cols.spot:
+            self.prog.row({sv: 1.0, total: -self.cfg.max_pool_share}, -math.inf, 1.0)
+
+    def _quota(self, cols: _LevelColumns) -> None:
+        """A type's reserved, spot and on-demand nodes within its quota."""
+        for t in self.catalog.types.values():
             if t.max_instances is None:
                 continue
-            coeffs = {reserved_var[t.name]: 1.0}
-            for key, sv, dv in zip(pools, spot_vars, od_vars, strict=True):
+            coeffs = {self.reserved[t.name]: 1.0}
+            for key, sv, dv in zip(self.pools, cols.spot, cols.ondemand, strict=True):
                 if key[0] == t.name:
                     coeffs[sv] = 1.0
                     coeffs[dv] = 1.0
-            prog.row(coeffs, -math.inf, float(t.max_instances))
+            self.prog.row(coeffs, -math.inf, float(t.max_instances))
 
-    for name, j in reserved_var.items():
-        prog.upper[j] = min(prog.upper[j], reserved_upper[name])
-    x = prog.solve()
-    if x is None:
-        return CommitmentPlan(
-            reserved={t: 0 for t in reserved_var},
-            horizon_hours=horizon,
-            expected_cost=math.inf,
-            cost_by_tier={"reserved": 0.0, "spot": math.inf, "ondemand": math.inf},
-            avg_instances={"reserved": 0.0, "spot": 0.0, "ondemand": 0.0},
-            levels=len(grouped),
-            solve_seconds=time.perf_counter() - started,
-            feasible=False,
-        )
-    reserved = {t: int(x[j]) for t, j in reserved_var.items()}
+    def solve(self) -> np.ndarray | None:
+        for name, j in self.reserved.items():
+            self.prog.upper[j] = min(self.prog.upper[j], self.reserved_upper[name])
+        return self.prog.solve()
+
+
+def _infeasible_plan(types: list[str], horizon: float, levels: int, started: float) -> CommitmentPlan:
+    return CommitmentPlan(
+        reserved=dict.fromkeys(types, 0),
+        horizon_hours=horizon,
+        expected_cost=math.inf,
+        cost_by_tier={"reserved": 0.0, "spot": math.inf, "ondemand": math.inf},
+        avg_instances={"reserved": 0.0, "spot": 0.0, "ondemand": 0.0},
+        levels=levels,
+        solve_seconds=time.perf_counter() - started,
+        feasible=False,
+    )
+
+
+def _priced_plan(
+    program: _HorizonProgram, grouped: Sequence[_Level], x: np.ndarray, horizon: float, started: float
+) -> CommitmentPlan:
+    """The solution's reserved nodes, with its cost and mean nodes per tier over the horizon."""
+    types = program.catalog.types
+    reserved = {t: int(x[j]) for t, j in program.reserved.items()}
     cost_by_tier: dict[Tier, float] = {
-        "reserved": sum(horizon * catalog.types[t].reserved_hourly * n for t, n in reserved.items()),
+        "reserved": sum(horizon * types[t].reserved_hourly * n for t, n in reserved.items()),
         "spot": 0.0,
         "ondemand": 0.0,
     }
@@ -267,9 +339,9 @@ def plan_commitment(
         "spot": 0.0,
         "ondemand": 0.0,
     }
-    for level, (spot_vars, od_vars) in zip(grouped, level_vars, strict=True):
-        for key, sv, dv in zip(pools, spot_vars, od_vars, strict=True):
-            itype = catalog.types[key[0]]
+    for level, cols in zip(grouped, program.levels, strict=True):
+        for key, sv, dv in zip(program.pools, cols.spot, cols.ondemand, strict=True):
+            itype = types[key[0]]
             spot, od = float(x[sv]), float(x[dv])
             cost_by_tier["spot"] += level.hours * itype.spot_hourly * spot
             cost_by_tier["ondemand"] += level.hours * itype.ondemand_hourly * od
