@@ -41,8 +41,8 @@ ending, the kill deadline), not by fixed steps, so the result does not depend on
   Sequences' own KV is bounded by ``max_batch``.
 - **Death.** ``kill_at(deadline)``: at the deadline, events up to it happen, then every request still here
   (running, queued, paused mid-transfer) is lost: a ``lost`` update each, a failed outcome for each
-  unfinished transfer, and from then on nothing (a command raises :class:`WorkerStopped`). ``crash()``: dead at
-  once and silent (not even ``lost``; events not yet taken are dropped too).
+  unfinished transfer, and from then on nothing (a command raises :class:`WorkerStopped`). ``crash()``:
+  dead at once and silent (not even ``lost``; events not yet taken are dropped too).
 - **Idempotence.** A repeat of a successful ``submit``/``resume``/``reprefill``/``cancel``/``transfer_kv``
   (by request id; ``receive_blocks`` by its key) returns the first outcome and does nothing again; a repeat
   of a transfer still running returns the same :class:`Pending`. A refused command changed nothing, so its
@@ -341,11 +341,6 @@ class WorkerModel:
         self._updates, self._ended = [], []
         return events
 
-    def kv_arrived(self, request_id: str, source_worker_id: str) -> None:
-        """The fabric's word that ``request_id``'s KV cache reached this worker from ``source_worker_id``
-        (with a fabric, ``resume`` requires it)."""
-        self._kv_received[request_id] = source_worker_id
-
     # --- time and death ---------------------------------------------------------------------------
 
     def advance_to(self, t_end: float) -> None:
@@ -533,6 +528,13 @@ class WorkerModel:
             link = self._rx_same
         self._check_link(link, size, reply_by, f"{len(blocks)} blocks")
         return self._send("receive_blocks", key, size, reply_by, link, blocks=tuple(blocks))
+
+    # --- the fabric ----------------------------------------------------------------------------------
+
+    def kv_arrived(self, request_id: str, source_worker_id: str) -> None:
+        """The fabric's word that ``request_id``'s KV cache reached this worker from ``source_worker_id``
+        (with a fabric, ``resume`` requires it)."""
+        self._kv_received[request_id] = source_worker_id
 
     # --- checks -----------------------------------------------------------------------------------
 
