@@ -50,6 +50,7 @@ from agent.bus import Bus, Handler, Rejected
 from agent.core.catalog import InstanceType, Tier
 from agent.runtime.actor import Actor, Listen
 from agent.runtime.clock import Clock
+from agent.sim.shared_link import ps_finish_offsets
 from agent.sim.worker_model import (
     Ack,
     Fabric,
@@ -58,7 +59,6 @@ from agent.sim.worker_model import (
     Phase,
     Refused,
     WorkerModel,
-    ps_finish_offsets,
 )
 from schemas import (
     Cancel,

@@ -59,18 +59,20 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Final, Literal
 
 from agent.core.catalog import InstanceType
+from agent.sim.prefix_cache import PrefixCache
+from agent.sim.shared_link import SharedLink
 from schemas.workerproto import Block, InflightRequest, RequestState
 
 Phase = Literal["queued", "prefill", "decode", "paused"]
 Fate = Literal["done", "moved_out", "lost"]
 
-# A quantity (tokens, bytes) this close to its target, relative to its size, has reached it.
+# Tokens this close to their target, relative to its size, have reached it.
 _EPS: Final = 1e-9
 # A generated-token count this close below an integer counts as that integer (clock rounding at UNIX times).
 _TOKEN_SLACK: Final = 1e-3
@@ -125,20 +127,6 @@ class Events:
     ended: list[TransferEnded]
 
 
-def ps_finish_offsets(remaining: Sequence[float], capacity: float) -> list[float]:
-    """Seconds until each job ends when ``capacity`` is shared equally by all unfinished jobs (processor
-    sharing) and no job arrives: the smallest ends first, then the others speed up."""
-    order = sorted(range(len(remaining)), key=lambda i: remaining[i])
-    out = [0.0] * len(remaining)
-    elapsed = 0.0
-    done = 0.0
-    for k, i in enumerate(order):
-        elapsed += (remaining[i] - done) * (len(order) - k) / capacity
-        done = remaining[i]
-        out[i] = elapsed
-    return out
-
-
 @dataclass(slots=True, eq=False)
 class _Seq:
     request_id: str
@@ -165,20 +153,11 @@ class _Transfer:
     size: float
     remaining: float
     reply_by: float
-    link: _Link
+    link: SharedLink[_Transfer]
     seq: _Seq | None = None
     """The request whose KV cache this sends (``transfer_kv``); None for a copy of blocks in."""
     target_worker_id: str = ""
     blocks: tuple[Block, ...] = ()
-
-
-@dataclass(slots=True, eq=False)
-class _Link:
-    """A link shared equally by the transfers on it (processor sharing)."""
-
-    name: str
-    capacity: float
-    jobs: list[_Transfer] = field(default_factory=list)
 
 
 class Fabric:
@@ -256,14 +235,14 @@ class WorkerModel:
         self._acks: dict[tuple[str, str], Ack] = {}
         self._transfers: dict[tuple[str, str], _Transfer] = {}
         self._transfer_ids = itertools.count(1)
-        self._same = _Link("same-node", same_node_bytes_per_s)
-        self._cross = _Link("cross-node", cross_node_bytes_per_s)
-        self._rx = _Link("incoming", cross_node_bytes_per_s)
-        self._rx_same = _Link("incoming same-node", same_node_bytes_per_s)
+        self._same = SharedLink[_Transfer]("same-node", same_node_bytes_per_s)
+        self._cross = SharedLink[_Transfer]("cross-node", cross_node_bytes_per_s)
+        self._rx = SharedLink[_Transfer]("incoming", cross_node_bytes_per_s)
+        self._rx_same = SharedLink[_Transfer]("incoming same-node", same_node_bytes_per_s)
         self._links = (self._same, self._cross, self._rx, self._rx_same)
         self._fabric = fabric
         self._kv_received: dict[str, str] = {}  # request id → source worker, with a fabric
-        self._cache: OrderedDict[str, int] = OrderedDict()  # block hash → hits; most recently used last
+        self._cache = PrefixCache(cache_blocks)
         self._updates: list[Update] = []
         self._ended: list[TransferEnded] = []
         if fabric is not None:
@@ -310,7 +289,7 @@ class WorkerModel:
 
     def cached_blocks(self) -> Iterator[str]:
         """The prefix cache's block hashes, most recently used first."""
-        return reversed(self._cache)
+        return self._cache.recent_first()
 
     def inflight(self) -> list[InflightRequest]:
         """Every request here, slots first, then the queue in order."""
@@ -328,12 +307,7 @@ class WorkerModel:
 
     def hot_blocks(self, limit: int) -> list[Block]:
         """The ``limit`` cached blocks with the most hits, the most recent first among equals."""
-        by_recency = list(self._cache.items())  # least recent first
-        ranked = sorted(range(len(by_recency)), key=lambda i: (-by_recency[i][1], -i))
-        return [
-            Block(block_hash=by_recency[i][0], size_bytes=self.kv_block_bytes, hits=by_recency[i][1])
-            for i in ranked[:limit]
-        ]
+        return self._cache.hottest(limit, self.kv_block_bytes)
 
     def take_events(self) -> Events:
         """The updates and transfer outcomes since the last call, in the order they happened."""
@@ -451,7 +425,7 @@ class WorkerModel:
         )
         self._active[request_id] = seq
         self._kv_received.pop(request_id, None)
-        self._touch(seq.prefix_blocks)  # the prefix's KV arrived with the request
+        self._cache.touch(seq.prefix_blocks)  # the prefix's KV arrived with the request
         return self._admitted("resume", seq)
 
     def cancel(self, request_id: str) -> Ack:
@@ -561,22 +535,10 @@ class WorkerModel:
         if seq is not None:
             raise Refused(f"request_id: {request_id!r} is already on this worker ({seq.phase})")
 
-    def _check_link(self, link: _Link, size: float, reply_by: float, what: str) -> None:
-        """Refuse a transfer that would end after its ``reply_by`` or push another past its own."""
-        offsets = ps_finish_offsets([j.remaining for j in link.jobs] + [size], link.capacity)
-        end = self.now + offsets[-1]
-        if end > reply_by + 1e-9:
-            raise Refused(
-                f"reply_by: sending {what} ({size:.0f} bytes over the {link.name} link at "
-                f"{link.capacity:.0f} B/s, shared by {len(offsets)}) would end at {end:.3f}, "
-                f"after reply_by {reply_by:.3f}"
-            )
-        for job, offset in zip(link.jobs, offsets, strict=False):
-            if self.now + offset > job.reply_by + 1e-9:
-                raise Refused(
-                    f"reply_by: the {link.name} link is busy: sending {what} would delay "
-                    f"{job.op} {job.key!r} past its reply_by {job.reply_by:.3f}"
-                )
+    def _check_link(self, link: SharedLink[_Transfer], size: float, reply_by: float, what: str) -> None:
+        why = link.refusal(self.now, size, reply_by, what)
+        if why is not None:
+            raise Refused(why)
 
     # --- admission and leaving --------------------------------------------------------------------
 
@@ -653,28 +615,11 @@ class WorkerModel:
             self._updates.clear()
             self._ended.clear()
 
-    # --- the prefix cache -------------------------------------------------------------------------
-
-    def _touch(self, blocks: Sequence[str]) -> None:
-        for block in reversed(blocks):  # the first block of a prefix ends up most recent
-            if block in self._cache:
-                self._cache.move_to_end(block)
-            else:
-                self._cache[block] = 0
-        while len(self._cache) > self.cache_blocks:
-            self._cache.popitem(last=False)
+    # --- slots -----------------------------------------------------------------------------------
 
     def _start(self, seq: _Seq) -> None:
         """``seq`` takes a slot: it prefills what its cached leading prefix blocks do not cover."""
-        hit = 0
-        for block in seq.prefix_blocks:
-            if block not in self._cache:
-                break
-            hit += 1
-        for block in seq.prefix_blocks[:hit]:
-            self._cache[block] += 1
-        self._touch(seq.prefix_blocks)
-        cached = min(hit * self.block_tokens, seq.prompt_tokens)
+        cached = min(self._cache.serve(seq.prefix_blocks) * self.block_tokens, seq.prompt_tokens)
         seq.prefill_total = seq.prefill_left = float(seq.prompt_tokens + seq.tokens - cached)
         seq.phase = "prefill"
         self._active[seq.request_id] = seq
@@ -690,7 +635,7 @@ class WorkerModel:
         key: str,
         size: float,
         reply_by: float,
-        link: _Link,
+        link: SharedLink[_Transfer],
         *,
         seq: _Seq | None = None,
         target_worker_id: str = "",
@@ -736,9 +681,7 @@ class WorkerModel:
 
     def _take_in(self, job: _Transfer) -> Ack:
         """Blocks copied in join the prefix cache, keeping the larger hit count."""
-        for block in job.blocks:
-            self._cache[block.block_hash] = max(block.hits, self._cache.get(block.block_hash, 0))
-        self._touch([b.block_hash for b in job.blocks])
+        self._cache.take_in(job.blocks)
         return Ack(op="receive_blocks", bytes_moved=job.size, detail=f"{len(job.blocks)} blocks")
 
     # --- the event loop ---------------------------------------------------------------------------
@@ -761,11 +704,9 @@ class WorkerModel:
                     self._leave(seq, "done")
                     changed = True
             for link in self._links:
-                for job in list(link.jobs):
-                    if job.remaining <= _EPS * max(1.0, job.size):
-                        link.jobs.remove(job)
-                        self._finish_transfer(job)
-                        changed = True
+                for job in link.take_finished():
+                    self._finish_transfer(job)
+                    changed = True
             while self._queue and len(self._active) < self.max_batch:
                 self._start(self._queue.popleft())
                 changed = True
@@ -780,8 +721,7 @@ class WorkerModel:
             if seq.phase == "decode":
                 best = min(best, (seq.output_tokens - seq.generated) / self.decode_rate)
         for link in self._links:
-            if link.jobs:
-                best = min(best, min(j.remaining for j in link.jobs) * len(link.jobs) / link.capacity)
+            best = min(best, link.next_end_in())
         return max(best, 0.0)
 
     def _integrate(self, dt: float) -> None:
@@ -794,7 +734,4 @@ class WorkerModel:
             if seq.phase == "decode":
                 seq.generated = min(float(seq.output_tokens), seq.generated + self.decode_rate * dt)
         for link in self._links:
-            if link.jobs:
-                moved = link.capacity / len(link.jobs) * dt
-                for job in link.jobs:
-                    job.remaining = max(0.0, job.remaining - moved)
+            link.advance(dt)

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from agent.core.catalog import InstanceType
+from agent.sim.shared_link import ps_finish_offsets
 from agent.sim.worker_model import (
     Ack,
     Events,
@@ -31,7 +32,6 @@ from agent.sim.worker_model import (
     Update,
     WorkerModel,
     WorkerStopped,
-    ps_finish_offsets,
 )
 from schemas.workerproto import Block
 
