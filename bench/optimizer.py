@@ -2,8 +2,8 @@
 
 For each catalog — the built-in ``seed`` catalog (2 types × 1 pool) and synthetic catalogs of 4 GPU types
 with 4, 16 and 64 pools in total — a deterministic pseudo-random sequence of ticks (numpy
-``default_rng(--seed)``) is replayed twice: with the default ``OptimizerConfig()`` (step limits +2/−1) and
-with ``max_step_up=None, max_step_down=None``.
+``default_rng(--seed)``) is replayed twice: with the default ``OptimizerConfig()``, which is what the agent
+plans with (step limits +2/−1, a 50% non-spot floor), and with ``max_step_up=None, max_step_down=None``.
 
 Each tick has a demand (a daily cycle times a random walk, 3–300 rps, capped so that 45 H100 nodes cover
 the next hour; prompt 200–4000 and output 100–1000 tokens), a spot market (price overrides around the
@@ -45,6 +45,7 @@ import numpy as np
 import scipy
 
 from agent.config import resolve_catalog
+from agent.core import highs, optimizer, optimizer_config, tick_program
 from agent.core.capacity import SloConfig, rps_per_instance
 from agent.core.catalog import Catalog, InstanceType
 from agent.core.demand import Demand
@@ -336,9 +337,11 @@ def _machine() -> dict[str, object]:
 
 
 def _source_digest() -> str:
-    """Which version of ``agent/core/optimizer.py`` the figures are for (first 12 hex digits)."""
-    source = Path(optimize_tick.__code__.co_filename).read_bytes()
-    return hashlib.sha256(source).hexdigest()[:12]
+    """Which version of the optimizer the figures are for (first 12 hex digits): its modules, hashed."""
+    digest = hashlib.sha256()
+    for module in (optimizer, tick_program, optimizer_config, highs):
+        digest.update(Path(module.__file__ or "").read_bytes())
+    return digest.hexdigest()[:12]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -382,7 +385,11 @@ def main(argv: list[str] | None = None) -> int:
         "seed": args.seed,
         "ticks": n_ticks,
         "configs": {
-            name: {"max_step_up": cfg.max_step_up, "max_step_down": cfg.max_step_down}
+            name: {
+                "max_step_up": cfg.max_step_up,
+                "max_step_down": cfg.max_step_down,
+                "min_non_spot_fraction": cfg.min_non_spot_fraction,
+            }
             for name, cfg in CONFIGS.items()
         },
         "machine": _machine(),

@@ -328,3 +328,16 @@ def test_demand_without_tokens_keeps_the_minimum_fleet_rather_than_failing(rps: 
     assert alloc.status == "optimal"
     assert alloc.total("spot") + alloc.total("ondemand") == 1
     assert alloc.total("ondemand") == 1
+
+
+def test_new_on_demand_nodes_of_a_type_go_to_its_first_pool_and_the_others_keep_what_they_hold() -> None:
+    # On-demand nodes of a type are alike in every pool: the answer is one of the equal-cost ones, chosen
+    # so that the solver need not prove the rearrangements no better (seconds at 16 pools otherwise).
+    catalog = only_h100(("a", "b", "c"))
+    cfg = msgspec.structs.replace(NO_LIMITS, min_non_spot_fraction=1.0)
+    fleet = Fleet(ondemand={("h100_8x", "b"): 2, ("h100_8x", "c"): 1})
+    grown = optimize_tick(catalog, TickInput(demand(6), demand(6), fleet), cfg=cfg)
+    assert grown.ondemand == {("h100_8x", "a"): 3, ("h100_8x", "b"): 2, ("h100_8x", "c"): 1}
+    shrunk = optimize_tick(catalog, TickInput(demand(1.5), demand(1.5), fleet), cfg=cfg)
+    assert shrunk.total("ondemand") == 2
+    assert shrunk.ondemand.get(("h100_8x", "a"), 0) == 0  # releases, and launches nothing
