@@ -530,27 +530,23 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _schemas_arguments(schemas: argparse.ArgumentParser) -> None:
-    schemas.add_argument("--out", help="directory (default: schemas/jsonschema in the source tree)")
     schemas.add_argument(
-        "--check", action="store_true", help="write nothing; exit 1 if the files differ from the Structs"
+        "--check", action="store_true", help="write nothing; exit 1 if a generated file differs from the code"
     )
 
 
 def _schemas(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    from agent.generated import drift, write
 
-    from schemas.jsonschema_files import SCHEMA_DIR, drift, write_schemas
-
-    directory = Path(args.out) if args.out else SCHEMA_DIR
     if args.check:
-        stale = drift(directory)
+        stale = drift()
         if stale:
-            print(f"cost-agent: JSON Schemas out of date in {directory}: {', '.join(stale)}", file=sys.stderr)
+            print(f"cost-agent: generated files out of date: {', '.join(stale)}", file=sys.stderr)
             print("run `cost-agent schemas` and commit the result", file=sys.stderr)
             return 1
-        print(f"JSON Schemas in {directory} match the message Structs")
+        print("generated files (JSON Schemas, docs/protocol.md tables, example settings) match the code")
         return 0
-    for path in write_schemas(directory):
+    for path in write():
         print(f"wrote {path}")
     return 0
 
@@ -578,7 +574,11 @@ _COMMANDS: Final[dict[str, _Command]] = {
     "demo": _Command(
         "the whole system on one machine: agent, simulated cloud, workers, traffic", _demo_arguments, _demo
     ),
-    "schemas": _Command("write the wire messages' JSON Schema files", _schemas_arguments, _schemas),
+    "schemas": _Command(
+        "write the generated files: wire JSON Schemas, docs/protocol.md tables, example settings",
+        _schemas_arguments,
+        _schemas,
+    ),
     "backtest": _Command(
         "replay real demand and spot traces through every strategy", _backtest_arguments, _backtest
     ),

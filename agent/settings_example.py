@@ -1,7 +1,7 @@
 """``deploy/agent.example.toml``, written from the settings' own definitions: every field of
 :class:`agent.config.Settings` with its default and its description, each section with its docstring.
 
-Rewrite the file with ``.venv/bin/python -m agent.settings_example > deploy/agent.example.toml``; a test
+Rewrite the file with ``cost-agent schemas`` (:mod:`agent.generated`, with the other generated files); a test
 fails when the file and the definitions differ.
 """
 
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import sys
 import textwrap
 from typing import Any
 
@@ -84,7 +83,3 @@ def _literal(value: Any) -> str:
     if isinstance(value, int | float):
         return repr(value)
     raise TypeError(f"no TOML literal for the default {value!r}")
-
-
-if __name__ == "__main__":
-    sys.stdout.write(example_toml())

@@ -10,9 +10,8 @@ docstring "drift" on a fresh install, and before 0.22 it listed ``X | None`` as 
 order. :func:`normalised` makes both canonical, so the files are the same under every msgspec from
 0.18.6 to 0.23.0 (checked) and a real change to a Struct still shows.
 
-The field and subject tables of ``docs/protocol.md`` come from the same Structs
-(:mod:`schemas.protocol_doc`): :func:`write_schemas` rewrites them too, and :func:`drift` names the page
-when one is stale, so ``cost-agent schemas --check`` guards the documentation as it guards the files.
+Every generated file (these, the tables of ``docs/protocol.md``, the example settings) is written and
+checked in one place, :mod:`agent.generated` (``cost-agent schemas [--check]``).
 """
 
 from __future__ import annotations
@@ -25,7 +24,6 @@ from typing import Any
 import msgspec
 
 from schemas import MESSAGE_TYPES, tag_of
-from schemas.protocol_doc import PROTOCOL_DOC, doc_is_current, write_doc
 
 SCHEMA_DIR = Path(__file__).parent / "jsonschema"
 _DRAFT = "https://json-schema.org/draft/2020-12/schema"
@@ -67,9 +65,8 @@ def render(doc: dict[str, Any]) -> str:
     return json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
 
-def write_schemas(directory: Path = SCHEMA_DIR, protocol_doc: Path | None = PROTOCOL_DOC) -> list[Path]:
-    """Write every schema file into ``directory`` (removing stale ones) and rewrite the generated tables of
-    ``protocol_doc`` (skipped when None, or when the page is absent, as in an installed wheel)."""
+def write_schemas(directory: Path = SCHEMA_DIR) -> list[Path]:
+    """Write every schema file into ``directory`` and remove stale ones."""
     directory.mkdir(parents=True, exist_ok=True)
     written = []
     documents = schema_documents()
@@ -80,14 +77,11 @@ def write_schemas(directory: Path = SCHEMA_DIR, protocol_doc: Path | None = PROT
     for stale in directory.glob("*.json"):
         if stale.name not in documents:
             stale.unlink()
-    if protocol_doc is not None and protocol_doc.is_file() and write_doc(protocol_doc):
-        written.append(protocol_doc)
     return written
 
 
-def drift(directory: Path = SCHEMA_DIR, protocol_doc: Path | None = PROTOCOL_DOC) -> list[str]:
-    """File names that are missing, stale or different from what the Structs generate; then the protocol
-    page's name when one of its generated tables is stale."""
+def drift(directory: Path = SCHEMA_DIR) -> list[str]:
+    """File names that are missing, stale or different from what the Structs generate."""
     documents = schema_documents()
     problems = []
     for name, doc in documents.items():
@@ -95,6 +89,4 @@ def drift(directory: Path = SCHEMA_DIR, protocol_doc: Path | None = PROTOCOL_DOC
         if not path.is_file() or path.read_text(encoding="utf-8") != render(doc):
             problems.append(name)
     problems += sorted(p.name for p in directory.glob("*.json") if p.name not in documents)
-    if protocol_doc is not None and protocol_doc.is_file() and not doc_is_current(protocol_doc):
-        problems.append(protocol_doc.name if protocol_doc != PROTOCOL_DOC else "docs/protocol.md")
     return problems

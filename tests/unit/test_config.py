@@ -159,8 +159,7 @@ def test_the_example_file_spells_out_every_field_with_its_default_value() -> Non
 
 def test_the_example_file_is_written_from_the_settings_definitions() -> None:
     assert EXAMPLE.read_text(encoding="utf-8") == example_toml(), (
-        "deploy/agent.example.toml is stale: .venv/bin/python -m agent.settings_example "
-        "> deploy/agent.example.toml"
+        "deploy/agent.example.toml is stale: run `cost-agent schemas`"
     )
 
 

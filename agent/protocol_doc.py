@@ -15,8 +15,8 @@ and :func:`render_doc` rewrites what is between them. A marker names what to ren
 - ``types`` the type names the field tables use.
 
 A field's meaning is its ``msgspec.Meta(description=...)``, the same text its JSON Schema carries, so
-the page, the schema files and the code cannot say different things. ``cost-agent schemas`` rewrites the
-page with the schema files; ``cost-agent schemas --check`` fails when it is stale.
+the page, the schema files and the code cannot say different things. :mod:`agent.generated` rewrites the
+page with the other generated files (``cost-agent schemas``) and ``--check`` fails when it is stale.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ import types
 import typing
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal, Union
 
 import msgspec
@@ -69,8 +68,6 @@ from schemas import (
     tag_of,
 )
 from schemas.envelope import Count, Key, Message, NonEmpty, NonNegative, Positive, Tier, Timestamp
-
-PROTOCOL_DOC = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
 
 _BLOCK = re.compile(r"(<!-- generated: (?P<what>[^>]*?) -->\n)(?P<body>.*?)(<!-- end generated -->)", re.S)
 
@@ -464,17 +461,3 @@ def markers(text: str) -> list[str]:
 def render_doc(text: str) -> str:
     """The page with every generated block rewritten from the code; the prose is left as it is."""
     return _BLOCK.sub(lambda m: m.group(1) + _render_block(m.group("what")) + m.group(4), text)
-
-
-def doc_is_current(path: Path = PROTOCOL_DOC) -> bool:
-    text = path.read_text(encoding="utf-8")
-    return render_doc(text) == text
-
-
-def write_doc(path: Path = PROTOCOL_DOC) -> bool:
-    """Rewrite the generated blocks of the page; True when that changed it."""
-    text = path.read_text(encoding="utf-8")
-    rendered = render_doc(text)
-    if rendered != text:
-        path.write_text(rendered, encoding="utf-8")
-    return rendered != text
