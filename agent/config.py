@@ -218,7 +218,7 @@ class BusSettings(_Section, frozen=True):
         str,
         msgspec.Meta(
             pattern=r"^[a-z0-9_-]+(\.[a-z0-9_-]+)*$",
-            description="every subject starts with it: costagent.evt.plan.allocation, ...",
+            description="the first token of every subject, so that permissions and streams scope by it",
         ),
     ] = "costagent"
     url: Annotated[
