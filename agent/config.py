@@ -2,7 +2,7 @@
 
 File sections: ``catalog`` (a built-in name or a path), ``[slo]``, ``[optimizer]``, ``[profiler]``,
 ``[planner]``, and for ``cost-agent run`` ``[bus]``, ``[metrics]``, ``[reporter]``, ``[supervisor]``,
-``[spot_monitor]`` and ``[migration]``;
+``[spot_monitor]``, ``[migration]`` and ``[dynamo]``;
 every field has a default a user can defend (see ``deploy/agent.example.toml``).
 Environment: ``COST_AGENT_CATALOG`` and ``COST_AGENT_<SECTION>__<FIELD>`` (for example
 ``COST_AGENT_OPTIMIZER__MAX_STEP_UP=3``), values read as TOML literals. Anything invalid raises
@@ -30,6 +30,8 @@ from agent.core.optimizer_config import (
 )
 from agent.core.profiler import DemandProfiler
 from agent.core.validation import split_error
+from agent.providers.dynamo.event_plane import DYNAMO_NAME_PATTERN
+from agent.providers.dynamo.frontend_metrics import MAX_FRONTENDS
 
 CATALOG_DIR = Path(__file__).parent / "catalogs"
 ENV_PREFIX = "COST_AGENT_"
@@ -265,6 +267,56 @@ class SupervisorSettings(_Section, frozen=True):
     ] = 4.0
 
 
+_FRONTEND_URL = r"^https?://[^\s/?#@]+(/[^\s?#]*)?$"
+FrontendUrl = Annotated[str, msgspec.Meta(pattern=_FRONTEND_URL)]
+DynamoName = Annotated[str, msgspec.Meta(pattern=DYNAMO_NAME_PATTERN)]
+
+
+class DynamoSettings(_Section, frozen=True):
+    """NVIDIA Dynamo beside the agent: the frontends whose /metrics give the demand, and the endpoint whose
+    workers publish their load on Dynamo's event plane.
+
+    ``frontend_urls`` takes one URL or a list: a single string keeps the example file writable (its writer
+    has no list literal) and lets COST_AGENT_DYNAMO__FRONTEND_URLS be a bare URL.
+    """
+
+    frontend_urls: Annotated[
+        Annotated[str, msgspec.Meta(pattern=f"^$|{_FRONTEND_URL}")]
+        | Annotated[list[FrontendUrl], msgspec.Meta(max_length=MAX_FRONTENDS)],
+        msgspec.Meta(
+            description=(
+                "a Dynamo frontend's base URL (http://host:port), or a list of them, each scraped at "
+                "<url>/metrics and summed; empty: no frontend is read"
+            )
+        ),
+    ] = ""
+    namespace: Annotated[DynamoName, msgspec.Meta(description="Dynamo's namespace (its DYN_NAMESPACE)")] = (
+        "dynamo"
+    )
+    component: Annotated[DynamoName, msgspec.Meta(description="the workers' Dynamo component")] = "backend"
+    endpoint: Annotated[DynamoName, msgspec.Meta(description="the workers' Dynamo endpoint")] = "generate"
+    nats_url: Annotated[
+        str,
+        msgspec.Meta(
+            pattern=r"^((nats|tls|ws|wss)://[^\s,]+)?$",
+            description="the NATS server of Dynamo's event plane (its NATS_SERVER); empty: the agent's bus",
+        ),
+    ] = ""
+    scrape_interval_seconds: Annotated[
+        float, msgspec.Meta(ge=0.5, le=3600, description="each frontend's /metrics is read this often")
+    ] = 5.0
+
+    def __post_init__(self) -> None:
+        urls = self.urls()
+        if len(set(urls)) != len(urls):
+            raise ValueError("frontend_urls: a frontend listed twice would count its demand twice")
+
+    def urls(self) -> tuple[str, ...]:
+        """The frontends' base URLs, without a trailing slash."""
+        listed = [self.frontend_urls] if isinstance(self.frontend_urls, str) else self.frontend_urls
+        return tuple(url.rstrip("/") for url in listed if url)
+
+
 class Settings(_Section, frozen=True):
     """cost-agent settings. Every field is optional; the values below are the defaults.
     Environment overrides: COST_AGENT_CATALOG, COST_AGENT_<SECTION>__<FIELD> (e.g.
@@ -285,6 +337,7 @@ class Settings(_Section, frozen=True):
     supervisor: SupervisorSettings = msgspec.field(default_factory=SupervisorSettings)
     spot_monitor: SpotMonitorSettings = msgspec.field(default_factory=SpotMonitorSettings)
     migration: MigrationSettings = msgspec.field(default_factory=MigrationSettings)
+    dynamo: DynamoSettings = msgspec.field(default_factory=DynamoSettings)
 
     def slo_config(self) -> SloConfig:
         return SloConfig(utilization_target=self.slo.utilization_target)
