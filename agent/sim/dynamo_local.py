@@ -283,6 +283,16 @@ class LocalDynamo:
                 continue  # being written or removed
         return found
 
+    async def wait_unregistered(self, worker: Worker, timeout_s: float = 5.0) -> float:
+        """Wait until ``worker`` has left discovery (as a worker does at once on SIGTERM); return the
+        seconds waited, or raise DynamoError after ``timeout_s``."""
+        started = time.monotonic()
+        while worker.worker_id in self.registered_instances():
+            if time.monotonic() - started > timeout_s:
+                raise DynamoError(f"{worker.name} still in discovery after {timeout_s:g} s")
+            await asyncio.sleep(0.01)
+        return time.monotonic() - started
+
     def _identify_workers(self) -> None:
         instances = self.registered_instances()
         for worker in self.workers:
@@ -394,7 +404,7 @@ class ChatResult:
     prompt_tokens: int
     completion_tokens: int
     chunks: int
-    """``data:`` events with choices (Dynamo sends one per generated token)."""
+    """``data:`` events with choices (not one per token: one event may carry several)."""
     finish_reason: str | None
     error: str | None
     """An in-stream error event or a non-200 answer's body; None when the stream ended with [DONE]."""
