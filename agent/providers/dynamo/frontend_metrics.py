@@ -66,6 +66,7 @@ MAX_ARRIVALS_PER_SECOND = 1e6  # one frontend; more is a broken counter, not tra
 MAX_INTERVAL_SECONDS = 86_400.0
 MIN_INTERVAL_SECONDS = 1e-3
 MAX_FRONTENDS = 1000
+MAX_MODELS = 1000  # served by one frontend
 
 _HISTOGRAMS = {
     INPUT_TOKENS: (MAX_TOKENS_PER_REQUEST, MAX_TOKEN_SUM),
@@ -155,7 +156,10 @@ class FrontendDemand(msgspec.Struct, frozen=True, kw_only=True):
         msgspec.Meta(ge=0, le=MAX_REQUESTS * MAX_FRONTENDS, description="requests re-sent to another worker"),
     ]
     frontends: Annotated[int, msgspec.Meta(ge=0, le=MAX_FRONTENDS, description="frontends in the rates")]
-    models_ready: Annotated[int, msgspec.Meta(ge=0, description="served models ready, all frontends")]
+    models_ready: Annotated[
+        int,
+        msgspec.Meta(ge=0, le=MAX_MODELS * MAX_FRONTENDS, description="served models ready, all frontends"),
+    ]
     restarted: tuple[str, ...] = ()  # frontends whose counters went down (taken as increase since restart)
     rejected: tuple[tuple[str, str], ...] = ()  # (frontend, reason): left out of the rates
 
@@ -252,6 +256,7 @@ def parse_frontend_metrics(
         _check(name, total, MAX_REQUESTS)
     for name, total in gauges.items():
         _check(name, total, MAX_GAUGE_REQUESTS)
+    _check(f"{MODEL_READY} (models ready)", ready, MAX_MODELS)
     hist = {name: p.build(name) for name, p in parts.items()}
     return FrontendSnapshot(
         at=at,
