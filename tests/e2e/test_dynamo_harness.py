@@ -337,6 +337,7 @@ async def test_streams_on_a_killed_worker_migrate_to_the_survivor_and_complete(
             # What the doomed worker holds, by its own latest word on the event plane.
             held = decoding_on_doomed()[-1].scheduled_requests.num_decode_requests
             doomed.kill()
+            await doomed.wait_exit(WAIT_S)
             finished = await asyncio.gather(*long_streams)
 
         assert [(r.ok, r.completion_tokens) for r in finished] == [(True, LONG)] * 4
@@ -345,3 +346,43 @@ async def test_streams_on_a_killed_worker_migrate_to_the_survivor_and_complete(
         assert metric(text, "dynamo_frontend_model_migration_total", migration_type="ongoing_request") == held
         assert metric(text, "dynamo_frontend_requests_total", status="success") == 4
         assert survivor.running
+
+        # A killed worker says no goodbye: it stays in discovery until its lease lapses (about 10 s with
+        # the file backend). New requests still all succeed: the frontend has learnt from the failed
+        # streams (a request it still sends there would be migrated too).
+        assert doomed.worker_id in dynamo.registered_instances()
+        late = await asyncio.gather(*(stream(session, dynamo, chat_request(2, 3)) for _ in range(4)))
+        assert all(r.ok for r in late), late
+        text = await dynamo.metrics_text(http)
+        assert metric(text, "dynamo_frontend_requests_total", status="success") == 8
+        later = metric(text, "dynamo_frontend_model_migration_total") - held
+        print(f"migrations: {held} held by the killed worker, then {later:g} of 4 new requests")
+
+
+# A worker's boot (the mocker's simulated one)
+
+BOOT_S = 2.0
+
+
+async def test_a_booting_worker_registers_at_once_and_holds_its_requests_until_its_boot_ends(
+    tmp_path: Path, nats_url: str, tiny_model_dir: Path, session: aiohttp.ClientSession
+) -> None:
+    dynamo = LocalDynamo(
+        tmp_path, nats_url=nats_url, model_dir=tiny_model_dir, namespace=f"t{uuid.uuid4().hex[:10]}"
+    )
+    with dynamo:
+        dynamo.start_frontend()
+        launched = time.monotonic()
+        dynamo.start_worker(speedup_ratio=FAST, startup_time_s=BOOT_S)
+        async with HttpClient() as http:
+            await dynamo.wait_ready(http, timeout_s=WAIT_S)
+        ready_s = time.monotonic() - launched
+
+        result = await stream_chat(session, dynamo.frontend_url, chat_request(2, 3), timeout_s=WAIT_S)
+        served_s = time.monotonic() - launched
+
+    assert result.ok, result
+    print(f"registered and model_ready {ready_s:.2f} s after launch, first answer {served_s:.2f} s after")
+    # Registration (and the frontend's model_ready) is no sign that a worker can serve yet.
+    assert ready_s < BOOT_S
+    assert served_s >= BOOT_S
