@@ -274,22 +274,18 @@ DynamoName = Annotated[str, msgspec.Meta(pattern=DYNAMO_NAME_PATTERN)]
 
 class DynamoSettings(_Section, frozen=True):
     """NVIDIA Dynamo beside the agent: the frontends whose /metrics give the demand, and the endpoint whose
-    workers publish their load on Dynamo's event plane.
-
-    ``frontend_urls`` takes one URL or a list: a single string keeps the example file writable (its writer
-    has no list literal) and lets COST_AGENT_DYNAMO__FRONTEND_URLS be a bare URL.
-    """
+    workers publish their load on Dynamo's event plane."""
 
     frontend_urls: Annotated[
-        Annotated[str, msgspec.Meta(pattern=f"^$|{_FRONTEND_URL}")]
-        | Annotated[list[FrontendUrl], msgspec.Meta(max_length=MAX_FRONTENDS)],
+        list[FrontendUrl],
         msgspec.Meta(
+            max_length=MAX_FRONTENDS,
             description=(
-                "a Dynamo frontend's base URL (http://host:port), or a list of them, each scraped at "
-                "<url>/metrics and summed; empty: no frontend is read"
-            )
+                "Dynamo frontends' base URLs (http://host:port), each scraped at <url>/metrics and summed; "
+                "empty: no frontend is read"
+            ),
         ),
-    ] = ""
+    ] = msgspec.field(default_factory=list)
     namespace: Annotated[DynamoName, msgspec.Meta(description="Dynamo's namespace (its DYN_NAMESPACE)")] = (
         "dynamo"
     )
@@ -313,8 +309,7 @@ class DynamoSettings(_Section, frozen=True):
 
     def urls(self) -> tuple[str, ...]:
         """The frontends' base URLs, without a trailing slash."""
-        listed = [self.frontend_urls] if isinstance(self.frontend_urls, str) else self.frontend_urls
-        return tuple(url.rstrip("/") for url in listed if url)
+        return tuple(url.rstrip("/") for url in self.frontend_urls)
 
 
 class Settings(_Section, frozen=True):

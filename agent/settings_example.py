@@ -61,7 +61,8 @@ def description(field: msgspec.inspect.Field) -> str:
 
 def _field_lines(field: msgspec.inspect.Field) -> list[str]:
     """``name = default``, described inline when it fits, else by comment lines above it."""
-    line = f"{field.name} = {_literal(field.default)}"
+    default = field.default_factory() if field.default is msgspec.NODEFAULT else field.default
+    line = f"{field.name} = {_literal(default)}"
     text = description(field)
     pad = COMMENT_COLUMN - 1 if len(line) < COMMENT_COLUMN - 2 else len(line) + 3
     inline = f"{line.ljust(pad)} # {text}"
@@ -82,4 +83,6 @@ def _literal(value: Any) -> str:
         return json.dumps(value)
     if isinstance(value, int | float):
         return repr(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_literal(item) for item in value) + "]"
     raise TypeError(f"no TOML literal for the default {value!r}")
