@@ -332,31 +332,31 @@ class LocalDynamo:
 
     async def wait_ready(self, http: HttpClient, *, timeout_s: float = 30.0) -> None:
         """Wait until the frontend answers, its ``dynamo_frontend_model_ready`` is 1 for the tiny model, and
-        every running worker is registered in discovery (its instance id known); raise DynamoError
-        naming what is missing (with the log of a process that died) after ``timeout_s``."""
+        every worker is registered in discovery (its instance id known). Raise DynamoError at once when the
+        frontend, or a worker not yet registered, has exited (with its log's tail), and naming what is
+        missing after ``timeout_s``."""
         if self.frontend is None:
             raise DynamoError("no frontend started")
         deadline = time.monotonic() + timeout_s
         waiting_for = "the frontend's HTTP port"
         while time.monotonic() < deadline:
-            running = [w for w in self.workers if w.running]
             self._check_alive([self.frontend])
             if not self.frontend_url:
                 ports = [port for ip, port in listening_ports(self.frontend.pid) if ip == "127.0.0.1"]
                 if ports:
                     self.frontend_url = f"http://127.0.0.1:{min(ports)}"
             self._identify_workers()
-            unregistered = [w.name for w in running if w.worker_id is None]
-            if self.frontend_url and not unregistered:
+            unregistered = [w for w in self.workers if w.worker_id is None]
+            self._check_alive(unregistered)  # one that died before registering never will: fail now
+            if unregistered:
+                waiting_for = f"registration of {', '.join(w.name for w in unregistered)}"
+            elif self.frontend_url:
                 waiting_for = "dynamo_frontend_model_ready 1"
                 try:
                     if model_ready(await self.metrics_text(http, timeout_s=2.0)):
                         return
                 except (ServiceUnavailable, DynamoError):
                     pass  # not answering yet
-            elif unregistered:
-                waiting_for = f"registration of {', '.join(unregistered)}"
-                self._check_alive([w for w in self.workers if w.worker_id is None])
             await asyncio.sleep(0.05)
         raise DynamoError(f"Dynamo not ready within {timeout_s:g} s: waiting for {waiting_for}")
 

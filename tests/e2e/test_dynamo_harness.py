@@ -11,6 +11,8 @@ own. Every wait is on a condition with a timeout. Each process's log is in the t
 from __future__ import annotations
 
 import asyncio
+import json
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -29,6 +31,7 @@ from agent.providers.httpclient import HttpClient
 from agent.sim.dynamo_local import (
     COMPONENT,
     ENDPOINT,
+    DynamoError,
     LocalDynamo,
     Worker,
     chat_request,
@@ -386,3 +389,42 @@ async def test_a_booting_worker_registers_at_once_and_holds_its_requests_until_i
     # Registration (and the frontend's model_ready) is no sign that a worker can serve yet.
     assert ready_s < BOOT_S
     assert served_s >= BOOT_S
+
+
+# The harness itself
+
+
+async def test_a_worker_that_cannot_start_fails_the_readiness_wait_with_its_log(
+    tmp_path: Path, nats_url: str
+) -> None:
+    dynamo = LocalDynamo(
+        tmp_path, nats_url=nats_url, model_dir=tmp_path / "no-such-model", namespace="broken"
+    )
+    with dynamo:
+        dynamo.start_frontend()
+        worker = dynamo.start_worker()
+        async with HttpClient() as http:
+            with pytest.raises(DynamoError, match=r"worker-1 exited with \d+") as failure:
+                await dynamo.wait_ready(http, timeout_s=WAIT_S)
+    assert "no-such-model" in str(failure.value)  # the tail of its log says why
+    assert not worker.running
+    assert dynamo.frontend is not None
+    assert not dynamo.frontend.running  # leaving the harness stopped it
+
+
+IMPORTS = """
+import json, sys
+import agent.sim.dynamo_local
+print(json.dumps(sorted(m for m in ("dynamo", "transformers", "tokenizers") if m in sys.modules)))
+"""
+
+
+async def test_the_harness_module_loads_neither_dynamo_nor_transformers() -> None:
+    # transformers takes seconds to import: only writing a model directory loads it.
+    python = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", IMPORTS, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    async with asyncio.timeout(WAIT_S):
+        out, err = await python.communicate()
+    assert python.returncode == 0, err.decode()
+    assert json.loads(out) == []
