@@ -218,6 +218,11 @@ class LocalDynamo:
         )
         return env
 
+    @property
+    def processes(self) -> list[DynamoProcess]:
+        """Every process this deployment started, in order (frontend and workers, running or not)."""
+        return list(self._started)
+
     def _spawn(self, name: str, args: Sequence[str]) -> subprocess.Popen[bytes]:
         self.workdir.mkdir(parents=True, exist_ok=True)
         log_path = self.workdir / f"{name}.log"

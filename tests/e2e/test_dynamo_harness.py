@@ -65,7 +65,7 @@ async def deployment(
         yield dynamo
     finally:
         dynamo.stop()
-        assert [p.name for p in dynamo._started if p.running] == []
+        assert [p.name for p in dynamo.processes if p.running] == []
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

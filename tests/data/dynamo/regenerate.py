@@ -1,7 +1,9 @@
 """Regenerate the real Dynamo 1.6.1 samples in this directory (for unit tests that parse Dynamo's wire
 formats without running Dynamo):
 
-    .venv/bin/python tests/data/dynamo/regenerate.py
+    .venv/bin/python tests/data/dynamo/regenerate.py [DIRECTORY]
+
+(into DIRECTORY instead of this one, to look before replacing the samples.)
 
 Runs a JetStream nats-server, a Dynamo frontend (``--migration-limit 3``) and two mocker workers, sends
 streaming chat completions of known sizes, and writes:
@@ -44,7 +46,7 @@ from agent.sim.dynamo_local import (
     write_tiny_model,
 )
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(sys.argv[1]).resolve() if len(sys.argv) > 1 else Path(__file__).resolve().parent
 NAMESPACE = "samples"
 KINDS = ("forward-pass-metrics", "kv_metrics", "kv-events")
 PER_KIND = 4
