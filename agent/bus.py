@@ -31,6 +31,7 @@ from schemas import Envelope, ErrorReply, Message, new_msg_id, tag_of
 
 M = TypeVar("M", bound=Message)
 R = TypeVar("R", bound=Message)
+T = TypeVar("T")
 
 Handler = Callable[[M, Msg], Awaitable[None]]
 
@@ -155,6 +156,45 @@ class Bus:
                 await handler(message, raw)
             except Rejected as err:
                 await self._reject(raw, actor, label, tag, "invalid", str(err), message.msg_id)
+                return
+            except Exception as err:  # a bug in the actor: let its supervisor restart it
+                crashed = True
+                on_crash(err)
+                return
+            handled[0] += 1
+
+        return await self.nc.subscribe(subject, cb=deliver)
+
+    async def subscribe_bytes(
+        self,
+        subject: str,
+        tag: str,
+        decode: Callable[[bytes], T],
+        handler: Callable[[T, Msg], Awaitable[None]],
+        *,
+        actor: str,
+        on_crash: Callable[[BaseException], None],
+    ) -> Subscription:
+        """Subscribe to a foreign wire format (e.g. Dynamo's msgpack event plane), counted as ``subscribe``
+        counts: ``decode`` turns the bytes into a value or raises ValueError (counted ``malformed`` under
+        ``tag``), the handler may raise :class:`Rejected` (``invalid``), and any other error is a crash."""
+        label = self.subjects.label(subject)
+        handled = self.metrics.messages_handled.cell(actor, label, tag)
+        crashed = False
+
+        async def deliver(raw: Msg) -> None:
+            nonlocal crashed
+            if crashed:
+                return
+            try:
+                value = decode(raw.data)
+            except ValueError as err:  # msgspec's DecodeError is a ValueError too
+                await self._reject(raw, actor, label, tag, "malformed", str(err), "")
+                return
+            try:
+                await handler(value, raw)
+            except Rejected as err:
+                await self._reject(raw, actor, label, tag, "invalid", str(err), "")
                 return
             except Exception as err:  # a bug in the actor: let its supervisor restart it
                 crashed = True

@@ -16,13 +16,14 @@ from dataclasses import dataclass, field
 import structlog
 from nats.aio.client import Client as NATS
 
+from agent.actors.dynamo_source import DynamoSource
 from agent.actors.migration import MigrationCoordinatorActor
 from agent.actors.optimizer import OptimizerTickActor
 from agent.actors.profiler import DemandProfilerActor
 from agent.actors.reporter import CostReporterActor
 from agent.actors.spot_monitor import SpotMonitorActor
 from agent.bus import Bus
-from agent.config import Settings
+from agent.config import ConfigError, Settings
 from agent.core.catalog import Catalog
 from agent.core.demand_bins import DemandBins
 from agent.core.fleet_state import FleetState
@@ -54,6 +55,7 @@ class Agent:
     stop_event: asyncio.Event
     grace_s: float
     _task: asyncio.Task[None] | None = field(default=None)
+    dynamo_source: DynamoSource | None = field(default=None)
 
     @property
     def actors(self) -> list[Actor]:
@@ -125,9 +127,17 @@ def build_agent(
     migration = MigrationCoordinatorActor(
         bus, clock, catalog=catalog, settings=settings.migration, registry=registry
     )
+    dynamo_source: DynamoSource | None = None
+    if settings.dynamo.frontend_urls:
+        if settings.dynamo.nats_url:
+            raise ConfigError(
+                "[dynamo] nats_url: a second NATS connection is not supported yet; leave it empty"
+            )
+        dynamo_source = DynamoSource(bus, clock, settings.dynamo, bins)  # the profiler's bins
     sup = settings.supervisor
+    actors: list[Actor] = [profiler_actor, optimizer, reporter, spot_monitor, migration]
     supervisor = Supervisor(
-        [profiler_actor, optimizer, reporter, spot_monitor, migration],
+        actors + ([dynamo_source] if dynamo_source else []),
         stop,
         metrics,
         RestartPolicy(max_restarts=sup.max_restarts, window_s=sup.window_seconds),
@@ -142,6 +152,7 @@ def build_agent(
         supervisor,
         stop,
         sup.shutdown_grace_seconds,
+        dynamo_source=dynamo_source,
     )
 
 

@@ -95,3 +95,20 @@ class AgentMetrics:
             "Worker reports for an already closed bin, counted into the open bin.",
             registry=r,
         )
+        self.dynamo_scrape_failures = Counter(
+            "costagent_dynamo_frontend_scrape_failures",
+            "Dynamo frontend /metrics reads that failed (no answer, not 200, unusable text), per frontend.",
+            ["frontend"],
+            registry=r,
+        )
+        self.dynamo_frontend_rejected = Counter(
+            "costagent_dynamo_frontend_rejected",
+            "Dynamo frontend intervals left out of the demand (impossible increase), per frontend.",
+            ["frontend"],
+            registry=r,
+        )
+        self.dynamo_live_workers = Gauge(
+            "costagent_dynamo_live_workers",
+            "Dynamo workers (worker id × DP rank) heard from recently on the event plane.",
+            registry=r,
+        )

@@ -1,0 +1,219 @@
+"""DynamoSource actor: the demand where requests arrive (Dynamo's frontends) and the workers' load (Dynamo's
+event plane), into the agent.
+
+Reads:      every ``[dynamo] frontend_urls`` entry's ``/metrics`` each ``scrape_interval_seconds`` (its
+            timer); Dynamo's ``forward-pass-metrics`` and ``kv_metrics`` subjects (msgpack, on the agent's
+            own NATS connection).
+Writes:     the profiler's :class:`~agent.core.demand_bins.DemandBins` (shared in-process), one entry per
+            frontend keyed ``frontend:<url>``; :attr:`DynamoSource.latest` (the demand of the last
+            interval, summed over frontends); :attr:`DynamoSource.workers` (the per-worker registry).
+Guarantees: a frontend that does not answer is counted (``costagent_dynamo_frontend_scrape_failures``)
+            and logged once per outage, and the others are read as usual; an event-plane message that does
+            not decode is counted as rejected and dropped; neither stops the actor.
+
+Why arrivals: DemandBins was written for workers' completion counts, but a completion is counted one
+request's duration late, and not at all for a request that a saturated fleet queues or drops. The
+frontend's arrival counter is the demand itself, before any worker, so it is what is added as the
+``requests`` of each interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Final
+
+import structlog
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.errors import Error as NatsError
+
+from agent.bus import Bus, Rejected
+from agent.config import DynamoSettings
+from agent.core.demand_bins import DemandBins
+from agent.core.dynamo_workers import DynamoWorkers
+from agent.providers.dynamo.event_plane import (
+    DynamoEvent,
+    DynamoSubjects,
+    EventPlaneError,
+    ForwardPassMetrics,
+    KvMetrics,
+    decode_event,
+    worker_key,
+)
+from agent.providers.dynamo.frontend_metrics import (
+    FrontendDemand,
+    FrontendMetricsError,
+    FrontendSnapshot,
+    demand_between,
+    parse_frontend_metrics,
+)
+from agent.providers.httpclient import HttpClient, ServiceUnavailable
+from agent.runtime.actor import Actor
+from agent.runtime.clock import Clock
+
+log = structlog.get_logger("agent.dynamo_source")
+
+EVENT_TAG: Final = "dynamo.event"  # the metric label of Dynamo's event-plane messages
+MAX_SCRAPE_SECONDS: Final = 5.0
+WORKER_STALE_INTERVALS: Final = 3  # scrape intervals without a message before a worker is not live
+MIN_WORKER_STALE_SECONDS: Final = 5.0  # the idle heartbeat is about 1 s: a few missed are not an exit
+
+
+def bins_key(frontend: str) -> str:
+    """The frontend's entry in the DemandBins (workers report under their own ids)."""
+    return f"frontend:{frontend}"
+
+
+class DynamoSource(Actor):
+    name = "dynamo_source"
+
+    def __init__(self, bus: Bus, clock: Clock, settings: DynamoSettings, bins: DemandBins) -> None:
+        if not settings.frontend_urls:
+            raise ValueError("DynamoSource: [dynamo] frontend_urls is empty")
+        super().__init__(bus, clock, interval_s=settings.scrape_interval_seconds)
+        self.frontends = settings.urls()
+        self.subjects = DynamoSubjects(settings.namespace, settings.component, settings.endpoint)
+        self.bins = bins
+        # A scrape must end before the next one is due.
+        self.scrape_timeout_s = min(MAX_SCRAPE_SECONDS, settings.scrape_interval_seconds * 0.8)
+        self.workers = DynamoWorkers(
+            stale_after_s=max(
+                MIN_WORKER_STALE_SECONDS, WORKER_STALE_INTERVALS * settings.scrape_interval_seconds
+            )
+        )
+        self.latest: FrontendDemand | None = None
+        """The demand over the last interval, all frontends summed (None before the second scrape)."""
+        self.previous: dict[str, FrontendSnapshot] = {}
+        """Each frontend's last good snapshot (kept through an outage: the next interval spans it)."""
+        self.down: set[str] = set()
+        self.scrapes = 0
+        self._http: HttpClient | None = None
+        m = bus.metrics
+        self._failures = {f: m.dynamo_scrape_failures.labels(f) for f in self.frontends}
+        self._rejected = {f: m.dynamo_frontend_rejected.labels(f) for f in self.frontends}
+        self._live = m.dynamo_live_workers
+
+    async def run(self, stop: asyncio.Event) -> None:
+        # The event plane is msgpack, not the Bus's JSON messages, so its subscriptions are made here
+        # around the base run (which makes the typed ones), and a crash in their handler ends the run too.
+        loop = asyncio.get_running_loop()
+        crashed: asyncio.Future[None] = loop.create_future()
+
+        def on_crash(err: BaseException) -> None:
+            if not crashed.done():
+                crashed.set_exception(err)
+
+        subs: list[Subscription] = []
+        async with contextlib.AsyncExitStack() as stack:
+            self._http = await stack.enter_async_context(HttpClient())
+            try:
+                for subject in (self.subjects.forward_pass_metrics, self.subjects.kv_metrics):
+                    subs.append(
+                        await self.bus.subscribe_bytes(
+                            subject,
+                            EVENT_TAG,
+                            decode_event,
+                            self.on_event,
+                            actor=self.name,
+                            on_crash=on_crash,
+                        )
+                    )
+                await self.bus.settle()
+                inner = asyncio.ensure_future(super().run(stop))
+                done, _ = await asyncio.wait([inner, crashed], return_when=asyncio.FIRST_COMPLETED)
+                if inner not in done:
+                    inner.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await inner
+                    crashed.result()  # re-raises the handler's crash
+                inner.result()
+            finally:
+                self._http = None
+                if not crashed.done():
+                    crashed.cancel()
+                elif not crashed.cancelled():
+                    crashed.exception()  # retrieved: raised above, or the run ended first
+                if not stop.is_set() and not (self.bus.nc.is_closed or self.bus.nc.is_draining):
+                    for sub in subs:
+                        with contextlib.suppress(NatsError):
+                            await sub.unsubscribe()
+
+    async def on_event(self, event: DynamoEvent, _raw: Msg) -> None:
+        payload = event.payload
+        if payload is None:
+            return  # a topic not read here
+        now = self.clock.now()
+        try:
+            key = worker_key(payload)
+        except EventPlaneError as err:
+            raise Rejected(str(err)) from None
+        if isinstance(payload, ForwardPassMetrics):
+            s, q = payload.scheduled_requests, payload.queued_requests
+            self.workers.forward_pass(
+                key,
+                now,
+                scheduled=s.num_prefill_requests + s.num_decode_requests,
+                queued=q.num_prefill_requests + q.num_decode_requests,
+            )
+        elif isinstance(payload, KvMetrics):
+            self.workers.kv(key, now, payload.kv_used_blocks)
+
+    async def on_timer(self) -> None:
+        now = self.clock.now()
+        self.workers.prune(now)
+        self._live.set(self.workers.live(now))
+        current: dict[str, FrontendSnapshot] = {}
+        for frontend, snapshot in zip(
+            self.frontends, await asyncio.gather(*(self._scrape(f) for f in self.frontends)), strict=True
+        ):
+            if snapshot is not None:
+                current[frontend] = snapshot
+        for frontend, snapshot in current.items():
+            self._add(frontend, snapshot)
+        self.latest = demand_between(self.previous, current)
+        self.previous.update(current)
+        self.scrapes += 1
+
+    def _add(self, frontend: str, snapshot: FrontendSnapshot) -> None:
+        """The frontend's interval since its previous snapshot, into the DemandBins."""
+        previous = self.previous.get(frontend)
+        if previous is None:
+            return  # the first read gives no interval
+        demand = demand_between({frontend: previous}, {frontend: snapshot})
+        if demand.rejected:
+            self._rejected[frontend].inc()
+            log.warning("dynamo_frontend_rejected", frontend=frontend, reason=demand.rejected[0][1])
+            return
+        arrivals = round(demand.arrivals_per_second * demand.interval_seconds)
+        # Token means are per observed request (input: streaming requests only); times arrivals they are
+        # the tokens the interval's arrivals ask for.
+        self.bins.add(
+            bins_key(frontend),
+            snapshot.at,
+            demand.interval_seconds,
+            arrivals,
+            round((demand.mean_input_tokens or 0.0) * arrivals),
+            round((demand.mean_output_tokens or 0.0) * arrivals),
+            round(demand.inflight),
+            round(demand.queued),
+        )
+
+    async def _scrape(self, frontend: str) -> FrontendSnapshot | None:
+        """One frontend's snapshot now, or None (counted, logged once per outage) when it is unusable."""
+        assert self._http is not None, "scraped outside run()"
+        try:
+            answer = await self._http.request("GET", f"{frontend}/metrics", timeout_s=self.scrape_timeout_s)
+            if answer.status != 200:
+                raise ServiceUnavailable(f"/metrics answered {answer.status}")
+            snapshot = parse_frontend_metrics(answer.body.decode("utf-8", "replace"), at=self.clock.now())
+        except (ServiceUnavailable, FrontendMetricsError) as err:
+            self._failures[frontend].inc()
+            if frontend not in self.down:
+                self.down.add(frontend)
+                log.warning("dynamo_frontend_unavailable", frontend=frontend, error=str(err))
+            return None
+        if frontend in self.down:
+            self.down.discard(frontend)
+            log.info("dynamo_frontend_recovered", frontend=frontend)
+        return snapshot
