@@ -59,6 +59,18 @@ def describe_decode_error(err: Exception, data: bytes) -> str:
     return f"not JSON: {err}"
 
 
+def _msg_id(message: Message) -> str:
+    return message.msg_id
+
+
+def _no_msg_id(_value: object) -> str:
+    return ""  # a foreign format has no envelope of ours
+
+
+def _error_text(err: Exception, _data: bytes) -> str:
+    return str(err)
+
+
 class Bus:
     def __init__(
         self,
@@ -135,35 +147,17 @@ class Bus:
         actor: str,
         on_crash: Callable[[BaseException], None],
     ) -> Subscription:
-        label = self.subjects.label(subject)
-        tag = tag_of(kind)
-        decoder = self.decoder(kind)
-        handled = self.metrics.messages_handled.cell(actor, label, tag)
-        crashed = False
-
-        async def deliver(raw: Msg) -> None:
-            nonlocal crashed
-            if crashed:
-                return
-            try:
-                message = decoder.decode(raw.data)
-            except (msgspec.DecodeError, UnicodeDecodeError) as err:  # ValidationError is a DecodeError
-                await self._reject(
-                    raw, actor, label, tag, "malformed", describe_decode_error(err, raw.data), ""
-                )
-                return
-            try:
-                await handler(message, raw)
-            except Rejected as err:
-                await self._reject(raw, actor, label, tag, "invalid", str(err), message.msg_id)
-                return
-            except Exception as err:  # a bug in the actor: let its supervisor restart it
-                crashed = True
-                on_crash(err)
-                return
-            handled[0] += 1
-
-        return await self.nc.subscribe(subject, cb=deliver)
+        return await self._subscribe(
+            subject,
+            tag_of(kind),
+            self.decoder(kind).decode,
+            (msgspec.DecodeError, UnicodeDecodeError),  # ValidationError is a DecodeError
+            describe_decode_error,
+            _msg_id,
+            handler,
+            actor=actor,
+            on_crash=on_crash,
+        )
 
     async def subscribe_bytes(
         self,
@@ -177,7 +171,33 @@ class Bus:
     ) -> Subscription:
         """Subscribe to a foreign wire format (e.g. Dynamo's msgpack event plane), counted as ``subscribe``
         counts: ``decode`` turns the bytes into a value or raises ValueError (counted ``malformed`` under
-        ``tag``), the handler may raise :class:`Rejected` (``invalid``), and any other error is a crash."""
+        ``tag``, its text the reason), the handler may raise :class:`Rejected` (``invalid``), and any other
+        error is a crash."""
+        return await self._subscribe(
+            subject,
+            tag,
+            decode,
+            (ValueError,),
+            _error_text,
+            _no_msg_id,
+            handler,
+            actor=actor,
+            on_crash=on_crash,
+        )
+
+    async def _subscribe(
+        self,
+        subject: str,
+        tag: str,
+        decode: Callable[[bytes], T],
+        malformed: tuple[type[Exception], ...],
+        describe: Callable[[Exception, bytes], str],
+        msg_id: Callable[[T], str],
+        handler: Callable[[T, Msg], Awaitable[None]],
+        *,
+        actor: str,
+        on_crash: Callable[[BaseException], None],
+    ) -> Subscription:
         label = self.subjects.label(subject)
         handled = self.metrics.messages_handled.cell(actor, label, tag)
         crashed = False
@@ -187,14 +207,14 @@ class Bus:
             if crashed:
                 return
             try:
-                value = decode(raw.data)
-            except ValueError as err:  # msgspec's DecodeError is a ValueError too
-                await self._reject(raw, actor, label, tag, "malformed", str(err), "")
+                message = decode(raw.data)
+            except malformed as err:
+                await self._reject(raw, actor, label, tag, "malformed", describe(err, raw.data), "")
                 return
             try:
-                await handler(value, raw)
+                await handler(message, raw)
             except Rejected as err:
-                await self._reject(raw, actor, label, tag, "invalid", str(err), "")
+                await self._reject(raw, actor, label, tag, "invalid", str(err), msg_id(message))
                 return
             except Exception as err:  # a bug in the actor: let its supervisor restart it
                 crashed = True

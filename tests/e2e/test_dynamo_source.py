@@ -26,12 +26,14 @@ from nats.aio.client import Client as NATS
 
 from agent.actors.dynamo_source import EVENT_TAG, DynamoSource, bins_key
 from agent.bus import Bus
-from agent.config import DynamoSettings
+from agent.config import ConfigError, DynamoSettings, Settings, resolve_catalog
 from agent.core.demand_bins import DemandBins
+from agent.providers.dynamo.event_plane import EventEnvelope
 from agent.providers.dynamo.frontend_metrics import FrontendDemand
 from agent.providers.httpclient import HttpClient
 from agent.runtime.clock import RealClock
 from agent.runtime.metrics import AgentMetrics
+from agent.service import build_agent
 from agent.sim.dynamo_local import (
     COMPONENT,
     ENDPOINT,
@@ -232,14 +234,6 @@ async def test_a_frontend_that_is_down_is_counted_and_logged_once_and_the_other_
     print(f"{failures:g} failed scrapes of {dead}, one log line: {outages[0]['error']}")
 
 
-class Envelope(msgspec.Struct):
-    publisher_id: int
-    sequence: int
-    published_at: int
-    topic: str
-    payload: bytes
-
-
 async def test_forward_pass_metrics_of_the_real_workers_fill_the_registry_and_garbage_changes_nothing(
     nc: NATS, dynamo: LocalDynamo, session: aiohttp.ClientSession
 ) -> None:
@@ -256,7 +250,7 @@ async def test_forward_pass_metrics_of_the_real_workers_fill_the_registry_and_ga
         subject = source.subjects.forward_pass_metrics
         not_msgpack = b"\xc1 not msgpack"
         bad_payload = msgspec.msgpack.encode(
-            Envelope(
+            EventEnvelope(
                 1, 0, 1_764_790_000_000, "forward-pass-metrics", msgspec.msgpack.encode({"worker_id": "x"})
             )
         )
@@ -268,3 +262,21 @@ async def test_forward_pass_metrics_of_the_real_workers_fill_the_registry_and_ga
         )
         assert set(source.workers.snapshot()) == before  # no worker made up, the actor still running
         assert len(before) == 2
+
+
+async def test_the_agent_runs_a_dynamo_source_on_the_profilers_bins_only_when_frontends_are_configured(
+    nc: NATS, dynamo: LocalDynamo
+) -> None:
+    plain = build_agent(nc, Settings(), resolve_catalog("seed"), RealClock())
+    assert plain.dynamo_source is None
+    assert "dynamo_source" not in [a.name for a in plain.actors]
+
+    configured = Settings(dynamo=DynamoSettings(frontend_urls=[dynamo.frontend_url]))
+    agent = build_agent(nc, configured, resolve_catalog("seed"), RealClock())
+    assert agent.dynamo_source is not None
+    assert agent.dynamo_source in agent.actors
+    assert agent.dynamo_source.bins is agent.profiler.bins  # one demand, read by the optimizer
+
+    second_nats = DynamoSettings(frontend_urls=[dynamo.frontend_url], nats_url="nats://127.0.0.1:4222")
+    with pytest.raises(ConfigError, match=r"\[dynamo\] nats_url: .*not supported yet"):
+        build_agent(nc, Settings(dynamo=second_nats), resolve_catalog("seed"), RealClock())
