@@ -23,12 +23,13 @@ import pytest
 import pytest_asyncio
 import structlog
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 
 from agent.actors.dynamo_source import EVENT_TAG, DynamoSource, bins_key
 from agent.bus import Bus
 from agent.config import ConfigError, DynamoSettings, Settings, resolve_catalog
 from agent.core.demand_bins import DemandBins
-from agent.providers.dynamo.event_plane import EventEnvelope
+from agent.providers.dynamo.event_plane import DynamoEvent, EventEnvelope
 from agent.providers.dynamo.frontend_metrics import FrontendDemand
 from agent.providers.httpclient import HttpClient
 from agent.runtime.clock import RealClock
@@ -280,3 +281,29 @@ async def test_the_agent_runs_a_dynamo_source_on_the_profilers_bins_only_when_fr
     second_nats = DynamoSettings(frontend_urls=[dynamo.frontend_url], nats_url="nats://127.0.0.1:4222")
     with pytest.raises(ConfigError, match=r"\[dynamo\] nats_url: .*not supported yet"):
         build_agent(nc, Settings(dynamo=second_nats), resolve_catalog("seed"), RealClock())
+
+
+class BrokenSource(DynamoSource):
+    async def on_event(self, event: DynamoEvent, raw: Msg) -> None:
+        raise RuntimeError("a bug in the handler")
+
+
+async def test_a_bug_in_the_event_handler_ends_the_run_for_the_supervisor_and_leaves_no_subscription(
+    nc: NATS, dynamo: LocalDynamo
+) -> None:
+    clock = RealClock()
+    bus = Bus(nc, Subjects(f"t{uuid.uuid4().hex[:10]}"), source="test", clock=clock, metrics=AgentMetrics())
+    settings = DynamoSettings(
+        frontend_urls=[dynamo.frontend_url],
+        namespace=dynamo.namespace,
+        component=COMPONENT,
+        endpoint=ENDPOINT,
+    )
+    subscriptions = len(nc._subs)  # nats-py has no public count
+    source = BrokenSource(bus, clock, settings, DemandBins(60.0, 0.0, 60.0))
+    # The idle workers' heartbeats (about one a second each) reach the handler.
+    with pytest.raises(RuntimeError, match="a bug in the handler"):
+        async with asyncio.timeout(WAIT_S):
+            await source.run(asyncio.Event())
+    assert not source.ready.is_set()
+    assert len(nc._subs) == subscriptions
