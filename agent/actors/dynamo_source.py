@@ -20,13 +20,11 @@ frontend's arrival counter is the demand itself, before any worker, so it is wha
 from __future__ import annotations
 
 import asyncio
-import contextlib
+from collections.abc import Sequence
 from typing import Final
 
 import structlog
 from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
-from nats.errors import Error as NatsError
 
 from agent.bus import Bus, Rejected
 from agent.config import DynamoSettings
@@ -49,7 +47,7 @@ from agent.providers.dynamo.frontend_metrics import (
     parse_frontend_metrics,
 )
 from agent.providers.httpclient import HttpClient, ServiceUnavailable
-from agent.runtime.actor import Actor
+from agent.runtime.actor import Actor, ListenBytes
 from agent.runtime.clock import Clock
 
 log = structlog.get_logger("agent.dynamo_source")
@@ -94,50 +92,19 @@ class DynamoSource(Actor):
         self._rejected = {f: m.dynamo_frontend_rejected.labels(f) for f in self.frontends}
         self._live = m.dynamo_live_workers
 
-    async def run(self, stop: asyncio.Event) -> None:
-        # The event plane is msgpack, not the Bus's JSON messages, so its subscriptions are made here
-        # around the base run (which makes the typed ones), and a crash in their handler ends the run too.
-        loop = asyncio.get_running_loop()
-        crashed: asyncio.Future[None] = loop.create_future()
+    def subscriptions(self) -> Sequence[ListenBytes]:
+        return [
+            ListenBytes(subject, EVENT_TAG, decode_event, self.on_event)
+            for subject in (self.subjects.forward_pass_metrics, self.subjects.kv_metrics)
+        ]
 
-        def on_crash(err: BaseException) -> None:
-            if not crashed.done():
-                crashed.set_exception(err)
+    async def on_start(self) -> None:
+        self._http = await HttpClient().__aenter__()
 
-        subs: list[Subscription] = []
-        async with contextlib.AsyncExitStack() as stack:
-            self._http = await stack.enter_async_context(HttpClient())
-            try:
-                for subject in (self.subjects.forward_pass_metrics, self.subjects.kv_metrics):
-                    subs.append(
-                        await self.bus.subscribe_bytes(
-                            subject,
-                            EVENT_TAG,
-                            decode_event,
-                            self.on_event,
-                            actor=self.name,
-                            on_crash=on_crash,
-                        )
-                    )
-                await self.bus.settle()
-                inner = asyncio.ensure_future(super().run(stop))
-                done, _ = await asyncio.wait([inner, crashed], return_when=asyncio.FIRST_COMPLETED)
-                if inner not in done:
-                    inner.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await inner
-                    crashed.result()  # re-raises the handler's crash
-                inner.result()
-            finally:
-                self._http = None
-                if not crashed.done():
-                    crashed.cancel()
-                elif not crashed.cancelled():
-                    crashed.exception()  # retrieved: raised above, or the run ended first
-                if not stop.is_set() and not (self.bus.nc.is_closed or self.bus.nc.is_draining):
-                    for sub in subs:
-                        with contextlib.suppress(NatsError):
-                            await sub.unsubscribe()
+    async def on_stop(self) -> None:
+        http, self._http = self._http, None
+        if http is not None:
+            await http.__aexit__(None, None, None)
 
     async def on_event(self, event: DynamoEvent, _raw: Msg) -> None:
         payload = event.payload

@@ -1,10 +1,12 @@
 """Actor base: subscriptions and an optional timer, run until stopped or crashed.
 
-An actor declares what it listens to (:meth:`Actor.subscriptions`) and, for a timer actor, an interval
-and :meth:`Actor.on_timer`. :meth:`Actor.run` subscribes, sets ``ready``, and returns when the stop event
-is set; it raises when a handler or the timer crashes, after unsubscribing, so that the supervisor can
-start it again from a clean slate. State kept on the actor object survives a restart; a subscription does
-not.
+An actor declares what it listens to (:meth:`Actor.subscriptions`: our JSON messages with :class:`Listen`,
+a foreign wire format such as Dynamo's msgpack event plane with :class:`ListenBytes`) and, for a timer
+actor, an interval and :meth:`Actor.on_timer`. :meth:`Actor.run` subscribes, sets ``ready``, and
+returns when the stop event is set; it raises when a handler or the timer crashes, after
+unsubscribing, so that the supervisor can start it again from a clean slate. State kept on the actor
+object survives a restart; a subscription does not (:meth:`Actor.on_start` and :meth:`Actor.on_stop`
+bracket each run).
 
 The timer keeps a drift-free schedule (``next += interval``); ticks missed while a tick ran long are
 skipped, not bunched. It waits through the clock, so a fake clock drives it in tests and a stop wakes it
@@ -15,10 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.errors import Error as NatsError
 
@@ -32,6 +35,17 @@ class Listen:
     subject: str
     kind: type[Message]
     handler: Handler[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ListenBytes:
+    """A foreign wire format: ``decode`` turns the bytes into a value or raises ValueError (counted as
+    malformed under ``tag``); see :meth:`agent.bus.Bus.subscribe_bytes`."""
+
+    subject: str
+    tag: str
+    decode: Callable[[bytes], Any]
+    handler: Callable[[Any, Msg], Awaitable[None]]
 
 
 class Actor:
@@ -48,11 +62,15 @@ class Actor:
         """The stop event of the current run: long work started by a handler waits on it too."""
         self.ticks = 0
 
-    def subscriptions(self) -> Sequence[Listen]:
+    def subscriptions(self) -> Sequence[Listen | ListenBytes]:
         return ()
 
     async def on_start(self) -> None:
         """Called at each (re)start, before subscribing."""
+
+    async def on_stop(self) -> None:
+        """Called at the end of each run (stopped or crashed), after unsubscribing: release what
+        :meth:`on_start` acquired."""
 
     async def on_timer(self) -> None:
         """Called every ``interval_s`` seconds of the actor's clock (timer actors only)."""
@@ -71,11 +89,7 @@ class Actor:
         try:
             await self.on_start()
             for listen in self.subscriptions():
-                subs.append(
-                    await self.bus.subscribe(
-                        listen.subject, listen.kind, listen.handler, actor=self.name, on_crash=on_crash
-                    )
-                )
+                subs.append(await self._subscribe(listen, on_crash))
             if subs:
                 # The server knows our interest before anyone is told we are ready.
                 await self.bus.settle()
@@ -99,6 +113,18 @@ class Actor:
                 for sub in subs:
                     with contextlib.suppress(NatsError):
                         await sub.unsubscribe()
+            await self.on_stop()
+
+    async def _subscribe(
+        self, listen: Listen | ListenBytes, on_crash: Callable[[BaseException], None]
+    ) -> Subscription:
+        if isinstance(listen, Listen):
+            return await self.bus.subscribe(
+                listen.subject, listen.kind, listen.handler, actor=self.name, on_crash=on_crash
+            )
+        return await self.bus.subscribe_bytes(
+            listen.subject, listen.tag, listen.decode, listen.handler, actor=self.name, on_crash=on_crash
+        )
 
     async def _timer(self, stop: asyncio.Event, interval: float) -> None:
         deadline = self.clock.now() + interval
