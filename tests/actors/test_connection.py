@@ -45,6 +45,7 @@ async def test_what_the_work_publishes_on_its_way_out_is_delivered_then_the_conn
         async def poller() -> None:
             await stop.wait()
             # The read that was under way when the stop came in finds a notice: it must still go out.
+            # The sleep is the behaviour under test: work that is still running after the stop.
             await asyncio.sleep(0.1)
             await nc.publish(subject, b"last notice")
 
