@@ -334,6 +334,18 @@ class Settings(_Section, frozen=True):
     migration: MigrationSettings = msgspec.field(default_factory=MigrationSettings)
     dynamo: DynamoSettings = msgspec.field(default_factory=DynamoSettings)
 
+    def __post_init__(self) -> None:
+        # The profiler forgets an entry that has not reported for stale_after_seconds: a frontend scraped
+        # less often would drop out of the current demand between its scrapes.
+        if self.dynamo.frontend_urls and not (
+            self.dynamo.scrape_interval_seconds < self.profiler.stale_after_seconds
+        ):
+            raise ValueError(
+                f"dynamo.scrape_interval_seconds: {self.dynamo.scrape_interval_seconds:g} must be below "
+                f"profiler.stale_after_seconds ({self.profiler.stale_after_seconds:g}), or each "
+                "frontend's demand goes stale between scrapes"
+            )
+
     def slo_config(self) -> SloConfig:
         return SloConfig(utilization_target=self.slo.utilization_target)
 

@@ -312,3 +312,20 @@ def test_a_bad_environment_value_names_its_variable(tmp_path: Path) -> None:
         )
     assert "environment COST_AGENT_OPTIMIZER__MAX_STEP_UP" in str(info.value)
     assert "field 'optimizer.max_step_up'" in str(info.value)
+
+
+def test_a_frontend_scraped_less_often_than_demand_goes_stale_stops_start_up(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        '[dynamo]\nfrontend_urls = ["http://127.0.0.1:8000"]\nscrape_interval_seconds = 120\n\n'
+        "[profiler]\nstale_after_seconds = 60\n",
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path, env=NO_ENV)
+    assert "dynamo.scrape_interval_seconds" in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_without_frontends_the_scrape_interval_is_not_checked_against_the_profiler(tmp_path: Path) -> None:
+    path = write(tmp_path, "[dynamo]\nscrape_interval_seconds = 120\n")
+    assert load_settings(path, env=NO_ENV).dynamo.scrape_interval_seconds == 120
