@@ -399,6 +399,8 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
         field, reason = split_error(exc)
         if field in sources:
             where = f"environment {sources[field]}"
+        if field == "?":  # a rule across sections (Settings.__post_init__): its reason names the fields
+            raise ConfigError(f"{where}: {reason}") from None
         raise ConfigError(f"{where}: field {field!r}: {reason}") from None
     try:
         settings.profiler.build()
