@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, get_args
 
-from schemas.envelope import Count, Message, NonNegative, Timestamp, doc
+import msgspec
+
+from schemas.envelope import Count, Key, Message, NonNegative, Tier, Timestamp, doc
+
+_TIERS: tuple[str, ...] = get_args(Tier)
 
 
 class CostReportRequest(Message, frozen=True, tag="cost.report_request.v1"):
@@ -16,6 +20,12 @@ class CostReport(Message, frozen=True, tag="cost.report.v1"):
     prices (spot at the latest observed prices), served tokens and requests from worker metrics, and the
     saving against running the same instance-hours on demand. Per-token and per-request costs are null
     until something was served.
+
+    It also compares the fleet paid for now with the latest allocation plan, both priced at the same prices
+    now (spot at the fresh quote for its pool, else the catalog's): ``plan_gap_hourly`` is what the running
+    fleet costs per hour above the plan. In shadow mode, where the agent plans and changes nothing, this is
+    what the agent would save (or cost) over the autoscaler that runs the fleet. The plan fields are null
+    until a plan has been seen.
     """
 
     period_start: Annotated[Timestamp, doc("Start of the ledger (the reporter's start), UNIX s.")]
@@ -46,6 +56,40 @@ class CostReport(Message, frozen=True, tag="cost.report.v1"):
     ]
     savings_fraction: Annotated[float, doc("`savings / ondemand_equivalent_cost` (0 when that is 0).")]
     intervals: Annotated[Count, doc("Accrual steps in the ledger (diagnostic).")]
+    fleet_hourly_cost: Annotated[
+        NonNegative,
+        doc(
+            "$/h of the nodes paid for now (launched, ready or draining), each at its type's price for its "
+            "tier, spot at the fresh quote for its pool (else the catalog's)."
+        ),
+    ] = 0.0
+    fleet_nodes: Annotated[
+        dict[str, Count],
+        doc("Nodes paid for now, by tier: always the three keys `reserved`, `spot`, `ondemand`."),
+    ] = msgspec.field(default_factory=lambda: dict.fromkeys(_TIERS, 0))
+    plan_id: Annotated[
+        Key | None, doc("`plan_id` of the newest allocation plan seen (by `sent_at`); null before any plan.")
+    ] = None
+    plan_hourly_cost: Annotated[
+        NonNegative | None,
+        doc(
+            "$/h of that plan's targets (reserved included, as the plan lists them) at the same prices as "
+            "`fleet_hourly_cost`; null before any plan. It differs from the plan's own `hourly_cost` only "
+            "where a spot quote changed (or went stale) since the plan was made."
+        ),
+    ] = None
+    plan_nodes: Annotated[
+        dict[str, Count],
+        doc("That plan's target nodes, by tier: always the three keys (zeros before any plan)."),
+    ] = msgspec.field(default_factory=lambda: dict.fromkeys(_TIERS, 0))
+    plan_gap_hourly: Annotated[
+        float | None,
+        doc(
+            "`fleet_hourly_cost − plan_hourly_cost`, $/h: positive when the running fleet costs more than "
+            "the plan (nodes draining, launches not made yet, or, in shadow mode, another autoscaler's "
+            "choice); null before any plan."
+        ),
+    ] = None
 
 
 class ErrorReply(Message, frozen=True, tag="error.reply.v1"):

@@ -198,7 +198,10 @@ GOLDEN: list[tuple[bytes, Message]] = [
         b'"instance_hours_by_type":{"h100_8x":{"reserved":2.0,"spot":2.0,"ondemand":0.0}},'
         b'"cost_by_tier":{"reserved":38.12,"spot":19.66,"ondemand":0.0},"cost_by_type":{"h100_8x":57.78},'
         b'"spot_fraction":0.5,"ondemand_equivalent_cost":131.08,"savings":73.3,"savings_fraction":0.5592,'
-        b'"intervals":60,"msg_id":"report-1","sent_at":1767229200.0,"source":"agent","correlation_id":"req-1"}',
+        b'"intervals":60,"fleet_hourly_cost":57.78,"fleet_nodes":{"reserved":2,"spot":2,"ondemand":0},'
+        b'"plan_id":"plan-1","plan_hourly_cost":47.95,"plan_nodes":{"reserved":2,"spot":1,"ondemand":0},'
+        b'"plan_gap_hourly":9.83,'
+        b'"msg_id":"report-1","sent_at":1767229200.0,"source":"agent","correlation_id":"req-1"}',
         CostReport(
             msg_id="report-1",
             sent_at=1767229200.0,
@@ -223,6 +226,12 @@ GOLDEN: list[tuple[bytes, Message]] = [
             savings=73.3,
             savings_fraction=0.5592,
             intervals=60,
+            fleet_hourly_cost=57.78,
+            fleet_nodes={"reserved": 2, "spot": 2, "ondemand": 0},
+            plan_id="plan-1",
+            plan_hourly_cost=47.95,
+            plan_nodes={"reserved": 2, "spot": 1, "ondemand": 0},
+            plan_gap_hourly=9.83,
         ),
     ),
     (
