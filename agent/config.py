@@ -19,8 +19,17 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from agent.actuators.settings import ActuatorSettings
 from agent.core.capacity import SloConfig
 from agent.core.catalog import Catalog, CatalogError, load_catalog
+from agent.core.demand_policy import (
+    ARRIVALS_SAMPLE_S,
+    AUTO,
+    ROLLING_STEP_S,
+    ROLLING_WINDOW_S,
+    Auto,
+    DemandPolicyConfig,
+)
 from agent.core.optimizer_config import (
     DiscountSpot,
     NonSpotFraction,
@@ -64,38 +73,62 @@ class SloSettings(_Section, frozen=True):
     ] = 0.999
 
 
+_Seconds = Annotated[float, msgspec.Meta(ge=0, le=86_400)]  # up to a day: beyond, the profile knows better
+
+
 class OptimizerSettings(OptimizerConfig, _Section, frozen=True, kw_only=True):
     """The optimizer's fields (defined once, in agent/core/optimizer_config.py), then what only the
     service reads: when to plan, and how it reads demand and prices."""
 
     interval_seconds: Annotated[float, msgspec.Meta(gt=0, description="the tick")] = 300.0
+    # Each of the next three: seconds, or "auto" (agent.core.demand_policy: by the kind of demand seen).
     base_window_seconds: Annotated[
-        float,
+        _Seconds | Auto,
         msgspec.Meta(
-            ge=0,
             description=(
-                "size to the busiest demand observed over this window, not the last report. Off by default "
-                "in the agent (the backtest's rolling policy uses 3600 / every step / none for this and the "
-                "next two): worker reports count completions, not arrivals, and in the demo holding their "
-                "peak over-provisioned 1.3-2.3x"
-            ),
+                "size to the busiest demand observed over this window, not the latest observation. "
+                f"{AUTO!r}: {ROLLING_WINDOW_S:g} (the hour's peak, as the backtest's rolling policy) while "
+                "the agent sees arrivals (a Dynamo frontend's request counter, [dynamo] frontend_urls), 0 "
+                "while it sees worker reports only, which count completions, not arrivals (holding their "
+                "peak over-provisioned the emulated demo 1.3-2.3x). A number applies whatever the demand, "
+                "here and in the next two"
+            )
         ),
-    ] = 0.0
+    ] = AUTO
     surge_check_seconds: Annotated[
-        float,
+        _Seconds | Auto,
         msgspec.Meta(
-            ge=0,
-            description="between ticks, plan at once when demand passes what the last plan covered (0: off)",
+            description=(
+                "between ticks, plan at once when demand passes what the last plan covered; the demand is "
+                f"sampled this often for the peak and the mean (0: off). {AUTO!r}: {ARRIVALS_SAMPLE_S:g} "
+                "with arrivals, off with worker reports only"
+            )
         ),
-    ] = 0.0
+    ] = AUTO
     demand_smoothing_seconds: Annotated[
-        float,
-        msgspec.Meta(ge=0, description="the observed demand is the mean of the reports over this window"),
-    ] = 0.0
+        _Seconds | Auto,
+        msgspec.Meta(
+            description=(
+                f"the observed demand is the mean of its samples over this window. {AUTO!r}: "
+                f"{ROLLING_STEP_S:g} with arrivals (a minute's mean, what each step of the backtest "
+                "observes), 0 with worker reports only"
+            )
+        ),
+    ] = AUTO
     spot_price_max_age_seconds: Annotated[
         float,
         msgspec.Meta(gt=0, description="a price older than this is ignored (the catalog's price is used)"),
     ] = 1800.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.demand_policy()  # refuses what is neither "auto" nor seconds ≥ 0 (settings built in code)
+
+    def demand_policy(self) -> DemandPolicyConfig:
+        """The observed demand's base, surge check and smoothing as configured (``"auto"`` included)."""
+        return DemandPolicyConfig(
+            self.base_window_seconds, self.surge_check_seconds, self.demand_smoothing_seconds
+        )
 
     def to_core(self) -> OptimizerConfig:
         """The optimizer's own fields, without the service's."""
@@ -333,6 +366,7 @@ class Settings(_Section, frozen=True):
     spot_monitor: SpotMonitorSettings = msgspec.field(default_factory=SpotMonitorSettings)
     migration: MigrationSettings = msgspec.field(default_factory=MigrationSettings)
     dynamo: DynamoSettings = msgspec.field(default_factory=DynamoSettings)
+    actuator: ActuatorSettings = msgspec.field(default_factory=ActuatorSettings)
 
     def __post_init__(self) -> None:
         # The profiler forgets an entry that has not reported for stale_after_seconds: a frontend scraped

@@ -16,12 +16,14 @@ from dataclasses import dataclass, field
 import structlog
 from nats.aio.client import Client as NATS
 
+from agent.actors.actuator import ActuatorActor
 from agent.actors.dynamo_source import DynamoSource
 from agent.actors.migration import MigrationCoordinatorActor
 from agent.actors.optimizer import OptimizerTickActor
 from agent.actors.profiler import DemandProfilerActor
 from agent.actors.reporter import CostReporterActor
 from agent.actors.spot_monitor import SpotMonitorActor
+from agent.actuators.build import build_driver
 from agent.bus import Bus
 from agent.config import ConfigError, Settings
 from agent.core.catalog import Catalog
@@ -56,6 +58,7 @@ class Agent:
     grace_s: float
     _task: asyncio.Task[None] | None = field(default=None)
     dynamo_source: DynamoSource | None = field(default=None)
+    actuator: ActuatorActor | None = field(default=None)
 
     @property
     def actors(self) -> list[Actor]:
@@ -124,9 +127,6 @@ def build_agent(
     spot_monitor = SpotMonitorActor(
         bus, clock, settings=settings.spot_monitor, registry=registry, capacity_lost=optimizer.capacity_lost
     )
-    migration = MigrationCoordinatorActor(
-        bus, clock, catalog=catalog, settings=settings.migration, registry=registry
-    )
     dynamo_source: DynamoSource | None = None
     if settings.dynamo.frontend_urls:
         if settings.dynamo.nats_url:
@@ -134,10 +134,20 @@ def build_agent(
                 "[dynamo] nats_url: a second NATS connection is not supported yet; leave it empty"
             )
         dynamo_source = DynamoSource(bus, clock, settings.dynamo, bins)  # the profiler's bins
+    actuator = _build_actuator(bus, clock, settings, catalog, dynamo_source)
+    migration = MigrationCoordinatorActor(
+        bus,
+        clock,
+        catalog=catalog,
+        settings=settings.migration,
+        registry=registry,
+        drained_elsewhere=actuator.runs if actuator is not None else None,
+    )
     sup = settings.supervisor
     actors: list[Actor] = [profiler_actor, optimizer, reporter, spot_monitor, migration]
+    actors += [a for a in (dynamo_source, actuator) if a is not None]
     supervisor = Supervisor(
-        actors + ([dynamo_source] if dynamo_source else []),
+        actors,
         stop,
         metrics,
         RestartPolicy(max_restarts=sup.max_restarts, window_s=sup.window_seconds),
@@ -153,6 +163,32 @@ def build_agent(
         stop,
         sup.shutdown_grace_seconds,
         dynamo_source=dynamo_source,
+        actuator=actuator,
+    )
+
+
+def _build_actuator(
+    bus: Bus, clock: Clock, settings: Settings, catalog: Catalog, dynamo_source: DynamoSource | None
+) -> ActuatorActor | None:
+    """The actuator actor ``[actuator] mode`` asks for; None for mode ``none``."""
+    a = settings.actuator
+    try:
+        driver = build_driver(a, clock, namespace=settings.bus.namespace)
+    except ValueError as err:
+        raise ConfigError(f"[actuator] {err}") from None
+    if driver is None:
+        return None
+    return ActuatorActor(
+        bus,
+        clock,
+        driver,
+        catalog=catalog,
+        boot_s=a.boot_seconds,
+        make_before_break=a.make_before_break,
+        poll_s=a.poll_seconds,
+        price_max_age_s=settings.optimizer.spot_price_max_age_seconds,
+        frontend_migrations=dynamo_source.migrations_total if dynamo_source is not None else None,
+        report_after_s=2 * settings.dynamo.scrape_interval_seconds,
     )
 
 

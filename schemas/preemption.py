@@ -93,12 +93,19 @@ class MigrationCounts(msgspec.Struct, frozen=True, kw_only=True):
             "re-prefill; such a request is also counted once above)."
         ),
     ] = 0
+    frontend_migrated: Annotated[
+        Count,
+        doc(
+            "Requests a Dynamo frontend re-sent to a surviving worker after the node died "
+            "(its `dynamo_frontend_model_migration_total`; policy `dynamo-frontend`)."
+        ),
+    ] = 0
 
 
 class MigrationReport(Message, frozen=True, tag="migration.report.v1"):
     """What became of every request that was in flight on a drained instance.
 
-    ``requests`` = finished_in_place + kv_moved + reprefilled + requeued + lost; ``lost`` is what the
+    ``requests`` = finished_in_place + kv_moved + reprefilled + requeued + frontend_migrated + lost; ``lost`` is what the
     coordinator could not account for (it should be 0: requests it cannot place are requeued).
     ``completed_at`` is when the last action ended; ``deadline`` the notice's deadline.
     """

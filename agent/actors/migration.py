@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, TypeVar
 
@@ -127,11 +127,15 @@ class MigrationCoordinatorActor(Actor):
         catalog: Catalog,
         settings: MigrationSettings,
         registry: WorkerRegistry,
+        drained_elsewhere: Callable[[str], bool] | None = None,
     ) -> None:
         super().__init__(bus, clock)
         self.catalog = catalog
         self.settings = settings
         self.registry = registry
+        self.drained_elsewhere = drained_elsewhere
+        """True for a node whose workers the actuator drains (Dynamo's: the frontend migrates their
+        requests), so that this coordinator neither commands them nor reports them."""
         self.reports: list[MigrationReport] = []
         self._active: dict[str, asyncio.Task[None]] = {}
         self._log = structlog.get_logger("agent.migration").bind(actor=self.name)
@@ -142,6 +146,13 @@ class MigrationCoordinatorActor(Actor):
     async def on_drain(self, order: DrainOrder, _raw: Msg) -> None:
         if order.instance_id in self._active and not self._active[order.instance_id].done():
             return  # already draining this node
+        if (
+            order.reason != "lost"
+            and self.drained_elsewhere is not None
+            and self.drained_elsewhere(order.instance_id)
+        ):
+            self._log.info("drain_left_to_actuator", instance_id=order.instance_id)
+            return
         # A drain runs for up to the notice's length: in its own task, so other orders are not held up.
         task = asyncio.ensure_future(self._drain(order))
         self._active[order.instance_id] = task

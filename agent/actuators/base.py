@@ -69,6 +69,10 @@ class Actuator(Protocol):
         """Observe: boots finished, drains ended, leave times reached, deadlines passed, nodes that died."""
         ...
 
+    def runs(self, instance_id: str) -> bool:
+        """Whether this node is one the actuator runs and drains (not terminated)."""
+        ...
+
     async def close(self) -> None:
         """Stop watching. Running nodes are left running: the fleet outlives the agent."""
         ...

@@ -32,7 +32,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from agent.core.catalog import Tier
+from agent.core.catalog import Catalog, Tier
 
 Slot = tuple[str, str, Tier]
 """(instance type, pool, tier)."""
@@ -120,6 +120,24 @@ class Release:
 
 
 Decision = TakeBack | Launch | Refuse | Release
+
+
+def catalog_targets(
+    targets: Mapping[Slot, int], catalog: Catalog
+) -> tuple[dict[Slot, int], list[tuple[str, str]]]:
+    """A plan's spot and on-demand targets for the types and pools ``catalog`` knows (reserved ones are
+    left out: only commitment planning changes reserved nodes), and the (type, pool) pairs it does not."""
+    known: dict[Slot, int] = {}
+    unknown: list[tuple[str, str]] = []
+    for (name, pool, tier), count in targets.items():
+        if tier == "reserved":
+            continue
+        itype = catalog.types.get(name)
+        if itype is None or pool not in itype.pools:
+            unknown.append((name, pool))
+            continue
+        known[(name, pool, tier)] = count
+    return known, unknown
 
 
 def reconcile(

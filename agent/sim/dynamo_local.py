@@ -31,6 +31,7 @@ from urllib.parse import unquote
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
+from agent.actuators.processes import listening_ports
 from agent.providers.httpclient import HttpClient, ServiceUnavailable
 
 MODEL_NAME: Final = "tiny"
@@ -98,32 +99,6 @@ def write_tiny_model(directory: Path) -> Path:
     generation = {"bos_token_id": vocab["<s>"], "eos_token_id": vocab["</s>"]}
     (directory / "generation_config.json").write_text(json.dumps(generation, indent=1) + "\n")
     return directory
-
-
-def listening_ports(pid: int) -> set[tuple[str, int]]:
-    """``(ip, port)`` of the TCP sockets process ``pid`` listens on (IPv4, from ``/proc``): how the harness
-    learns the ports the OS gave Dynamo, which does not log its HTTP port."""
-    inodes: set[str] = set()
-    try:
-        for fd in Path(f"/proc/{pid}/fd").iterdir():
-            try:
-                target = os.readlink(fd)
-            except OSError:
-                continue  # closed meanwhile
-            if target.startswith("socket:["):
-                inodes.add(target[len("socket:[") : -1])
-        table = Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]
-    except OSError:
-        return set()  # gone, or not yet there
-    ports: set[tuple[str, int]] = set()
-    for line in table:
-        fields = line.split()
-        local, state, inode = fields[1], fields[3], fields[9]
-        if state == "0A" and inode in inodes:  # 0A: LISTEN
-            address, port = local.split(":")
-            ip = ".".join(str(int(address[i : i + 2], 16)) for i in (6, 4, 2, 0))  # little-endian
-            ports.add((ip, int(port, 16)))
-    return ports
 
 
 @dataclass
@@ -248,6 +223,19 @@ class LocalDynamo:
         self._started.append(self.frontend)
         return self.frontend
 
+    def mocker_args(self, *, speedup_ratio: float = 1.0, extra_args: Sequence[str] = ()) -> list[str]:
+        """The arguments after the interpreter of a mocker worker serving the tiny model at
+        ``dyn://{namespace}.backend.generate``."""
+        args = ["-m", "dynamo.mocker", "--model-path", str(self.model_dir), "--model-name", MODEL_NAME]
+        args += ["--endpoint", f"dyn://{self.namespace}.{COMPONENT}.{ENDPOINT}"]
+        return [*args, "--speedup-ratio", f"{speedup_ratio:g}", *extra_args]
+
+    def worker_command(self, *, speedup_ratio: float = 1.0, extra_args: Sequence[str] = ()) -> list[str]:
+        """``[actuator.local] command`` for this deployment's mocker workers (placeholders ``{python}`` and
+        ``{startup_time}``); run it with :attr:`env` added (``[actuator.local] env``)."""
+        args = self.mocker_args(speedup_ratio=speedup_ratio, extra_args=extra_args)
+        return ["{python}", *args, "--startup-time", "{startup_time}"]
+
     def start_worker(
         self,
         *,
@@ -257,9 +245,7 @@ class LocalDynamo:
     ) -> Worker:
         """``python -m dynamo.mocker`` serving the tiny model at ``dyn://{namespace}.backend.generate``."""
         name = f"worker-{len(self.workers) + 1}"
-        args = ["-m", "dynamo.mocker", "--model-path", str(self.model_dir), "--model-name", MODEL_NAME]
-        args += ["--endpoint", f"dyn://{self.namespace}.{COMPONENT}.{ENDPOINT}"]
-        args += ["--speedup-ratio", f"{speedup_ratio:g}"]
+        args = self.mocker_args(speedup_ratio=speedup_ratio)
         if startup_time_s is not None:
             args += ["--startup-time", f"{startup_time_s:g}"]
         proc = self._spawn(name, [*args, *extra_args])
@@ -334,6 +320,23 @@ class LocalDynamo:
             if time.monotonic() > deadline:
                 raise DynamoError(f"frontend metrics: {what} not seen within {timeout_s:g} s")
             await asyncio.sleep(0.05)
+
+    async def wait_frontend(self, *, timeout_s: float = 30.0) -> str:
+        """Wait until the frontend listens (its workers may come later, from an actuator); its base URL."""
+        if self.frontend is None:
+            raise DynamoError("no frontend started")
+        deadline = time.monotonic() + timeout_s
+        while not self.frontend_url:
+            self._check_alive([self.frontend])
+            ports = [port for ip, port in listening_ports(self.frontend.pid) if ip == "127.0.0.1"]
+            if ports:
+                self.frontend_url = f"http://127.0.0.1:{min(ports)}"
+            elif time.monotonic() > deadline:
+                tail = self.frontend.log_tail()
+                raise DynamoError(f"frontend not listening within {timeout_s:g} s\n{tail}")
+            else:
+                await asyncio.sleep(0.05)
+        return self.frontend_url
 
     async def wait_ready(self, http: HttpClient, *, timeout_s: float = 30.0) -> None:
         """Wait until the frontend answers, its ``dynamo_frontend_model_ready`` is 1 for the tiny model, and
