@@ -1,13 +1,16 @@
 """CostReporter actor.
 
 Listens to: ``{ns}.evt.fleet.instance.*`` (what is paid for), ``{ns}.evt.spot.price.*`` (what spot costs),
-``{ns}.evt.worker.metrics.*`` (tokens and requests served), ``{ns}.req.cost.report`` (CostReportRequest).
+``{ns}.evt.worker.metrics.*`` (tokens and requests served), ``{ns}.evt.plan.allocation`` (AllocationPlan:
+what the agent would run), ``{ns}.req.cost.report`` (CostReportRequest).
 Publishes:  ``{ns}.evt.cost.report`` (CostReport) every ``[reporter] interval_seconds``, and answers each
 request with the report as of that moment.
 Guarantees: instance-hours are accrued on the agent's clock from the moment it starts, at each instance
 type's own price per tier (spot at the latest fresh quote for the pools held, else the catalog's); every
-node from ``launched`` until ``terminated`` is paid for. Memory is bounded by the catalog and the live
-fleet, not by how long it runs.
+node from ``launched`` until ``terminated`` is paid for. Each report also compares the fleet paid for now
+with the newest plan (by ``sent_at``: a plan older than the one held is ignored), both priced at the same
+prices now (:mod:`agent.core.plan_gap`); a plan naming a type or pool outside the catalog is refused. Memory
+is bounded by the catalog, the live fleet and one plan, not by how long it runs.
 """
 
 from __future__ import annotations
@@ -21,10 +24,12 @@ from agent.bus import Bus, Rejected
 from agent.core.catalog import Catalog
 from agent.core.fleet_state import FleetState
 from agent.core.ledger import CostLedger
+from agent.core.plan_gap import paid_slots, plan_gap
+from agent.core.reconcile import Slot
 from agent.core.spot_prices import SpotPriceBook
 from agent.runtime.actor import Actor, Listen
 from agent.runtime.clock import Clock
-from schemas import CostReport, CostReportRequest, InstanceEvent, SpotPrice, WorkerMetrics
+from schemas import AllocationPlan, CostReport, CostReportRequest, InstanceEvent, SpotPrice, WorkerMetrics
 
 _SECONDS_PER_HOUR = 3600.0
 
@@ -51,6 +56,8 @@ class CostReporterActor(Actor):
         self._tokens = 0.0
         self._requests = 0.0
         self.prices = SpotPriceBook(price_max_age_s)
+        self.plan: AllocationPlan | None = None
+        self._plan_slots: dict[Slot, int] = {}
 
     async def on_start(self) -> None:
         if self._since is None:
@@ -62,6 +69,7 @@ class CostReporterActor(Actor):
             Listen(s.fleet_instance_all, InstanceEvent, self.on_instance),
             Listen(s.spot_price_all, SpotPrice, self.on_price),
             Listen(s.worker_metrics_all, WorkerMetrics, self.on_metrics),
+            Listen(s.plan_allocation, AllocationPlan, self.on_plan),
             Listen(s.cost_report_request, CostReportRequest, self.on_request),
         ]
 
@@ -84,6 +92,20 @@ class CostReporterActor(Actor):
     async def on_metrics(self, m: WorkerMetrics, _raw: Msg) -> None:
         self._tokens += m.prompt_tokens + m.output_tokens
         self._requests += m.requests_completed
+
+    async def on_plan(self, plan: AllocationPlan, _raw: Msg) -> None:
+        if self.plan is not None and plan.sent_at < self.plan.sent_at:
+            return  # a late plan: the one held already replaced it
+        slots: dict[Slot, int] = {}
+        for i, target in enumerate(plan.targets):
+            try:
+                self.fleet.check(target.instance_type, target.pool, target.tier)
+            except ValueError as err:
+                raise Rejected(f"targets[{i}].{err}") from None
+            slot = (target.instance_type, target.pool, target.tier)
+            slots[slot] = slots.get(slot, 0) + target.count
+        self.plan = plan
+        self._plan_slots = slots
 
     async def on_request(self, request: CostReportRequest, raw: Msg) -> None:
         await self.bus.respond(raw, self.report(correlation_id=request.msg_id))
@@ -124,8 +146,20 @@ class CostReporterActor(Actor):
     def report(self, correlation_id: str = "") -> CostReport:
         self.accrue()
         r = self.ledger.report()
-        self.bus.metrics.cost_total.set(r.total_cost)
-        start = r.period_start_h * _SECONDS_PER_HOUR if r.period_start_h is not None else self.clock.now()
+        now = self.clock.now()
+        fresh = {pool: quote.price_hourly for pool, quote in self.prices.fresh(now).items()}
+        gap = plan_gap(
+            self.catalog,
+            paid_slots(self.fleet.instances()),
+            self._plan_slots if self.plan is not None else None,
+            fresh,
+        )
+        metrics = self.bus.metrics
+        metrics.cost_total.set(r.total_cost)
+        metrics.fleet_hourly_cost.set(gap.fleet_hourly_cost)
+        if gap.plan_hourly_cost is not None:
+            metrics.plan_hourly_cost.set(gap.plan_hourly_cost)
+        start = r.period_start_h * _SECONDS_PER_HOUR if r.period_start_h is not None else now
         end = r.period_end_h * _SECONDS_PER_HOUR if r.period_end_h is not None else start
         return CostReport(
             **self.bus.envelope(correlation_id=correlation_id),
@@ -150,4 +184,10 @@ class CostReporterActor(Actor):
             savings=r.savings,
             savings_fraction=r.savings_fraction,
             intervals=r.intervals,
+            fleet_hourly_cost=gap.fleet_hourly_cost,
+            fleet_nodes={str(k): v for k, v in gap.fleet_nodes.items()},
+            plan_id=self.plan.plan_id if self.plan is not None else None,
+            plan_hourly_cost=gap.plan_hourly_cost,
+            plan_nodes={str(k): v for k, v in gap.plan_nodes.items()},
+            plan_gap_hourly=gap.plan_gap_hourly,
         )

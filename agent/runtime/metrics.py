@@ -82,6 +82,18 @@ class AgentMetrics:
         self.cost_total = Gauge(
             "costagent_cost_dollars", "Fleet cost accrued since start, by the ledger.", registry=r
         )
+        self.fleet_hourly_cost = Gauge(
+            "costagent_fleet_hourly_cost_dollars",
+            "Hourly cost of the nodes paid for now (launched, ready, draining), as of the latest cost "
+            "report.",
+            registry=r,
+        )
+        self.plan_hourly_cost = Gauge(
+            "costagent_plan_hourly_cost_dollars",
+            "Hourly cost of the latest plan's targets at the same prices as the fleet's, as of the latest "
+            "cost report (0 until a plan has been seen).",
+            registry=r,
+        )
         self.profiler_bins = Counter(
             "costagent_profiler_bins_closed", "Demand bins closed and recorded.", registry=r
         )

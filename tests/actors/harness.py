@@ -142,6 +142,7 @@ TYPES = {
     "evt.spot.notice.*": "spot.notice.v1",
     "evt.spot.drain.*": "spot.drain.v1",
     "req.cost.report": "cost.report_request.v1",
+    "evt.plan.allocation": "plan.allocation.v1",
 }
 
 
