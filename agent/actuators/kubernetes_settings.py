@@ -28,7 +28,7 @@ MAX_NAME: Final = 253  # a Kubernetes object name (DNS-1123 subdomain)
 _DNS_LABEL: Final = r"^([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)?$"
 _DNS_SUBDOMAIN: Final = r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?)?$"
 _SERVICE: Final = r"^[A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?$"
-_API_URL: Final = r"^(https?://[^\s/?#@]+)?$"
+_API_URL: Final = r"^(https?://[^\s/?#@]+/?)?$"
 
 
 class ServiceMapping(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -134,7 +134,9 @@ class KubernetesSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True
             slots.add(mapping.slot)
             adapter = self.adapter_name(mapping.service)
             if adapter in adapters:
-                raise ValueError(f"services.{i}.service: {mapping.service!r} is mapped twice")
+                raise ValueError(
+                    f"services.{i}.service: {mapping.service!r} is mapped twice (both scale {adapter})"
+                )
             adapters.add(adapter)
             if len(adapter) > MAX_NAME:
                 raise ValueError(
