@@ -17,6 +17,10 @@ Guarantees:
 - Between ticks, every ``surge_check_seconds``, demand observed above what the latest plan covered
   triggers a plan at once (reason ``demand``): a node asked for at the surge serves a boot later, not a
   boot plus the rest of the tick.
+- Those three settings, when ``"auto"``, follow the kind of demand the profiler's bins hold at each check
+  and each plan (``agent.core.demand_policy``): a Dynamo frontend's arrivals get the backtest's rolling
+  values, worker reports alone none. Every plan's ``detail`` says which applied; a change is logged
+  (``demand_policy``).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from agent.core.capacity import SloConfig
 from agent.core.catalog import Catalog, Tier
 from agent.core.demand import Demand
 from agent.core.demand_bins import DemandBins
+from agent.core.demand_policy import DemandPolicy, demand_kind
 from agent.core.fleet_state import FleetState
 from agent.core.optimizer import Allocation, SpotMarket, TickInput, optimize_tick
 from agent.core.profiler import DemandProfiler
@@ -45,6 +50,14 @@ from agent.core.tick_demand import tick_demand
 from agent.runtime.actor import Actor, Listen
 from agent.runtime.clock import Clock
 from schemas import AllocationPlan, InstanceEvent, PlanReason, ReplanRequest, SpotPrice, Target, new_msg_id
+
+_EPSILON_S: Final = 1e-9  # a timer wake at a due time counts as on time despite float sums
+
+
+def _next_due(due: float, now: float, period: float) -> float:
+    """The first time after ``now`` on the schedule ``due + k × period`` (drift-free, skipping missed)."""
+    return due + period * ((now - due) // period + 1)
+
 
 # Ids of triggers already planned for, kept to recognise a redelivery.
 _REMEMBER_TRIGGERS: Final = 4096
@@ -66,10 +79,12 @@ class OptimizerTickActor(Actor):
         bins: DemandBins,
         fleet: FleetState,
     ) -> None:
-        surge_s = settings.surge_check_seconds
-        # One timer: the tick's, or a finer one for the surge check that also keeps the tick's schedule.
-        fine = 0 < surge_s < settings.interval_seconds
-        super().__init__(bus, clock, interval_s=surge_s if fine else settings.interval_seconds)
+        self.demand_config = settings.demand_policy()
+        fine_s = self.demand_config.timer_s()
+        # One timer: the tick's, or a finer one for sampling demand and the surge check that also keeps
+        # the tick's schedule.
+        fine = 0 < fine_s < settings.interval_seconds
+        super().__init__(bus, clock, interval_s=fine_s if fine else settings.interval_seconds)
         self.catalog = catalog
         self.slo = slo
         self.settings = settings
@@ -83,10 +98,12 @@ class OptimizerTickActor(Actor):
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._pending: list[tuple[PlanReason, str]] = []
         self._planning = False
-        self._peak = RecentPeak(settings.base_window_seconds)
-        self._smooth = RecentMean(settings.demand_smoothing_seconds)
+        self.policy = self.demand_config.resolve("completions")
+        self._peak = RecentPeak(self.policy.base_window_s)
+        self._smooth = RecentMean(self.policy.smoothing_s)
         self._covered_rps = 0.0
         self._tick_due = clock.now() + settings.interval_seconds
+        self._dues = [clock.now(), clock.now()]  # the next sample and surge check (DemandPolicy.periods)
         self._log = structlog.get_logger("agent.optimizer").bind(actor=self.name)
 
     def subscriptions(self) -> Sequence[Listen]:
@@ -99,16 +116,28 @@ class OptimizerTickActor(Actor):
 
     async def on_timer(self) -> None:
         now = self.clock.now()
-        if now >= self._tick_due - 1e-9 or self.interval_s == self.settings.interval_seconds:
-            interval = self.settings.interval_seconds
-            self._tick_due += interval * ((now - self._tick_due) // interval + 1)
+        interval = self.settings.interval_seconds
+        if now >= self._tick_due - _EPSILON_S or self.interval_s == interval:
+            self._tick_due = _next_due(self._tick_due, now, interval)
             await self.trigger("tick", f"tick-{new_msg_id()}")
             return
-        observed = self._observe(now)
-        if observed is None:
+        # The timer runs at the finest period any kind of demand may ask for; the kind seen now says
+        # which of sampling and the surge check are due.
+        sample, check = [
+            self._due(i, now, period) for i, period in enumerate(self._follow_demand(now).periods())
+        ]
+        if not (sample or check):
             return
-        if self.last_plan is not None and observed.rps > self._covered_rps:
+        observed = self._observe(now)
+        if check and observed is not None and self.last_plan is not None and observed.rps > self._covered_rps:
             await self.trigger("demand", f"demand-{new_msg_id()}")
+
+    def _due(self, which: int, now: float, period: float) -> bool:
+        """Whether the periodic step ``which`` is due now (then its next time is set); never for period 0."""
+        if not period > 0 or now < self._dues[which] - _EPSILON_S:
+            return False
+        self._dues[which] = _next_due(self._dues[which], now, period)
+        return True
 
     async def on_replan(self, request: ReplanRequest, _raw: Msg) -> None:
         await self.trigger("manual", request.msg_id)
@@ -182,6 +211,23 @@ class OptimizerTickActor(Actor):
             self._planning = False
         return True
 
+    def _follow_demand(self, now: float) -> DemandPolicy:
+        """The policy for the kind of demand the bins hold now; its windows apply from this observation."""
+        policy = self.demand_config.resolve(demand_kind(self.bins.sources(now), self.policy.kind))
+        if policy != self.policy:
+            # The windows change in place: observations already held stay while the new window keeps them.
+            self._peak.window_s = policy.base_window_s
+            self._smooth.window_s = policy.smoothing_s
+            self.policy = policy
+            self._log.info(
+                "demand_policy",
+                kind=policy.kind,
+                base_window_s=policy.base_window_s,
+                surge_check_s=policy.surge_check_s,
+                smoothing_s=policy.smoothing_s,
+            )
+        return policy
+
     def _observe(self, now: float) -> Demand | None:
         """The demand observed now, smoothed over ``demand_smoothing_seconds``, into the recent peak."""
         current = self.bins.current(now)
@@ -203,6 +249,7 @@ class OptimizerTickActor(Actor):
 
     async def _plan(self, batch: list[tuple[PlanReason, str]]) -> None:
         now = self.clock.now()
+        policy = self._follow_demand(now)
         self._observe(now)
         demand = tick_demand(self.profiler, now, self._peak.peak(now))
         self._covered_rps = demand.now.rps
@@ -219,7 +266,7 @@ class OptimizerTickActor(Actor):
             hourly_cost=alloc.hourly_cost,
             status=alloc.status,
             binding=list(alloc.binding),
-            detail=f"{alloc.reason}; demand from {demand.source}",
+            detail=f"{alloc.reason}; demand from {demand.source} ({policy.describe()})",
             demand_now_rps=demand.now.rps,
             demand_next_rps=demand.next_hour.rps,
             capacity_now_rps=alloc.capacity_now_rps,
@@ -247,6 +294,7 @@ class OptimizerTickActor(Actor):
             spot=alloc.total("spot"),
             ondemand=alloc.total("ondemand"),
             demand_now_rps=round(demand.now.rps, 3),
+            demand_kind=policy.kind,
             solve_ms=round(alloc.solve_seconds * 1000, 2),
         )
 

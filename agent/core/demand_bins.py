@@ -144,7 +144,7 @@ class DemandBins:
 
     def current(self, now: float) -> Demand | None:
         """The fleet's demand now from each fresh worker's latest report; None when no worker is fresh."""
-        fresh = [x for x in self._latest.values() if x.t >= now - self.stale_after_s]
+        fresh = list(self._fresh(now).values())
         if not fresh:
             return None
         rps = sum(x.rps for x in fresh)
@@ -153,6 +153,13 @@ class DemandBins:
         if rps <= 0:
             return Demand(0.0, 0.0, 0.0)
         return Demand(rps, prompt / rps, output / rps)
+
+    def sources(self, now: float) -> list[str]:
+        """The entries :meth:`current` sums now: worker ids, and ``frontend:<url>`` for a frontend's arrivals."""
+        return list(self._fresh(now))
+
+    def _fresh(self, now: float) -> dict[str, _Latest]:
+        return {key: x for key, x in self._latest.items() if x.t >= now - self.stale_after_s}
 
     @property
     def workers(self) -> int:

@@ -126,8 +126,8 @@ def check_ranges(struct: msgspec.Struct) -> None:
     """
     for name, bounds in _ranges(type(struct)).items():
         value = getattr(struct, name)
-        if value is None or isinstance(value, bool):
-            continue
+        if value is None or isinstance(value, bool | str):
+            continue  # no number: nothing to range (a string is a Literal its type already names)
         for op, limit in bounds:
             if not _OPS[op](value, limit):
                 raise ValueError(f"{name} must be {_SYMBOLS[op]} {limit:g} (got {value!r})")

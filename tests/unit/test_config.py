@@ -142,6 +142,39 @@ def test_a_config_built_in_code_is_checked_against_the_same_ranges() -> None:
     check_ranges(OptimizerConfig(max_step_up=None, max_step_down=None))
 
 
+def test_the_demand_readings_are_auto_or_seconds_from_a_file_or_the_environment(tmp_path: Path) -> None:
+    # "auto" (the default) follows the kind of demand seen (agent.core.demand_policy); a number is kept.
+    assert Settings().optimizer.base_window_seconds == "auto"
+    path = write(tmp_path, '[optimizer]\nbase_window_seconds = 1800\nsurge_check_seconds = "auto"\n')
+    env = {"COST_AGENT_OPTIMIZER__DEMAND_SMOOTHING_SECONDS": "0"}
+    optimizer = load_settings(path, env=env).optimizer
+    assert (optimizer.base_window_seconds, optimizer.surge_check_seconds) == (1800.0, "auto")
+    assert optimizer.demand_smoothing_seconds == 0.0
+    bare = load_settings(env={"COST_AGENT_OPTIMIZER__SURGE_CHECK_SECONDS": "auto"}).optimizer
+    assert bare.surge_check_seconds == "auto"  # a bare word in the environment, as for the catalog
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '[optimizer]\nbase_window_seconds = "sometimes"\n',
+        "[optimizer]\nbase_window_seconds = -60\n",
+        "[optimizer]\nbase_window_seconds = 604800\n",  # a week: the profile's job, not a peak's
+    ],
+)
+def test_a_demand_reading_neither_auto_nor_seconds_in_range_is_refused_naming_it(
+    tmp_path: Path, text: str
+) -> None:
+    assert "'optimizer.base_window_seconds'" in config_error(write(tmp_path, text))
+
+
+def test_a_demand_reading_built_in_code_is_checked_too() -> None:
+    with pytest.raises(ValueError, match="surge_check_s must be ≥ 0 seconds or 'auto'"):
+        OptimizerSettings(surge_check_seconds="sometimes")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="base_window_seconds must be ≤ 86400"):
+        OptimizerSettings(base_window_seconds=604_800.0)
+
+
 def test_step_limits_false_lifts_both_limits_in_the_core_too() -> None:
     lifted = OptimizerConfig(step_limits=False)
     assert (lifted.step_up_limit, lifted.step_down_limit) == (None, None)
