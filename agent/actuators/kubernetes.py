@@ -149,7 +149,7 @@ class KubernetesActuator:
         await self.api.start()
         changes: list[NodeChange] = []
         for svc in self.services.values():
-            changes += await self._read_back(svc, now, adopting=True)
+            changes += await self._read_back(svc, now)
         return changes
 
     def fleet(self, now: float) -> Sequence[NodeNow]:
@@ -234,8 +234,9 @@ class KubernetesActuator:
 
     # --- reading back -----------------------------------------------------------------------------
 
-    async def _read_back(self, svc: _Service, now: float, *, adopting: bool = False) -> list[NodeChange]:
-        """GET the scale and LIST the pods; the changes since the last read. A failed read keeps the last."""
+    async def _read_back(self, svc: _Service, now: float) -> list[NodeChange]:
+        """GET the scale and LIST the pods; the changes since the last read. A failed read keeps the last.
+        The first read of a service adopts what runs (at :meth:`open`, or later if that read failed)."""
         try:
             scale = await self.api.get_scale(svc.adapter)
         except KubeApiError as err:
@@ -248,7 +249,7 @@ class KubernetesActuator:
         except KubeApiError as err:
             self._failed("list_pods", err)
             return []
-        return self._observe(svc, scale, pods, now, adopting)
+        return self._observe(svc, scale, pods, now, adopting=svc.replicas is None)
 
     def _observe(
         self, svc: _Service, scale: Scale, pods: Sequence[Pod], now: float, adopting: bool

@@ -13,9 +13,8 @@ a refused connection, a body that does not decode) raises :class:`KubeApiError`,
 from __future__ import annotations
 
 import ssl
-import types
 from pathlib import Path
-from typing import Annotated, Final, Self, TypeVar
+from typing import Annotated, Final, TypeVar
 from urllib.parse import quote
 
 import aiohttp
@@ -123,7 +122,7 @@ class _Status(msgspec.Struct, frozen=True):
 
 
 class KubeApi:
-    """One aiohttp session to the API server, used as ``async with KubeApi(...) as api``."""
+    """One aiohttp session to the API server, between :meth:`start` and :meth:`close`."""
 
     def __init__(
         self, base_url: str, namespace: str, *, token_file: str, ca_file: str, timeout_s: float
@@ -134,10 +133,6 @@ class KubeApi:
         self.ca_file = ca_file
         self.timeout_s = timeout_s
         self._session: aiohttp.ClientSession | None = None
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
 
     async def start(self) -> None:
         """Open the session (again after :meth:`close`); a session already open is kept."""
@@ -151,14 +146,6 @@ class KubeApi:
             headers={"Accept": "application/json", "User-Agent": "cost-agent"},
             trust_env=False,
         )
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: types.TracebackType | None,
-    ) -> None:
-        await self.close()
 
     async def close(self) -> None:
         if self._session is not None:
@@ -228,7 +215,7 @@ class KubeApi:
     ) -> bytes:
         """The body of a 2xx answer to one request; :class:`KubeApiError` for anything else."""
         if self._session is None:
-            raise RuntimeError("KubeApi: use it inside `async with`")
+            raise RuntimeError("KubeApi: call start() first")
         headers = {"Authorization": f"Bearer {self._token(call)}"}
         if content_type:
             headers["Content-Type"] = content_type

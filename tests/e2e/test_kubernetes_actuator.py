@@ -9,6 +9,8 @@ streams) is not claimed.
 from __future__ import annotations
 
 import asyncio
+import ssl
+import subprocess
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
@@ -494,6 +496,12 @@ async def test_nothing_is_changed_in_a_service_never_read(
         assert kube.made("PATCH") == []
         assert driver.api_errors["unusable_decision"] == 1
         assert "has not been read yet" in driver.last_error
+
+        # Once the adapter answers, a poll adopts what runs, as open() would have.
+        kube.add_service("VllmWorkerSpot", replicas=2, ready=True)
+        changes = await driver.poll(T0 + 10)
+        assert sorted(states(changes)) == [(p.name, "ready") for p in kube.service_pods("VllmWorkerSpot")]
+        assert kube.made("PATCH") == []
     finally:
         await driver.close()
 
@@ -504,6 +512,49 @@ async def test_a_slot_no_service_maps_is_not_applied(kube: FakeKubeApi, actuator
     assert await actuator.carry_out([Launch(1, other, T0 + BOOT, "")], T0, "plan-1") == []
     assert kube.made("PATCH") == []
     assert "no service maps this slot" in actuator.last_error
+
+
+# -- TLS ----------------------------------------------------------------------------------------------------
+
+
+def self_signed(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key, made by the openssl command."""
+    cert, key = directory / "ca.crt", directory / "server.key"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"),
+            *("-nodes", "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"),
+            *("-keyout", str(key), "-out", str(cert)),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+async def test_over_tls_the_server_is_trusted_through_ca_file_only(tmp_path: Path, token_file: Path) -> None:
+    cert, key = self_signed(tmp_path)
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(cert, key)
+    kube = FakeKubeApi(token=TOKEN, namespace=NS, graph_deployment=DGD)
+    await kube.start(tls)
+    kube.add_service("VllmWorkerSpot", replicas=1, ready=True)
+    services = [ServiceMapping(*SPOT, service="VllmWorkerSpot")]
+    common = {"api_url": kube.url, "namespace": NS, "token_file": str(token_file), "graph_deployment": DGD}
+    trusting = KubernetesActuator(
+        KubernetesSettings(**common, ca_file=str(cert), services=services), boot_s=BOOT
+    )
+    system = KubernetesActuator(KubernetesSettings(**common, ca_file="", services=services), boot_s=BOOT)
+    try:
+        assert kube.url.startswith("https://")
+        assert len(await trusting.open(T0)) == 1
+        assert await system.open(T0) == []
+        assert "certificate verify failed" in system.last_error
+        assert system.last_error.startswith(f"GET scale of {SPOT_ADAPTER}: ")
+    finally:
+        await trusting.close()
+        await system.close()
+        await kube.stop()
 
 
 # -- the fake checks what it is sent ------------------------------------------------------------------------

@@ -26,6 +26,7 @@ import asyncio
 import itertools
 import json
 import re
+import ssl
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,17 +101,18 @@ class FakeKubeApi:
 
     # --- the test's side -------------------------------------------------------------------------------
 
-    async def start(self) -> str:
+    async def start(self, tls: ssl.SSLContext | None = None) -> str:
+        """Serve on a free port of 127.0.0.1 (over TLS with ``tls``); the base URL."""
         app = web.Application(middlewares=[self._record_and_check])
         app.router.add_route("*", _SCALE.format(ns="{ns}", name="{name}"), self._scale)
         app.router.add_route("*", _PODS.format(ns="{ns}"), self._pods)
         app.router.add_route("*", _EVICTION.format(ns="{ns}", pod="{pod}"), self._eviction)
         self._runner = web.AppRunner(app, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=tls)
         await site.start()
         port = self._runner.addresses[0][1]
-        self.url = f"http://127.0.0.1:{port}"
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
         return self.url
 
     async def stop(self) -> None:

@@ -19,6 +19,11 @@ def mapping(
     return {"instance_type": instance_type, "pool": pool, "tier": tier, "service": service}
 
 
+def mapped(**fields: str) -> dict[str, Any]:
+    """A graph deployment with one service mapped."""
+    return {"graph_deployment": "llama", "services": [mapping(**fields)]}
+
+
 def read(**fields: Any) -> KubernetesSettings:
     return msgspec.convert(fields, KubernetesSettings)
 
@@ -70,27 +75,11 @@ def test_one_service_per_slot_each_scaled_by_its_adapter_named_as_dynamo_names_i
             "?",
             "services.1.service: 'w' is mapped twice (both scale llama-w)",
         ),
-        (
-            {"graph_deployment": "llama", "services": [mapping(tier="preemptible")]},
-            "services.0.tier",
-            "Invalid enum",
-        ),
-        (
-            {"graph_deployment": "llama", "services": [mapping(instance_type="")]},
-            "services.0.instance_type",
-            ">= 1",
-        ),
-        ({"graph_deployment": "llama", "services": [mapping(pool="")]}, "services.0.pool", ">= 1"),
-        (
-            {"graph_deployment": "llama", "services": [mapping(service="")]},
-            "services.0.service",
-            "length >= 1",
-        ),
-        (
-            {"graph_deployment": "llama", "services": [mapping(service="my worker")]},
-            "services.0.service",
-            "regex",
-        ),
+        (mapped(tier="preemptible"), "services.0.tier", "Invalid enum"),
+        (mapped(instance_type=""), "services.0.instance_type", ">= 1"),
+        (mapped(pool=""), "services.0.pool", ">= 1"),
+        (mapped(service=""), "services.0.service", "length >= 1"),
+        (mapped(service="my worker"), "services.0.service", "regex"),
         ({"services": [mapping()]}, "?", "graph_deployment: required when services are mapped"),
         ({"graph_deployment": "Llama_1"}, "graph_deployment", "regex"),
         ({"namespace": "Prod"}, "namespace", "regex"),
