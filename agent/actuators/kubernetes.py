@@ -9,7 +9,8 @@ machine).
 What it calls (:mod:`agent.actuators.kubernetes_api`): GET and PATCH (``application/merge-patch+json``,
 ``{"spec": {"replicas": N}}``) of ``.../dynamographdeploymentscalingadapters/{dgd}-{service}/scale``;
 LIST of the service's pods (the scale's ``status.selector``, else Dynamo's two worker labels); POST of a
-``policy/v1`` Eviction per pod on a spot notice.
+``policy/v1`` Eviction per pod on a spot notice (a DELETE of the pod, with the same grace, when a
+PodDisruptionBudget refuses it: the machine dies at the deadline whatever the budget says).
 
 How the reconcile's decisions map onto replica counts:
 
@@ -138,7 +139,8 @@ class KubernetesActuator:
             for m in settings.services
         }
         self.api_errors: Counter[str] = Counter()
-        """Failed API calls by kind (``get_scale``, ``patch_scale``, ``list_pods``, ``evict``)."""
+        """Failed API calls by kind (``get_scale``, ``patch_scale``, ``list_pods``, ``evict``,
+        ``delete_pod``), and decisions that could not be applied (``unusable_decision``)."""
         self.last_error = ""
         self._seq = itertools.count(1)
 
@@ -197,10 +199,7 @@ class KubernetesActuator:
         for svc, pod in list(self._pods_on(instance_id)):
             if pod.name in svc.evicted:
                 continue
-            try:
-                await self.api.evict(pod.name, grace)
-            except KubeApiError as err:
-                self._failed("evict", err)
+            if not await self._evict(pod.name, grace):
                 continue
             svc.evicted[pod.name] = cause
             svc.leaving.pop(pod.name, None)
@@ -212,6 +211,25 @@ class KubernetesActuator:
             changes += self._report(svc, pod, "draining", now, cause)
             self._settle_asked(svc, now)
         return changes
+
+    async def _evict(self, pod: str, grace: int) -> bool:
+        """Evict the pod; if a PodDisruptionBudget refuses (429), delete it with the same grace: its machine
+        dies at the deadline whatever the budget says, and a deleted pod at least drains first. True when
+        the pod is going (or already gone)."""
+        try:
+            await self.api.evict(pod, grace)
+            return True
+        except KubeApiError as err:
+            if err.status != 429:
+                self._failed("evict", err)
+                return False
+            _log.info("eviction_refused", pod=pod, error=str(err))
+        try:
+            await self.api.delete_pod(pod, grace)
+            return True
+        except KubeApiError as err:
+            self._failed("delete_pod", err)
+            return False
 
     async def poll(self, now: float) -> list[NodeChange]:
         """Scale down for the leaves due, then read every service back."""

@@ -1,9 +1,11 @@
-"""The four Kubernetes API calls the Kubernetes actuator makes, on aiohttp, and the few fields it reads.
+"""The Kubernetes API calls the Kubernetes actuator makes, on aiohttp, and the few fields it reads.
 
 - ``GET   /apis/nvidia.com/v1beta1/namespaces/{ns}/dynamographdeploymentscalingadapters/{name}/scale``
 - ``PATCH`` the same, ``application/merge-patch+json``, body ``{"spec": {"replicas": N}}``
 - ``GET   /api/v1/namespaces/{ns}/pods?labelSelector=...``
 - ``POST  /api/v1/namespaces/{ns}/pods/{pod}/eviction`` (a ``policy/v1`` Eviction)
+- ``DELETE /api/v1/namespaces/{ns}/pods/{pod}`` (``DeleteOptions``), when a PodDisruptionBudget refuses
+  the eviction of a pod whose machine is about to die anyway
 
 Every call sends the service account's bearer token (re-read each time: the kubelet rotates it) and has
 an overall timeout. Anything but a 2xx answer with the expected body (an error status, no answer in time,
@@ -13,6 +15,7 @@ a refused connection, a body that does not decode) raises :class:`KubeApiError`,
 from __future__ import annotations
 
 import ssl
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Final, TypeVar
 from urllib.parse import quote
@@ -182,21 +185,29 @@ class KubeApi:
         return _decode(call, answer, PodList).items
 
     async def evict(self, pod: str, grace_s: int) -> bool:
-        """Evict ``pod`` with a grace period of ``grace_s`` seconds; False when it is already gone."""
-        if not 0 <= grace_s <= MAX_GRACE_SECONDS:
-            raise ValueError(f"grace period: {grace_s} s is outside [0, {MAX_GRACE_SECONDS}]")
-        call = f"EVICT pod {pod}"
-        body = msgspec.json.encode(
-            {
-                "apiVersion": "policy/v1",
-                "kind": "Eviction",
-                "metadata": {"name": pod, "namespace": self.namespace},
-                "deleteOptions": {"gracePeriodSeconds": grace_s},
-            }
-        )
-        path = f"{self.pods_path()}/{quote(pod, safe='')}/eviction"
+        """Evict ``pod`` with a grace period of ``grace_s`` seconds; False when it is already gone. A
+        PodDisruptionBudget's refusal is a :class:`KubeApiError` with status 429."""
+        body = {
+            "apiVersion": "policy/v1",
+            "kind": "Eviction",
+            "metadata": {"name": pod, "namespace": self.namespace},
+            "deleteOptions": {"gracePeriodSeconds": _grace(grace_s)},
+        }
+        return await self._pod_call(f"EVICT pod {pod}", "POST", f"{self._pod_path(pod)}/eviction", body)
+
+    async def delete_pod(self, pod: str, grace_s: int) -> bool:
+        """Delete ``pod`` with a grace period of ``grace_s`` seconds; False when it is already gone."""
+        body = {"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": _grace(grace_s)}
+        return await self._pod_call(f"DELETE pod {pod}", "DELETE", self._pod_path(pod), body)
+
+    def _pod_path(self, pod: str) -> str:
+        return f"{self.pods_path()}/{quote(pod, safe='')}"
+
+    async def _pod_call(self, call: str, method: str, path: str, body: Mapping[str, object]) -> bool:
         try:
-            await self._send(call, "POST", path, body=body, content_type="application/json")
+            await self._send(
+                call, method, path, body=msgspec.json.encode(body), content_type="application/json"
+            )
         except KubeApiError as err:
             if err.status == 404:
                 return False
@@ -253,6 +264,12 @@ class KubeApi:
         if not token:
             raise KubeApiError(call, f"token_file {self.token_file} is empty")
         return token
+
+
+def _grace(grace_s: int) -> int:
+    if not 0 <= grace_s <= MAX_GRACE_SECONDS:
+        raise ValueError(f"grace period: {grace_s} s is outside [0, {MAX_GRACE_SECONDS}]")
+    return grace_s
 
 
 def _decode(call: str, data: bytes, kind: type[T]) -> T:

@@ -342,6 +342,21 @@ async def test_a_notice_too_close_to_its_deadline_evicts_with_no_grace(
     assert kube.made("POST")[0].body["deleteOptions"] == {"gracePeriodSeconds": 0}
 
 
+async def test_a_pod_a_disruption_budget_will_not_let_go_is_deleted_with_the_same_grace(
+    kube: FakeKubeApi, actuator: KubernetesActuator
+) -> None:
+    [pod] = await scaled(actuator, kube, SPOT, 1)
+    kube.disruption_budget_blocks = True
+
+    changes = await actuator.reclaim(pod, deadline=T0 + 120, now=T0, cause="notice-1")
+
+    assert [(r.method, r.status) for r in kube.requests[-2:]] == [("POST", 429), ("DELETE", 201)]
+    assert kube.requests[-1].path == f"/api/v1/namespaces/{NS}/pods/{pod}"
+    assert kube.requests[-1].body == {"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 115}
+    assert states(changes) == [(pod, "draining")]
+    assert sum(actuator.api_errors.values()) == 0
+
+
 async def test_a_notice_for_a_machine_it_does_not_run_does_nothing(
     kube: FakeKubeApi, actuator: KubernetesActuator
 ) -> None:
@@ -580,12 +595,13 @@ async def test_the_fake_api_server_refuses_requests_the_real_one_would(kube: Fak
             http.post(evict, json=eviction, headers=auth),
             http.post(evict, json={**eviction, "deleteOptions": {"gracePeriodSeconds": -1}}, headers=auth),
             http.get(f"{kube.url}/api/v1/namespaces/{NS}/pods?labelSelector=a!=b", headers=auth),
+            http.delete(evict.removesuffix("/eviction"), json={"gracePeriodSeconds": 5}, headers=auth),
         ]
         answers = []
         for case in cases:
             async with case as response:
                 answers.append(response.status)
 
-    assert answers == [401, 401, 415, 422, 422, 404, 404, 400, 400, 400]
+    assert answers == [401, 401, 415, 422, 422, 404, 404, 400, 400, 400, 400]
     assert kube.adapters[SPOT_ADAPTER].replicas == 1
     assert not pod.deleted

@@ -6,7 +6,10 @@ actuator calls, each request checked as the real API server would refuse it:
   N an integer ≥ 0 (else 422);
 - ``GET /api/v1/namespaces/{ns}/pods?labelSelector=k=v,...`` (equality selectors only, else 400);
 - ``POST /api/v1/namespaces/{ns}/pods/{pod}/eviction``: a ``policy/v1`` Eviction naming the pod, with
-  ``deleteOptions.gracePeriodSeconds`` an integer ≥ 0 (else 400); 404 for a pod that is not there.
+  ``deleteOptions.gracePeriodSeconds`` an integer ≥ 0 (else 400); 404 for a pod that is not there; 429
+  while ``disruption_budget_blocks`` (a PodDisruptionBudget allows no disruption);
+- ``DELETE /api/v1/namespaces/{ns}/pods/{pod}``: a ``v1`` DeleteOptions with ``gracePeriodSeconds`` an
+  integer ≥ 0 (else 400); 404 for a pod that is not there.
 
 Every request needs ``Authorization: Bearer <token>`` (else 401) and the served namespace (else 404); an
 unknown path is 404, another verb 405. Errors carry a ``Status`` body. Every request is recorded
@@ -37,7 +40,8 @@ COMPONENT_LABEL = "nvidia.com/dynamo-component"
 _LABEL = re.compile(r"[A-Za-z0-9][-A-Za-z0-9_./]*")  # equality selectors only: no !=, in (...), exists
 _SCALE = "/apis/nvidia.com/v1beta1/namespaces/{ns}/dynamographdeploymentscalingadapters/{name}/scale"
 _PODS = "/api/v1/namespaces/{ns}/pods"
-_EVICTION = "/api/v1/namespaces/{ns}/pods/{pod}/eviction"
+_POD = "/api/v1/namespaces/{ns}/pods/{pod}"
+_EVICTION = _POD + "/eviction"
 
 
 @dataclass
@@ -61,7 +65,7 @@ class FakePod:
     ready: bool = False
     deleted: bool = False
     grace_seconds: int | None = None
-    """The grace period of the eviction that deleted it."""
+    """The grace period of the eviction or deletion that deleted it."""
 
 
 @dataclass
@@ -89,6 +93,7 @@ class FakeKubeApi:
     """Seconds after creation a pod turns Ready; None: only by :meth:`make_ready`."""
     linger: bool = True
     paused: bool = False
+    disruption_budget_blocks: bool = False
     """The controller does nothing (as one that has not caught up yet)."""
     requests: list[Recorded] = field(default_factory=list)
     adapters: dict[str, Adapter] = field(default_factory=dict)
@@ -107,6 +112,7 @@ class FakeKubeApi:
         app.router.add_route("*", _SCALE.format(ns="{ns}", name="{name}"), self._scale)
         app.router.add_route("*", _PODS.format(ns="{ns}"), self._pods)
         app.router.add_route("*", _EVICTION.format(ns="{ns}", pod="{pod}"), self._eviction)
+        app.router.add_route("*", _POD.format(ns="{ns}", pod="{pod}"), self._pod)
         self._runner = web.AppRunner(app, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=tls)
@@ -249,6 +255,23 @@ class FakeKubeApi:
         grace = _eviction_grace(body, name, self.namespace)
         if grace is None:
             return _status(400, "BadRequest", f"not a policy/v1 Eviction of {name!r}: {body!r}")
+        if self.disruption_budget_blocks and name in self.pods:
+            return _status(
+                429, "TooManyRequests", "Cannot evict pod as it would violate the pod's disruption budget."
+            )
+        return self._deleted(name, grace)
+
+    async def _pod(self, request: web.Request) -> web.Response:
+        if request.method != "DELETE":
+            return _status(405, "MethodNotAllowed", request.method)
+        name = request.match_info["pod"]
+        body = await _json(request)
+        grace = _delete_grace(body)
+        if grace is None:
+            return _status(400, "BadRequest", f"not a v1 DeleteOptions: {body!r}")
+        return self._deleted(name, grace)
+
+    def _deleted(self, name: str, grace: int) -> web.Response:
         pod = self.pods.get(name)
         if pod is None or pod.deleted:
             return _status(404, "NotFound", f"pods {name!r} not found")
@@ -347,7 +370,13 @@ def _eviction_grace(body: Any, name: str, namespace: str) -> int | None:
         return None
     if metadata.get("namespace", namespace) != namespace:
         return None
-    grace = (body.get("deleteOptions") or {}).get("gracePeriodSeconds")
+    return _delete_grace({"apiVersion": "v1", "kind": "DeleteOptions", **(body.get("deleteOptions") or {})})
+
+
+def _delete_grace(body: Any) -> int | None:
+    if not isinstance(body, dict) or body.get("apiVersion") != "v1" or body.get("kind") != "DeleteOptions":
+        return None
+    grace = body.get("gracePeriodSeconds")
     return grace if isinstance(grace, int) and not isinstance(grace, bool) and grace >= 0 else None
 
 
