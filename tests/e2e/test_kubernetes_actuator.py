@@ -357,6 +357,20 @@ async def test_a_pod_a_disruption_budget_will_not_let_go_is_deleted_with_the_sam
     assert sum(actuator.api_errors.values()) == 0
 
 
+async def test_a_notice_on_a_pod_already_draining_shortens_its_grace(
+    kube: FakeKubeApi, actuator: KubernetesActuator
+) -> None:
+    _older, newer = await scaled(actuator, kube, SPOT, 2)
+    await actuator.carry_out([Release(newer, SPOT, None, "surplus")], T0, "plan-2")
+    assert kube.pods[newer].deleted
+
+    changes = await actuator.reclaim(kube.pods[newer].node, deadline=T0 + 20, now=T0 + 1, cause="notice-1")
+
+    assert changes == []  # already reported draining
+    assert kube.pods[newer].grace_seconds == 14
+    assert by_id(actuator.fleet(T0 + 1))[newer].standing == "reclaimed"
+
+
 async def test_a_notice_for_a_machine_it_does_not_run_does_nothing(
     kube: FakeKubeApi, actuator: KubernetesActuator
 ) -> None:

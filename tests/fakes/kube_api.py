@@ -93,8 +93,9 @@ class FakeKubeApi:
     """Seconds after creation a pod turns Ready; None: only by :meth:`make_ready`."""
     linger: bool = True
     paused: bool = False
-    disruption_budget_blocks: bool = False
     """The controller does nothing (as one that has not caught up yet)."""
+    disruption_budget_blocks: bool = False
+    """A PodDisruptionBudget allows no eviction (429)."""
     requests: list[Recorded] = field(default_factory=list)
     adapters: dict[str, Adapter] = field(default_factory=dict)
     pods: dict[str, FakePod] = field(default_factory=dict)
@@ -273,8 +274,10 @@ class FakeKubeApi:
 
     def _deleted(self, name: str, grace: int) -> web.Response:
         pod = self.pods.get(name)
-        if pod is None or pod.deleted:
+        if pod is None:
             return _status(404, "NotFound", f"pods {name!r} not found")
+        if pod.deleted:  # deleted again: a shorter grace period takes over, as in Kubernetes
+            grace = min(grace, pod.grace_seconds if pod.grace_seconds is not None else grace)
         self._delete(pod, grace)
         self._control()
         return _status(201, "", "", kind_status="Success")
