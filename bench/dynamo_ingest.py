@@ -1,5 +1,6 @@
 """Ingest rate of Dynamo's ForwardPassMetrics into the DynamoSource actor, against a bare nats-py subscriber
-on the same server and stream (the method of ``bench/ingest.py``, whose publisher and sampling this reuses).
+on the same server and stream: the method of ``bench/ingest.py``, whose harness this reuses (the raw-socket
+publisher process and its protocol, the sampling, the alternating rounds, the summary and the report).
 
 A real ``nats-server`` (:class:`agent.runtime.nats_server.NatsServer`, default limits) and a publisher in a
 separate process (this script with ``--publisher``) writing pre-encoded ``PUB`` frames to a plain socket:
@@ -40,30 +41,30 @@ Run: ``.venv/bin/python bench/dynamo_ingest.py`` (``--messages N``, ``--rounds R
 from __future__ import annotations
 
 import argparse
-import asyncio
-import gc
-import json
 import random
 import secrets
-import statistics
-import sys
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import msgspec
 from ingest import (
+    Consumer,
     Events,
     Publisher,
-    RawPublisher,
-    Window,
     _connect,
-    _reply,
-    _slow_consumer_lines,
-    _versions,
-    frames,
-    observe,
+    alternate,
+    arguments,
+    drive_actor,
+    emit,
+    on_local_server,
+    rejected_total,
+    report,
+    serve_publisher,
+    summarize,
+    timed_run,
 )
 
 from agent.actors.dynamo_source import EVENT_TAG, DynamoSource
@@ -72,9 +73,7 @@ from agent.config import DynamoSettings
 from agent.core.demand_bins import DemandBins
 from agent.providers.dynamo.event_plane import DynamoSubjects
 from agent.runtime.clock import RealClock
-from agent.runtime.logs import configure_logging
 from agent.runtime.metrics import AgentMetrics
-from agent.runtime.nats_server import NatsServer
 from agent.subjects import Subjects
 
 TARGET_RATIO = 0.8
@@ -83,9 +82,6 @@ MAX_WORKERS = 10_000  # DynamoWorkers' default bound: more would evict and fail 
 SAMPLES = Path(__file__).resolve().parent.parent / "tests" / "data" / "dynamo"
 # Never contacted: the scrape timer is an hour (the settings' maximum) and a run lasts seconds.
 UNUSED_FRONTEND = "http://127.0.0.1:9"
-
-Consumer = Literal["actor", "bare"]
-
 
 # --- the publisher (a separate process) -----------------------------------------------------------------
 
@@ -176,7 +172,6 @@ def encode_batch(
 
 
 def publisher(url: str, ns: str, workers: int, seed: int) -> int:
-    """Serve ``prepare N`` / ``go`` / ``quit`` lines from stdin, one JSON line of answer each."""
     rng = random.Random(seed)
     samples = load_samples()
     subject = DynamoSubjects(ns).forward_pass_metrics
@@ -184,39 +179,15 @@ def publisher(url: str, ns: str, workers: int, seed: int) -> int:
         DynamoWorkerState(worker_id=str(rng.getrandbits(64)), publisher_id=rng.getrandbits(52))
         for _ in range(workers)
     ]
-    conn = RawPublisher(url)
-    chunks: list[bytes] = []
-    count = 0
-    try:
-        for line in sys.stdin:
-            words = line.split()
-            if not words or words[0] == "quit":
-                break
-            if words[0] == "prepare":
-                batch, last, size = encode_batch(samples, team, int(words[1]), rng)
-                chunks, count = frames([(subject, m) for m in batch]), len(batch)
-                _reply({"prepared": count, "bytes": size, "last": last})
-            elif words[0] == "go":
-                started = time.monotonic()
-                for chunk in chunks:
-                    conn.sock.sendall(chunk)
-                conn.flush()
-                _reply({"published": count, "seconds": time.monotonic() - started, "started": started})
-                chunks, count = [], 0
-    finally:
-        conn.close()
-    return 0
+
+    def prepare(n: int) -> tuple[list[tuple[str, bytes]], dict[str, Any]]:
+        batch, last, size = encode_batch(samples, team, n, rng)
+        return [(subject, message) for message in batch], {"bytes": size, "last": last}
+
+    return serve_publisher(url, prepare)
 
 
 # --- the consumers (this process) --------------------------------------------------------------------------
-
-
-async def start_publisher(url: str, ns: str, workers: int, seed: int) -> Publisher:
-    args = [__file__, "--publisher", url, "--ns", ns, "--workers", str(workers), "--seed", str(seed)]
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, *args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
-    )
-    return Publisher(proc)
 
 
 def registry_check(actor: DynamoSource, last: dict[str, list[int]]) -> dict[str, Any]:
@@ -252,173 +223,40 @@ async def run_actor(
     handled = metrics.messages_handled.cell(
         actor.name, subjects.label(dynamo.forward_pass_metrics), EVENT_TAG
     )
-    stop = asyncio.Event()
-    task = asyncio.ensure_future(actor.run(stop))
-    ready = asyncio.ensure_future(actor.ready.wait())
-    await asyncio.wait({task, ready}, timeout=10.0, return_when=asyncio.FIRST_COMPLETED)
-    if not actor.ready.is_set():
-        ready.cancel()
-        if task.done():
-            task.result()  # the actor's own error
-        raise RuntimeError("DynamoSource did not get ready")
-    go = asyncio.ensure_future(pub.ask("go"))
-    window = await observe(lambda: handled[0], prepared["prepared"], go)
-    published = await go
-    disconnects = events.disconnects
-    # Drain-first shutdown (CONVENTIONS.md): stop event, drain, await the actor, cancel only after grace.
-    stop.set()
-    if not nc.is_closed:
-        await nc.drain()
-    done, _ = await asyncio.wait({task}, timeout=5.0)
-    if not done:
-        task.cancel()
-        raise RuntimeError("DynamoSource did not stop within 5 s of drain")
-    task.result()
-    rejected = sum(
-        s.value
-        for family in metrics.messages_rejected.collect()
-        for s in family.samples
-        if s.name.endswith("_total")
-    )
+    out = await drive_actor(actor, events, lambda: handled[0], pub, prepared["prepared"])
     checks = {
         "handled_counter": handled[0],
-        "rejected": int(rejected),
+        "rejected": rejected_total(metrics),
         **registry_check(actor, prepared["last"]),
     }
     checks["registry_match"] = (
-        checks["handled_counter"] == window.received
+        checks["handled_counter"] == out["window"].received
         and checks["rejected"] == 0
         and checks["workers_in_registry"] == len(prepared["last"])
         and checks["workers_wrong_or_missing"] == 0
     )
-    return {
-        "published": published,
-        "window": window,
-        "events": events,
-        "disconnects": disconnects,
-        "checks": checks,
-    }
-
-
-async def run_bare(
-    url: str, dynamo: DynamoSubjects, pub: Publisher, prepared: dict[str, Any]
-) -> dict[str, Any]:
-    events = Events()
-    nc = await _connect(url, "bench-dynamo-ingest-bare", events)
-    received = 0
-
-    async def cb(_msg: Any) -> None:
-        nonlocal received
-        received += 1
-
-    await nc.subscribe(dynamo.forward_pass_metrics, cb=cb)
-    await nc.flush()
-    go = asyncio.ensure_future(pub.ask("go"))
-    window = await observe(lambda: received, prepared["prepared"], go)
-    published = await go
-    disconnects = events.disconnects
-    if not nc.is_closed:
-        await nc.drain()
-    return {"published": published, "window": window, "events": events, "disconnects": disconnects}
-
-
-async def measure(
-    consumer: Consumer, url: str, dynamo: DynamoSubjects, pub: Publisher, n: int, log_file: Path
-) -> dict[str, Any]:
-    prepared = await pub.ask(f"prepare {n}")
-    slow_before = _slow_consumer_lines(log_file)
-    gc.collect()
-    out = await (run_actor if consumer == "actor" else run_bare)(url, dynamo, pub, prepared)
-    window: Window = out["window"]
-    published = out["published"]
-    return {
-        "consumer": consumer,
-        "messages": n,
-        "payload_bytes_mean": round(prepared["bytes"] / n, 1),
-        "received": window.received,
-        "lost": published["published"] - window.received,
-        "rate_per_s": round(window.rate),
-        "seconds": round(window.seconds, 4),
-        "cpu_us_per_msg": round(1e6 * window.cpu_seconds / max(window.last_count - window.first_count, 1), 2),
-        "publisher_rate_per_s": round(published["published"] / published["seconds"]),
-        # The publisher finished first: the consumer had messages waiting until its end.
-        "publisher_done_first": published["started"] + published["seconds"] < window.last_at,
-        "slow_consumer_server_log": _slow_consumer_lines(log_file) - slow_before,
-        "client_errors": out["events"].errors[:5],
-        "disconnects_before_drain": out["disconnects"],
-        **({"checks": out["checks"]} if "checks" in out else {}),
-    }
+    return {**out, "checks": checks}
 
 
 async def bench(args: argparse.Namespace, url: str, log_file: Path) -> dict[str, Any]:
     dynamo = DynamoSubjects(f"bench{secrets.token_hex(4)}")
-    pub = await start_publisher(url, dynamo.namespace, args.workers, args.seed)
-    runs: list[dict[str, Any]] = []
-    try:
-        warmup = [
-            await measure(consumer, url, dynamo, pub, min(WARMUP_MESSAGES, args.messages), log_file)
-            for consumer in ("actor", "bare")
-        ]
-        for r in range(args.rounds):
-            order: tuple[Consumer, Consumer] = ("actor", "bare") if r % 2 == 0 else ("bare", "actor")
-            for consumer in order:
-                result = await measure(consumer, url, dynamo, pub, args.messages, log_file)
-                runs.append({"round": r + 1, **result})
-                print(
-                    f"round {r + 1} {consumer}: {result['rate_per_s']:,}/s, lost {result['lost']}, "
-                    f"publisher {result['publisher_rate_per_s']:,}/s",
-                    file=sys.stderr,
-                    flush=True,
-                )
-    finally:
-        code = await pub.stop()
-    if code:
-        raise RuntimeError(f"publisher exited with {code}")
+    pub = await Publisher.start(url, dynamo.namespace, args.workers, args.seed, script=__file__)
+
+    async def one(consumer: Consumer, n: int) -> dict[str, Any]:
+        def actor(prepared: dict[str, Any]) -> Awaitable[dict[str, Any]]:
+            return run_actor(url, dynamo, pub, prepared)
+
+        _prepared, result = await timed_run(
+            consumer, actor, url, dynamo.forward_pass_metrics, pub, n, log_file
+        )
+        return result
+
+    warmup, runs = await alternate(pub, one, args.rounds, args.messages, min(WARMUP_MESSAGES, args.messages))
     return {"subject": dynamo.forward_pass_metrics, "warmup": warmup, "runs": runs}
 
 
-def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    def of(consumer: Consumer, key: str) -> list[Any]:
-        return [run[key] for run in runs if run["consumer"] == consumer]
-
-    rates = {c: of(c, "rate_per_s") for c in ("actor", "bare")}
-    cpu = {c: statistics.median(of(c, "cpu_us_per_msg")) for c in ("actor", "bare")}
-    medians = {c: statistics.median(rates[c]) for c in ("actor", "bare")}
-    by_round: dict[int, dict[str, int]] = {}
-    for run in runs:
-        by_round.setdefault(run["round"], {})[run["consumer"]] = run["rate_per_s"]
-    return {
-        **{
-            c: {
-                "median_rate_per_s": round(medians[c]),
-                "rates_per_s": rates[c],
-                "median_cpu_us_per_msg": cpu[c],
-            }
-            for c in ("actor", "bare")
-        },
-        "ratio_actor_to_bare": round(medians["actor"] / medians["bare"], 3) if medians["bare"] else 0.0,
-        "ratio_per_round": [round(r["actor"] / r["bare"], 3) for _, r in sorted(by_round.items())],
-        # The same ratio from CPU time per message: less sensitive to what else the 2 cores run.
-        "cpu_ratio_bare_to_actor": round(cpu["bare"] / cpu["actor"], 3) if cpu["actor"] else 0.0,
-        "lost_total": sum(run["lost"] for run in runs),
-        "slow_consumer_events": sum(run["slow_consumer_server_log"] for run in runs),
-        "disconnects": sum(run["disconnects_before_drain"] for run in runs),
-        "actor_checks_pass": all(
-            run["checks"]["registry_match"] for run in runs if run["consumer"] == "actor"
-        ),
-        "publisher_done_first_in_every_run": all(run["publisher_done_first"] for run in runs),
-    }
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--messages", type=int, default=150_000, help="messages per run")
-    parser.add_argument("--rounds", type=int, default=5, help="rounds (each runs both consumers)")
-    parser.add_argument("--workers", type=int, default=48, help=f"Dynamo worker ids (1-{MAX_WORKERS})")
-    parser.add_argument("--seed", type=int, default=20261203, help="seed of the publisher's figures")
-    parser.add_argument("--out", type=Path, help="also write the JSON to this file")
-    parser.add_argument("--publisher", metavar="URL", help=argparse.SUPPRESS)
-    parser.add_argument("--ns", help=argparse.SUPPRESS)
+    parser = arguments(__doc__, 20261203, f"Dynamo worker ids (1-{MAX_WORKERS})")
     args = parser.parse_args(argv)
     if args.publisher:
         return publisher(args.publisher, args.ns, args.workers, args.seed)
@@ -426,37 +264,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--messages and --rounds must be ≥ 1")
     if not 1 <= args.workers <= MAX_WORKERS:
         parser.error(f"--workers must be 1-{MAX_WORKERS} (the worker registry's bound)")
-    configure_logging(stream=sys.stderr, level="warning")
     started = time.perf_counter()
-    with NatsServer() as server:
-        measured = asyncio.run(bench(args, server.url, server.log_file))
-    summary = summarize(measured["runs"])
+    measured = on_local_server(bench, args)
+    summary = summarize(measured["runs"], check="registry_match")
     ratio = summary["ratio_actor_to_bare"]
-    report = {
-        "benchmark": "Dynamo ForwardPassMetrics ingest: DynamoSource actor vs a bare nats-py subscriber",
-        "command": " ".join(
-            [".venv/bin/python bench/dynamo_ingest.py", *(sys.argv[1:] if argv is None else argv)]
-        ),
-        "subject": measured["subject"],
-        "messages_per_run": args.messages,
-        "rounds": args.rounds,
-        "workers": args.workers,
-        "machine": _versions(),
-        "summary": summary,
-        "targets": {
-            "ratio_min": TARGET_RATIO,
-            "ratio": ratio,
-            "ratio_margin": round(ratio / TARGET_RATIO, 3),
-        },
-        "targets_met": ratio >= TARGET_RATIO and summary["lost_total"] == 0 and summary["actor_checks_pass"],
-        "runs": measured["runs"],
-        "warmup": measured["warmup"],
-        "wall_seconds": round(time.perf_counter() - started, 1),
-    }
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n", encoding="utf-8")
+    targets = {"ratio_min": TARGET_RATIO, "ratio": ratio, "ratio_margin": round(ratio / TARGET_RATIO, 3)}
+    met = ratio >= TARGET_RATIO and summary["lost_total"] == 0 and summary["actor_checks_pass"]
+    name = "Dynamo ForwardPassMetrics ingest: DynamoSource actor vs a bare nats-py subscriber"
+    emit(report(name, __file__, argv, args, measured, summary, targets, met, started), args.out)
     return 0
 
 

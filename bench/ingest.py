@@ -38,6 +38,9 @@ the consumer always had messages waiting and its rate is a capacity), the machin
 Targets: the actor ≥ 50,000 messages/s and ≥ 0.6 of the bare subscriber's rate (medians); ``targets_met``
 also needs nothing lost and every actor run's checks to pass.
 
+``bench/dynamo_ingest.py`` measures Dynamo's ForwardPassMetrics the same way, with this file's harness
+(``serve_publisher``, ``drive_actor``, ``timed_run``, ``alternate``, ``summarize``, ``report``).
+
 Run: ``.venv/bin/python bench/ingest.py`` (``--messages N``, ``--rounds R``, ``--workers W``, ``--seed S``,
 ``--out PATH`` to also write the JSON to a file); prints one JSON object, progress goes to stderr. About
 20 s on 2 cores.
@@ -59,7 +62,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -73,6 +76,7 @@ from agent.actors.profiler import DemandProfilerActor
 from agent.bus import Bus
 from agent.config import ProfilerSettings, resolve_catalog
 from agent.core.demand_bins import DemandBins
+from agent.runtime.actor import Actor
 from agent.runtime.clock import RealClock
 from agent.runtime.logs import configure_logging
 from agent.runtime.metrics import AgentMetrics
@@ -230,10 +234,17 @@ def frames(batch: list[tuple[str, bytes]], chunk_bytes: int = 1 << 20) -> list[b
 
 
 def publisher(url: str, ns: str, workers: int, seed: int) -> int:
-    """Serve ``prepare N`` / ``go`` / ``quit`` lines from stdin, one JSON line of answer each."""
     rng = random.Random(seed)
-    conn = RawPublisher(url)
     team = fleet(Subjects(ns), workers, rng)
+    return serve_publisher(url, lambda n: encode_batch(team, n, rng))
+
+
+def serve_publisher(
+    url: str, prepare: Callable[[int], tuple[list[tuple[str, bytes]], dict[str, Any]]]
+) -> int:
+    """Serve ``prepare N`` / ``go`` / ``quit`` lines from stdin, one JSON line of answer each: ``prepare``
+    gives N (subject, payload) messages and what to add to its answer."""
+    conn = RawPublisher(url)
     chunks: list[bytes] = []
     count = 0
     try:
@@ -242,7 +253,7 @@ def publisher(url: str, ns: str, workers: int, seed: int) -> int:
             if not words or words[0] == "quit":
                 break
             if words[0] == "prepare":
-                batch, totals = encode_batch(team, int(words[1]), rng)
+                batch, totals = prepare(int(words[1]))
                 chunks, count = frames(batch), len(batch)
                 _reply({"prepared": count, **totals})
             elif words[0] == "go":
@@ -272,8 +283,9 @@ class Publisher:
         self.stdout = proc.stdout
 
     @classmethod
-    async def start(cls, url: str, ns: str, workers: int, seed: int) -> Publisher:
-        args = [__file__, "--publisher", url, "--ns", ns, "--workers", str(workers), "--seed", str(seed)]
+    async def start(cls, url: str, ns: str, workers: int, seed: int, script: str = __file__) -> Publisher:
+        """``script --publisher`` (this one's, or another bench's that serves the same protocol)."""
+        args = [script, "--publisher", url, "--ns", ns, "--workers", str(workers), "--seed", str(seed)]
         proc = await asyncio.create_subprocess_exec(
             sys.executable, *args, stdin=subprocess.PIPE, stdout=subprocess.PIPE
         )
@@ -394,6 +406,27 @@ async def run_actor(url: str, subjects: Subjects, pub: Publisher, n: int) -> dic
     def handled() -> float:  # about 6 µs, every 2 ms
         return registry.get_sample_value("costagent_messages_handled_total", labels) or 0.0
 
+    out = await drive_actor(actor, events, handled, pub, n)
+    workers_seen = bins.workers
+    closed = bins.close_due(clock.now() + 10 * 86_400.0)  # every open bin, to read what was recorded
+    out["checks"] = {
+        "handled_counter": int(handled()),
+        "rejected": rejected_total(metrics),
+        "late_reports": int(registry.get_sample_value("costagent_profiler_late_reports_total") or 0),
+        "bin_reports": sum(c.reports for c in closed),
+        "bin_requests": int(sum(c.requests for c in closed)),
+        "workers_seen": workers_seen,
+    }
+    return out
+
+
+async def drive_actor(
+    actor: Actor, events: Events, handled: Callable[[], float], pub: Publisher, n: int
+) -> dict[str, Any]:
+    """Run ``actor`` on its bus until the publisher's ``n`` messages are handled (or stop coming), sampling
+    ``handled``; then stop it drain-first (CONVENTIONS.md: stop event, drain, await it, cancel only after
+    a grace period)."""
+    nc = actor.bus.nc
     stop = asyncio.Event()
     task = asyncio.ensure_future(actor.run(stop))
     ready = asyncio.ensure_future(actor.ready.wait())
@@ -402,46 +435,36 @@ async def run_actor(url: str, subjects: Subjects, pub: Publisher, n: int) -> dic
         ready.cancel()
         if task.done():
             task.result()  # the actor's own error
-        raise RuntimeError("profiler actor did not get ready")
+        raise RuntimeError(f"{actor.name} actor did not get ready")
     go = asyncio.ensure_future(pub.ask("go"))
     window = await observe(handled, n, go)
     published = await go
     disconnects = events.disconnects
-    # Drain-first shutdown (CONVENTIONS.md): stop event, drain, await the actor, cancel only after grace.
     stop.set()
     if not nc.is_closed:
         await nc.drain()
     done, _ = await asyncio.wait({task}, timeout=5.0)
     if not done:
         task.cancel()
-        raise RuntimeError("profiler actor did not stop within 5 s of drain")
+        raise RuntimeError(f"{actor.name} actor did not stop within 5 s of drain")
     task.result()
-    counted = handled()
-    rejected = sum(
-        s.value
-        for family in metrics.messages_rejected.collect()
-        for s in family.samples
-        if s.name.endswith("_total")
+    return {"published": published, "window": window, "errors": events.errors, "disconnects": disconnects}
+
+
+def rejected_total(metrics: AgentMetrics) -> int:
+    """Messages the bus dropped, every reason."""
+    return int(
+        sum(
+            s.value
+            for family in metrics.messages_rejected.collect()
+            for s in family.samples
+            if s.name.endswith("_total")
+        )
     )
-    workers_seen = bins.workers
-    closed = bins.close_due(clock.now() + 10 * 86_400.0)  # every open bin, to read what was recorded
-    return {
-        "published": published,
-        "window": window,
-        "errors": events.errors,
-        "disconnects": disconnects,
-        "checks": {
-            "handled_counter": int(counted),
-            "rejected": int(rejected),
-            "late_reports": int(registry.get_sample_value("costagent_profiler_late_reports_total") or 0),
-            "bin_reports": sum(c.reports for c in closed),
-            "bin_requests": int(sum(c.requests for c in closed)),
-            "workers_seen": workers_seen,
-        },
-    }
 
 
-async def run_bare(url: str, subjects: Subjects, pub: Publisher, n: int) -> dict[str, Any]:
+async def run_bare(url: str, subject: str, pub: Publisher, n: int) -> dict[str, Any]:
+    """A subscriber to ``subject`` that only counts, on a connection of its own."""
     events = Events()
     nc = await _connect(url, "bench-ingest-bare", events)
     received = 0
@@ -450,7 +473,7 @@ async def run_bare(url: str, subjects: Subjects, pub: Publisher, n: int) -> dict
         nonlocal received
         received += 1
 
-    await nc.subscribe(subjects.worker_metrics_all, cb=cb)
+    await nc.subscribe(subject, cb=cb)
     await nc.flush()
     go = asyncio.ensure_future(pub.ask("go"))
     window = await observe(lambda: received, n, go)
@@ -478,22 +501,46 @@ def _slow_consumer_lines(log_file: Path) -> int:
 async def measure(
     consumer: Consumer, url: str, subjects: Subjects, pub: Publisher, n: int, log_file: Path
 ) -> dict[str, Any]:
+    prepared, result = await timed_run(
+        consumer,
+        lambda _: run_actor(url, subjects, pub, n),
+        url,
+        subjects.worker_metrics_all,
+        pub,
+        n,
+        log_file,
+    )
+    if consumer == "actor":
+        checks = result["checks"]
+        checks["bins_match"] = (
+            checks["handled_counter"] == result["received"] == checks["bin_reports"]
+            and checks["rejected"] == 0
+            and (result["received"] < n or checks["bin_requests"] == prepared["requests"])
+        )
+    return result
+
+
+async def timed_run(
+    consumer: Consumer,
+    run_actor: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]],
+    url: str,
+    subject: str,
+    pub: Publisher,
+    n: int,
+    log_file: Path,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The publisher prepares ``n`` messages on ``subject``; the consumer takes them in (the actor through
+    ``run_actor``, given the publisher's answer; the bare subscriber on ``subject``). Its figures, with
+    the server's slow-consumer reports over the run. Returns (prepared, result)."""
     prepared = await pub.ask(f"prepare {n}")
     slow_before = _slow_consumer_lines(log_file)
     gc.collect()
-    run = run_actor if consumer == "actor" else run_bare
-    out = await run(url, subjects, pub, n)
+    out = await (run_actor(prepared) if consumer == "actor" else run_bare(url, subject, pub, n))
     window: Window = out["window"]
     published = out["published"]
-    checks: dict[str, Any] = out["checks"]
-    if consumer == "actor":
-        checks["bins_match"] = (
-            checks["handled_counter"] == window.received == checks["bin_reports"]
-            and checks["rejected"] == 0
-            and (window.received < n or checks["bin_requests"] == prepared["requests"])
-        )
+    checks: dict[str, Any] = out.get("checks", {})
     publisher_done = published["started"] + published["seconds"]
-    return {
+    return prepared, {
         "consumer": consumer,
         "messages": n,
         "payload_bytes_mean": round(prepared["bytes"] / n, 1),
@@ -533,15 +580,30 @@ def _versions() -> dict[str, object]:
 async def bench(args: argparse.Namespace, url: str, log_file: Path) -> dict[str, Any]:
     subjects = Subjects(f"bench-ingest-{secrets.token_hex(4)}")
     pub = await Publisher.start(url, subjects.ns, args.workers, args.seed)
+
+    async def one(consumer: Consumer, n: int) -> dict[str, Any]:
+        return await measure(consumer, url, subjects, pub, n, log_file)
+
+    warmup, runs = await alternate(pub, one, args.rounds, args.messages, WARMUP_MESSAGES)
+    return {"namespace": subjects.ns, "warmup": warmup, "runs": runs}
+
+
+async def alternate(
+    pub: Publisher,
+    measure: Callable[[Consumer, int], Awaitable[dict[str, Any]]],
+    rounds: int,
+    messages: int,
+    warmup_messages: int,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """An untimed warm-up run of each consumer, then ``rounds`` rounds of both, alternating which goes
+    first; the publisher is stopped at the end. Returns (warm-up runs, runs)."""
     runs: list[dict[str, Any]] = []
     try:
-        warmup = []
-        for consumer in ("actor", "bare"):
-            warmup.append(await measure(consumer, url, subjects, pub, WARMUP_MESSAGES, log_file))
-        for r in range(args.rounds):
+        warmup = [await measure(consumer, warmup_messages) for consumer in ("actor", "bare")]
+        for r in range(rounds):
             order: tuple[Consumer, Consumer] = ("actor", "bare") if r % 2 == 0 else ("bare", "actor")
             for consumer in order:
-                result = await measure(consumer, url, subjects, pub, args.messages, log_file)
+                result = await measure(consumer, messages)
                 runs.append({"round": r + 1, **result})
                 print(
                     f"round {r + 1} {consumer}: {result['rate_per_s']:,}/s, lost {result['lost']}, "
@@ -553,10 +615,11 @@ async def bench(args: argparse.Namespace, url: str, log_file: Path) -> dict[str,
         code = await pub.stop()
     if code:
         raise RuntimeError(f"publisher exited with {code}")
-    return {"namespace": subjects.ns, "warmup": warmup, "runs": runs}
+    return warmup, runs
 
 
-def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
+def summarize(runs: list[dict[str, Any]], check: str = "bins_match") -> dict[str, Any]:
+    """Medians and ratios over the rounds; ``check`` names the actor runs' pass/fail check."""
     rates: dict[str, list[int]] = {"actor": [], "bare": []}
     cpu: dict[str, list[float]] = {"actor": [], "bare": []}
     by_round: dict[int, dict[str, int]] = {}
@@ -586,29 +649,33 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "lost_total": sum(run["lost"] for run in runs),
         "slow_consumer_events": sum(run["slow_consumer_server_log"] for run in runs),
         "disconnects": sum(run["disconnects_before_drain"] for run in runs),
-        "actor_checks_pass": all(run["checks"]["bins_match"] for run in runs if run["consumer"] == "actor"),
+        "actor_checks_pass": all(run["checks"][check] for run in runs if run["consumer"] == "actor"),
         "publisher_done_first_in_every_run": all(run["publisher_done_first"] for run in runs),
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+def arguments(doc: str | None, seed: int, workers_help: str) -> argparse.ArgumentParser:
+    """The options of an ingest bench (and the hidden ones of its publisher process)."""
+    parser = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0])
     parser.add_argument("--messages", type=int, default=150_000, help="messages per run")
     parser.add_argument("--rounds", type=int, default=5, help="rounds (each runs both consumers)")
-    parser.add_argument("--workers", type=int, default=48, help="distinct worker ids (subjects)")
-    parser.add_argument("--seed", type=int, default=20260730, help="seed of the publisher's figures")
+    parser.add_argument("--workers", type=int, default=48, help=workers_help)
+    parser.add_argument("--seed", type=int, default=seed, help="seed of the publisher's figures")
     parser.add_argument("--out", type=Path, help="also write the JSON to this file")
     parser.add_argument("--publisher", metavar="URL", help=argparse.SUPPRESS)
     parser.add_argument("--ns", help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = arguments(__doc__, 20260730, "distinct worker ids (subjects)")
     args = parser.parse_args(argv)
     if args.publisher:
         return publisher(args.publisher, args.ns, args.workers, args.seed)
     if args.messages < 1 or args.rounds < 1 or args.workers < 1:
         parser.error("--messages, --rounds and --workers must be ≥ 1")
-    configure_logging(stream=sys.stderr, level="warning")
     started = time.perf_counter()
-    with NatsServer() as server:
-        measured = asyncio.run(bench(args, server.url, server.log_file))
+    measured = on_local_server(bench, args)
     summary = summarize(measured["runs"])
     actor_rate = summary["actor"]["median_rate_per_s"]
     ratio = summary["ratio_actor_to_bare"]
@@ -626,10 +693,30 @@ def main(argv: list[str] | None = None) -> int:
         and summary["lost_total"] == 0
         and summary["actor_checks_pass"]
     )
-    report = {
-        "benchmark": "worker-metrics ingest: DemandProfilerActor vs a bare nats-py subscriber",
-        "command": " ".join([".venv/bin/python bench/ingest.py", *(sys.argv[1:] if argv is None else argv)]),
-        "namespace": measured["namespace"],
+    name = "worker-metrics ingest: DemandProfilerActor vs a bare nats-py subscriber"
+    emit(report(name, __file__, argv, args, measured, summary, targets, met, started), args.out)
+    return 0
+
+
+def report(
+    benchmark: str,
+    script: str,
+    argv: list[str] | None,
+    args: argparse.Namespace,
+    measured: dict[str, Any],
+    summary: dict[str, Any],
+    targets: dict[str, Any],
+    met: bool,
+    started: float,
+) -> dict[str, Any]:
+    """The JSON report of an ingest bench; what ``bench`` measured besides its runs goes after the
+    command."""
+    return {
+        "benchmark": benchmark,
+        "command": " ".join(
+            [f".venv/bin/python bench/{Path(script).name}", *(sys.argv[1:] if argv is None else argv)]
+        ),
+        **{k: v for k, v in measured.items() if k not in ("runs", "warmup")},
         "messages_per_run": args.messages,
         "rounds": args.rounds,
         "workers": args.workers,
@@ -641,11 +728,23 @@ def main(argv: list[str] | None = None) -> int:
         "warmup": measured["warmup"],
         "wall_seconds": round(time.perf_counter() - started, 1),
     }
+
+
+def on_local_server(
+    bench: Callable[[argparse.Namespace, str, Path], Awaitable[dict[str, Any]]], args: argparse.Namespace
+) -> dict[str, Any]:
+    """``bench(args, url, server log)`` on a fresh local nats-server; the agent logs warnings to stderr."""
+    configure_logging(stream=sys.stderr, level="warning")
+    with NatsServer() as server:
+        return asyncio.run(bench(args, server.url, server.log_file))
+
+
+def emit(report: dict[str, Any], out: Path | None) -> None:
+    """The report as JSON on stdout, and in ``out`` too when given."""
     text = json.dumps(report, indent=2)
     print(text)
-    if args.out:
-        args.out.write_text(text + "\n", encoding="utf-8")
-    return 0
+    if out:
+        out.write_text(text + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -26,18 +26,16 @@ from typing import Final
 import structlog
 from nats.aio.msg import Msg
 
-from agent.bus import Bus, Rejected
+from agent.bus import Bus
 from agent.config import DynamoSettings
 from agent.core.demand_bins import DemandBins
 from agent.core.dynamo_workers import DynamoWorkers
 from agent.providers.dynamo.event_plane import (
     DynamoEvent,
     DynamoSubjects,
-    EventPlaneError,
     ForwardPassMetrics,
     KvMetrics,
     decode_event,
-    worker_key,
 )
 from agent.providers.dynamo.frontend_metrics import (
     FrontendDemand,
@@ -107,24 +105,20 @@ class DynamoSource(Actor):
             await http.__aexit__(None, None, None)
 
     async def on_event(self, event: DynamoEvent, _raw: Msg) -> None:
-        payload = event.payload
-        if payload is None:
+        # Runs for every forward pass of every worker: the key comes parsed (and checked) with the event.
+        payload, key = event.payload, event.worker
+        if key is None:
             return  # a topic not read here
-        now = self.clock.now()
-        try:
-            key = worker_key(payload)
-        except EventPlaneError as err:
-            raise Rejected(str(err)) from None
         if isinstance(payload, ForwardPassMetrics):
             s, q = payload.scheduled_requests, payload.queued_requests
             self.workers.forward_pass(
                 key,
-                now,
-                scheduled=s.num_prefill_requests + s.num_decode_requests,
-                queued=q.num_prefill_requests + q.num_decode_requests,
+                self.clock.now(),
+                s.num_prefill_requests + s.num_decode_requests,
+                q.num_prefill_requests + q.num_decode_requests,
             )
         elif isinstance(payload, KvMetrics):
-            self.workers.kv(key, now, payload.kv_used_blocks)
+            self.workers.kv(key, self.clock.now(), payload.kv_used_blocks)
 
     async def on_timer(self) -> None:
         now = self.clock.now()

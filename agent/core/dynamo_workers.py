@@ -42,7 +42,12 @@ class DynamoWorkers:
 
     def forward_pass(self, key: WorkerKey, now: float, scheduled: int, queued: int) -> None:
         """One forward pass (or idle heartbeat) of the worker, received at ``now``."""
-        worker = self._entry(key, now)
+        # Every forward pass of every worker comes here: a known worker is updated without a second call.
+        worker = self._workers.get(key)
+        if worker is None:
+            worker = self._entry(key, now)
+        elif now > worker.last_seen:
+            worker.last_seen = now
         worker.scheduled_requests = scheduled
         worker.queued_requests = queued
 

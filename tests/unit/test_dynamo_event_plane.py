@@ -120,6 +120,14 @@ def test_a_workers_two_payloads_name_it_alike_although_one_writes_a_string_and_o
         worker_key(ForwardPassMetrics(worker_id=str(2**64)))
 
 
+@pytest.mark.parametrize(("message", "raw"), SAMPLES, ids=[m["file"] for m, _ in SAMPLES])
+def test_an_event_carries_its_workers_key_parsed_once_at_decoding(
+    message: dict[str, Any], raw: bytes
+) -> None:
+    event = decode_event(raw)
+    assert event.worker == (worker_key(event.payload) if event.payload is not None else None)
+
+
 def test_an_idle_worker_sends_a_heartbeat_of_zeros() -> None:
     decoded = [decode_event(raw).payload for raw in raw_of(FORWARD_PASS_METRICS)]
     heartbeats = [p for p in decoded if isinstance(p, ForwardPassMetrics) and p.wall_time == 0]
@@ -186,6 +194,16 @@ SCHEDULED = FPM["scheduled_requests"]
             envelope(FORWARD_PASS_METRICS, FPM | {"worker_id": "12 "}),
             ["'worker_id'"],
             id="worker-not-decimal",
+        ),
+        pytest.param(
+            envelope(FORWARD_PASS_METRICS, FPM | {"worker_id": "\u0661\u0662"}),  # Arabic-Indic "12"
+            ["'worker_id'"],
+            id="worker-in-other-digits",
+        ),
+        pytest.param(
+            envelope(FORWARD_PASS_METRICS, FPM | {"worker_id": str(2**64)}),
+            ["forward-pass-metrics payload", "'worker_id'", "unsigned 64-bit"],
+            id="worker-beyond-u64",
         ),
         pytest.param(envelope(KV_METRICS, {"worker_id": "12"}), ["'worker_id'"], id="kv-worker-as-string"),
         pytest.param(
