@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
-from harness import START, Inbox, Peer, handled, rejected, start_agent, stop_agent
+from aiohttp import web
+from harness import START, Inbox, Peer, eventually, handled, rejected, start_agent, stop_agent
 
-from agent.config import OptimizerSettings, Settings
+from agent.config import DynamoSettings, OptimizerSettings, Settings
 from agent.service import Agent
 from schemas import AllocationPlan, InstanceEvent, ReplanRequest, SpotPrice, WorkerMetrics
 
@@ -208,7 +209,7 @@ async def test_a_node_lost_through_draining_then_terminated_is_planned_for_once(
     assert (await plans.next()).trigger_ids == [request.msg_id]
 
 
-# The surge check and the hour's peak are off by default in the agent; these tests turn them on.
+# With worker reports alone, "auto" leaves the surge check and the hour's peak off; numbers turn them on.
 SURGE = Settings(optimizer=OptimizerSettings(surge_check_seconds=30.0, base_window_seconds=3600.0))
 
 
@@ -230,7 +231,7 @@ async def test_demand_above_what_the_last_plan_covered_is_planned_for_before_the
 
     await report_demand(peer, rps_per_worker=20.0, workers=3)
     await handled(agent, "demand_profiler", "evt.worker.metrics.*", 6)
-    peer.clock.advance(agent.optimizer.settings.surge_check_seconds)
+    peer.clock.advance(agent.optimizer.policy.surge_check_s)
     plan = await plans.next()
     assert plan.reason == "demand"
     assert plan.trigger_ids[0].startswith("demand-")
@@ -258,3 +259,146 @@ async def test_a_plan_keeps_covering_the_busiest_demand_of_the_last_hour(surging
     await handled(agent, "demand_profiler", "evt.worker.metrics.*", 6)
     await replan(peer)
     assert (await plans.next()).demand_now_rps == 60.0  # the hour's peak, not the last report
+
+
+# -- arrivals (a Dynamo frontend's request counter) against completions (workers' own reports) -----------
+
+
+class Frontend:
+    """A Dynamo frontend's ``/metrics`` over real HTTP, with the series the agent reads named and typed as
+    Dynamo 1.6.1 writes them (``tests/data/dynamo/frontend-metrics.txt``): the arrival counter and the
+    token histograms, 1,500 prompt and 500 output tokens a request. The test adds the arrivals."""
+
+    def __init__(self) -> None:
+        self.arrivals = 0
+
+    def text(self) -> str:
+        n = self.arrivals
+        lines = [
+            "# TYPE dynamo_frontend_requests_started_total counter",
+            'dynamo_frontend_requests_started_total{endpoint="chat_completions",model="tiny",'
+            f'request_type="stream"}} {n}',
+        ]
+        for name, tokens in (("input", 1500), ("output", 500)):
+            series = f"dynamo_frontend_{name}_sequence_tokens"
+            lines += [
+                f"# TYPE {series} histogram",
+                f'{series}_bucket{{model="tiny",le="+Inf"}} {n}',
+                f'{series}_sum{{model="tiny"}} {n * tokens}',
+                f'{series}_count{{model="tiny"}} {n}',
+            ]
+        return "\n".join(lines) + "\n"
+
+    async def metrics(self, _request: web.Request) -> web.Response:
+        return web.Response(text=self.text(), content_type="text/plain")
+
+
+@pytest.fixture
+async def arriving(nats_url: str) -> AsyncIterator[tuple[Agent, Peer, Frontend]]:
+    """An agent with its default optimizer settings whose demand comes from one frontend's arrivals."""
+    frontend = Frontend()
+    app = web.Application()
+    app.router.add_get("/metrics", frontend.metrics)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    settings = Settings(dynamo=DynamoSettings(frontend_urls=[f"http://127.0.0.1:{port}"]))
+    agent, peer = await start_agent(nats_url, settings)
+    try:
+        yield agent, peer, frontend
+    finally:
+        await stop_agent(agent, peer)
+        await runner.cleanup()
+
+
+async def step(agent: Agent, peer: Peer, seconds: float) -> None:
+    """Move the clock on and wait until the optimizer's timer (and the frontend's scrape) have run."""
+    timers = [a for a in (agent.optimizer, agent.dynamo_source) if a is not None]
+    before = [a.ticks for a in timers]
+    peer.clock.advance(seconds)
+    await eventually(lambda: all(a.ticks > n for a, n in zip(timers, before, strict=True)))
+
+
+async def arrive(
+    agent: Agent, peer: Peer, frontend: Frontend, rps: float, seconds: float, every: float = 5.0
+) -> None:
+    """Requests arrive at the frontend at ``rps`` for ``seconds``; it is scraped every ``every`` seconds."""
+    for _ in range(round(seconds / every)):
+        frontend.arrivals += round(rps * every)
+        await step(agent, peer, every)
+
+
+async def completions(agent: Agent, peer: Peer, rps: float, seconds: float) -> None:
+    """Three workers report ``rps`` completions in all (a multiple of 0.6: whole requests), every 5 s."""
+    for _ in range(round(seconds / 5)):
+        await step(agent, peer, 5)
+        await report_demand(peer, rps_per_worker=rps / 3, workers=3)
+
+
+async def next_manual(plans: Inbox[AllocationPlan], seen: list[AllocationPlan]) -> AllocationPlan:
+    """The next plan answering a replan request; the timer's and the surge's on the way go to ``seen``."""
+    plan = await plans.next()
+    while plan.reason != "manual":
+        seen.append(plan)
+        plan = await plans.next()
+    return plan
+
+
+async def test_a_frontends_arrivals_are_read_as_the_backtests_rolling_policy_reads_demand(
+    arriving: tuple[Agent, Peer, Frontend],
+) -> None:
+    agent, peer, frontend = arriving
+    plans = await Inbox.open(peer.nc, peer.subjects.plan_allocation, AllocationPlan)
+    others: list[AllocationPlan] = []
+    await arrive(agent, peer, frontend, rps=12.0, seconds=120)
+    await replan(peer)
+    plan = await next_manual(plans, others)
+    assert plan.demand_now_rps == pytest.approx(12.0)
+    assert "arrivals: peak of 3600 s, surge check 60 s, mean of 60 s" in plan.detail
+
+    # A burst: planned for at the next surge check (each minute, the rolling policy's step), not the tick.
+    burst = peer.clock.now()
+    await arrive(agent, peer, frontend, rps=48.0, seconds=120)
+    surge = await plans.next()
+    assert surge.reason == "demand"
+    assert surge.demand_now_rps > 12.0
+    assert surge.sent_at - burst <= agent.optimizer.policy.surge_check_s == 60.0
+    assert surge.sent_at < START + agent.optimizer.settings.interval_seconds  # before the first tick
+
+    # The burst ends: the plans keep covering its minute for the hour, through the timer's ticks.
+    await arrive(agent, peer, frontend, rps=12.0, seconds=600)
+    await replan(peer)
+    held = await next_manual(plans, others)
+    assert held.demand_now_rps == pytest.approx(48.0)
+    assert [p.reason for p in others].count("tick") == 2  # at 300 and 600 s
+    assert all(p.demand_now_rps == pytest.approx(48.0) for p in others if p.reason == "tick")
+
+    # An hour after the burst the quiet traffic is what is covered again.
+    await arrive(agent, peer, frontend, rps=12.0, seconds=3600, every=60.0)
+    await replan(peer)
+    later = await next_manual(plans, others)
+    assert later.demand_now_rps < 24.0
+
+
+async def test_worker_reports_alone_keep_the_latest_observation_and_no_surge_check(
+    running: tuple[Agent, Peer],
+) -> None:
+    agent, peer = running
+    plans = await Inbox.open(peer.nc, peer.subjects.plan_allocation, AllocationPlan)
+    others: list[AllocationPlan] = []
+    await completions(agent, peer, rps=12.0, seconds=120)
+    await replan(peer)
+    plan = await next_manual(plans, others)
+    assert plan.demand_now_rps == pytest.approx(12.0)
+    assert "completions: the latest observation" in plan.detail
+
+    # The same burst, as completions: nothing is planned until the tick, and nothing is held after it.
+    await completions(agent, peer, rps=48.0, seconds=120)
+    await completions(agent, peer, rps=12.0, seconds=600)
+    await replan(peer)
+    latest = await next_manual(plans, others)
+    # The latest report, or the profile's P75 of the bins so far where it is higher: not the burst's peak.
+    assert 12.0 <= latest.demand_now_rps < 48.0 / 2
+    assert [p.reason for p in others] == ["tick", "tick"]
