@@ -187,8 +187,9 @@ def _build_actuator(
         make_before_break=a.make_before_break,
         poll_s=a.poll_seconds,
         price_max_age_s=settings.optimizer.spot_price_max_age_seconds,
-        frontend_migrations=dynamo_source.migrations_total if dynamo_source is not None else None,
-        report_after_s=2 * settings.dynamo.scrape_interval_seconds,
+        frontend_migrations=dynamo_source.migrations_read if dynamo_source is not None else None,
+        report_after_s=10 * settings.dynamo.scrape_interval_seconds,
+        quiet_s=2 * settings.dynamo.scrape_interval_seconds,
     )
 
 

@@ -15,12 +15,12 @@ Guarantees:
 - A spot launch is refused when the pool's latest fresh quote (``available``) has no room; a pool without a
   fresh quote has no limit.
 - One change at a time: plans, drains and polls hold one lock, so a driver never sees two at once.
-- The Dynamo drain (issue 13): on a notice the driver stops routing and drains at once (SIGTERM, or an
-  eviction whose grace ends before the deadline); at the deadline the node dies and the frontend
-  (``--migration-limit`` ≥ 1) re-sends what was still running to survivors. Once the node is gone and the
-  frontend has been read again, the report counts the frontend's migrations (``model_migration_total``)
-  since the drain began; migrations are attributed once (two drains at the same time share one count:
-  the first report gets it).
+- The Dynamo drain: on a notice the driver stops routing and drains at once (SIGTERM, or an eviction whose
+  grace ends before the deadline); at the deadline the node dies and the frontend (``--migration-limit``
+  ≥ 1) re-sends what was still running to survivors. Once the node is gone and the frontends' migration
+  count (``model_migration_total``) has stayed put over two reads, the report counts the
+  migrations since the drain began; each is attributed once (two drains at the same time share one
+  count: the first report gets it).
 """
 
 from __future__ import annotations
@@ -51,6 +51,9 @@ from schemas import (
 
 _log = structlog.get_logger("agent.actuator")
 FRONTEND_POLICY = "dynamo-frontend"
+# A drained node's report waits until the frontends' migration count has stayed put over this many reads
+# (and quiet_s) after the node was gone (the frontend re-sends the broken streams as it finds them).
+_QUIET_READS = 2
 
 
 @dataclass(slots=True)
@@ -58,6 +61,11 @@ class _Drain:
     order: DrainOrder
     migrations_at_start: float | None
     gone_at: float | None = None
+    seen: tuple[float, int] | None = None
+    """(the frontends' count, their read) when the count last changed, or was first read, after the
+    node was gone ..."""
+    seen_at: float = 0.0
+    """... and when."""
 
 
 class ActuatorActor(Actor):
@@ -74,8 +82,9 @@ class ActuatorActor(Actor):
         make_before_break: bool,
         poll_s: float,
         price_max_age_s: float,
-        frontend_migrations: Callable[[], float | None] | None = None,
+        frontend_migrations: Callable[[], tuple[float, int] | None] | None = None,
         report_after_s: float = 0.0,
+        quiet_s: float = 0.0,
     ) -> None:
         super().__init__(bus, clock, interval_s=poll_s)
         self.driver = driver
@@ -84,9 +93,14 @@ class ActuatorActor(Actor):
         self.make_before_break = make_before_break
         self.price_max_age_s = price_max_age_s
         self.frontend_migrations = frontend_migrations
-        """The frontends' migration counter now (None: not read yet); None: no Dynamo frontend."""
+        """The frontends' migration count and how many reads it took (None: not read yet); None: no
+        Dynamo frontend."""
         self.report_after_s = report_after_s
-        """A drained node's report waits this long after it is gone (a fresh read of the frontend)."""
+        """A drained node's report is sent at the latest this long after the node was gone, even if the
+        frontends could not be read quietly twice (one that does not answer)."""
+        self.quiet_s = quiet_s
+        """... and once its migration count has stayed put this long and over two reads (a loaded
+        frontend finds its broken streams one by one)."""
         self.plans_applied = 0
         self.plans_ignored = 0
         self.launches_refused = 0
@@ -158,7 +172,8 @@ class ActuatorActor(Actor):
             now = self.clock.now()
             changes = await self.driver.reclaim(order.instance_id, order.deadline, now, order.msg_id)
             if self.frontend_migrations is not None and order.instance_id not in self._drains:
-                self._drains[order.instance_id] = _Drain(order, self.frontend_migrations())
+                read = self.frontend_migrations()
+                self._drains[order.instance_id] = _Drain(order, read[0] if read is not None else None)
             await self._publish(changes)
 
     async def on_instance(self, event: InstanceEvent, _raw: Msg) -> None:
@@ -206,10 +221,21 @@ class ActuatorActor(Actor):
         if self.frontend_migrations is None:
             return
         for instance_id, drain in list(self._drains.items()):
-            if drain.gone_at is None or now < drain.gone_at + self.report_after_s:
+            if drain.gone_at is None:
                 continue
+            read = self.frontend_migrations()
+            total = read[0] if read is not None else None
+            if read is not None and (drain.seen is None or drain.seen[0] != read[0]):
+                drain.seen, drain.seen_at = read, now
+            quiet = (
+                read is not None
+                and drain.seen is not None
+                and read[1] >= drain.seen[1] + _QUIET_READS
+                and now >= drain.seen_at + self.quiet_s
+            )
+            if not (quiet or now >= drain.gone_at + self.report_after_s):
+                continue  # the frontend is still migrating (or not read since): wait for quiet reads
             del self._drains[instance_id]
-            total = self.frontend_migrations()
             start = max(drain.migrations_at_start or 0.0, self._attributed)
             migrated = max(0, round((total or 0.0) - start))
             if total is not None:

@@ -82,8 +82,11 @@ class DynamoSource(Actor):
         """The demand over the last interval, all frontends summed (None before the second scrape)."""
         self.previous: dict[str, FrontendSnapshot] = {}
         """Each frontend's last good snapshot (kept through an outage: the next interval spans it)."""
+        self._migrations = 0.0
         self.down: set[str] = set()
         self.scrapes = 0
+        self.reads = 0
+        """Scrapes at which at least one frontend answered."""
         self._http: HttpClient | None = None
         m = bus.metrics
         self._failures = {f: m.dynamo_scrape_failures.labels(f) for f in self.frontends}
@@ -132,9 +135,24 @@ class DynamoSource(Actor):
                 current[frontend] = snapshot
         for frontend, snapshot in current.items():
             self._add(frontend, snapshot)
+            self._count_migrations(self.previous.get(frontend), snapshot)
         self.latest = demand_between(self.previous, current)
         self.previous.update(current)
         self.scrapes += 1
+        if current:
+            self.reads += 1
+
+    def migrations_read(self) -> tuple[float, int] | None:
+        """(requests the frontends have migrated since this source began reading them, reads so far with
+        at least one frontend answering); None before the first read. A frontend's restart does not take
+        the count back."""
+        return (self._migrations, self.reads) if self.previous else None
+
+    def _count_migrations(self, previous: FrontendSnapshot | None, snapshot: FrontendSnapshot) -> None:
+        if previous is None:
+            return  # what it migrated before we read it is not ours to count
+        grown = snapshot.migrations - previous.migrations
+        self._migrations += grown if grown >= 0 else snapshot.migrations  # below: a restart, from 0
 
     def _add(self, frontend: str, snapshot: FrontendSnapshot) -> None:
         """The frontend's interval since its previous snapshot, into the DemandBins."""

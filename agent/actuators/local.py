@@ -23,12 +23,12 @@ the workers run in their own sessions and outlive the agent.
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import json
 import os
 import signal
-import subprocess
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -36,7 +36,7 @@ from pathlib import Path
 import structlog
 
 from agent.actuators.base import NodeChange
-from agent.actuators.processes import ProcessId, alive, listening_ports, signal_group, spawn
+from agent.actuators.processes import ProcessId, alive, listening_ports, reap, signal_group, spawn
 from agent.actuators.settings import LocalSettings
 from agent.core.catalog import Tier
 from agent.core.reconcile import Decision, Launch, NodeNow, Refuse, Release, Standing, TakeBack
@@ -100,7 +100,7 @@ class LocalActuator:
         self.nodes: dict[str, LocalNode] = {}
         """Every node not yet terminated, by instance id."""
         self.launch_failures = 0
-        self._children: dict[str, subprocess.Popen[bytes]] = {}
+        self._exit_codes: dict[str, int] = {}
         self._seq = 0
 
     # --- the protocol ----------------------------------------------------------------------------
@@ -194,16 +194,18 @@ class LocalActuator:
     def runs(self, instance_id: str) -> bool:
         return instance_id in self.nodes
 
-    def stop_all(self, grace_s: float = 5.0) -> None:
+    async def stop_all(self, grace_s: float = 5.0) -> None:
         """SIGTERM every worker, SIGKILL what is left after ``grace_s`` real seconds (the demo's end; an
         agent stopping never does this: the fleet outlives it)."""
         for node in self.nodes.values():
             signal_group(node.process, signal.SIGTERM)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_s
+        for _ in range(max(1, int(grace_s / 0.05))):
+            if not any(self._running(n) for n in self.nodes.values()) or loop.time() > deadline:
+                break
+            await asyncio.sleep(0.05)  # a poll: a process's exit has no event to await here
         for node in self.nodes.values():
-            proc = self._children.get(node.instance_id)
-            if proc is not None:
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(timeout=grace_s)
             signal_group(node.process, signal.SIGKILL)
             self._reap(node)
 
@@ -218,7 +220,7 @@ class LocalActuator:
         env = {**os.environ, **self.settings.env}
         env.update({f"COSTAGENT_{k.upper()}": v for k, v in labels.items()})
         try:
-            proc, pid = spawn(argv, env, self.state_dir / "logs" / f"{instance_id}.log", self.state_dir)
+            pid = spawn(argv, env, self.state_dir / "logs" / f"{instance_id}.log")
         except OSError as err:
             self.launch_failures += 1
             _log.error("launch_failed", instance_id=instance_id, command=argv[0], error=str(err))
@@ -236,7 +238,6 @@ class LocalActuator:
             cause=cause,
         )
         self.nodes[instance_id] = node
-        self._children[instance_id] = proc
         _log.info("worker_launched", instance_id=instance_id, pid=pid.pid)
         return [node.change("launched", now, cause)]
 
@@ -263,31 +264,31 @@ class LocalActuator:
 
     def _gone(self, node: LocalNode, now: float, cause: str, why: str) -> NodeChange:
         del self.nodes[node.instance_id]
-        self._children.pop(node.instance_id, None)
+        self._exit_codes.pop(node.instance_id, None)
         _log.info("worker_gone", instance_id=node.instance_id, pid=node.pid, why=why)
         return node.change("terminated", now, cause)
 
     def _running(self, node: LocalNode) -> bool:
-        proc = self._children.get(node.instance_id)
-        if proc is not None and proc.poll() is not None:
-            return False  # our child exited (and is reaped now)
-        return alive(node.process)
+        code = reap(node.pid)
+        if code is not None:
+            self._exit_codes[node.instance_id] = code
+            return False  # our child exited (collected now)
+        return node.instance_id not in self._exit_codes and alive(node.process)
 
     def _serving(self, node: LocalNode) -> bool:
         return not self.settings.ready_when_listening or bool(listening_ports(node.pid))
 
     def _exit_reason(self, node: LocalNode) -> str:
-        proc = self._children.get(node.instance_id)
-        code = proc.returncode if proc is not None else None
+        code = self._exit_codes.get(node.instance_id)
         return "exited" if code is None else f"exited with code {code}"
 
     def _reap(self, node: LocalNode) -> None:
-        proc = self._children.get(node.instance_id)
-        if proc is not None:
-            try:
-                proc.wait(timeout=2.0)
-            except subprocess.TimeoutExpired:
-                _log.warning("worker_not_reaped", instance_id=node.instance_id, pid=node.pid)
+        """After a SIGKILL: collect the child's exit, so that no zombie is left (waits at most 2 s)."""
+        for _ in range(200):
+            if not self._running(node):
+                return
+            time.sleep(0.01)  # a SIGKILLed process is gone within milliseconds
+        _log.warning("worker_not_reaped", instance_id=node.instance_id, pid=node.pid)
 
     # --- the record ------------------------------------------------------------------------------
 

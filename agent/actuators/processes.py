@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,24 +40,31 @@ def alive(process: ProcessId) -> bool:
     return ticks is not None and (process.started == 0 or ticks == process.started)
 
 
-def spawn(
-    argv: Sequence[str], env: Mapping[str, str], log_path: Path, cwd: Path
-) -> tuple[subprocess.Popen[bytes], ProcessId]:
-    """Start ``argv`` in a new session (a signal meant for the agent is not one for its workers, and they
-    keep running when the agent stops), stdout and stderr appended to ``log_path``. Raises OSError when
-    it cannot be started (no such program, not executable)."""
+def spawn(argv: Sequence[str], env: Mapping[str, str], log_path: Path) -> ProcessId:
+    """Start ``argv`` (searched on PATH) in a new session, so that a signal meant for the agent is not one
+    for its workers and they run on when the agent stops; stdin from /dev/null, stdout and stderr appended
+    to ``log_path``. Raises OSError when it cannot be started (no such program, not executable).
+
+    ``posix_spawn``, not ``subprocess``: the agent may be restarted in-process and forget a worker, which
+    must not be reaped or warned about by a Popen object's finaliser; :func:`reap` collects the exit."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("ab") as log:
-        proc = subprocess.Popen(
-            list(argv),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=dict(env),
-            cwd=cwd,
-            start_new_session=True,
-        )
-    return proc, ProcessId(proc.pid, start_ticks(proc.pid) or 0)
+    actions = [
+        (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+        (os.POSIX_SPAWN_OPEN, 1, str(log_path), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644),
+        (os.POSIX_SPAWN_DUP2, 1, 2),
+    ]
+    pid = os.posix_spawnp(argv[0], list(argv), dict(env), file_actions=actions, setsid=True)
+    return ProcessId(pid, start_ticks(pid) or 0)
+
+
+def reap(pid: int) -> int | None:
+    """The exit status of ``pid`` if it is a child of this process that has exited (collected now);
+    None when it runs, or is not our child (a worker adopted after a restart)."""
+    try:
+        done, status = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return None
+    return os.waitstatus_to_exitcode(status) if done == pid else None
 
 
 def signal_group(process: ProcessId, sig: signal.Signals) -> bool:
