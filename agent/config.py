@@ -87,7 +87,7 @@ class OptimizerSettings(OptimizerConfig, _Section, frozen=True, kw_only=True):
         msgspec.Meta(
             description=(
                 "size to the busiest demand observed over this window, not the latest observation. "
-                f"{AUTO!r}: {ROLLING_WINDOW_S:g} (the hour's peak, as the backtest's rolling policy) while "
+                f"\"{AUTO}\": {ROLLING_WINDOW_S:g} (the hour's peak, as the backtest's rolling policy) while "
                 "the agent sees arrivals (a Dynamo frontend's request counter, [dynamo] frontend_urls), 0 "
                 "while it sees worker reports only, which count completions, not arrivals (holding their "
                 "peak over-provisioned the emulated demo 1.3-2.3x). A number applies whatever the demand, "
@@ -99,9 +99,10 @@ class OptimizerSettings(OptimizerConfig, _Section, frozen=True, kw_only=True):
         _Seconds | Auto,
         msgspec.Meta(
             description=(
-                "between ticks, plan at once when demand passes what the last plan covered; the demand is "
-                f"sampled this often for the peak and the mean (0: off). {AUTO!r}: {ARRIVALS_SAMPLE_S:g} "
-                "with arrivals, off with worker reports only"
+                "between ticks, plan at once when demand passes what the last plan covered, checked this "
+                f'often (0: off). "{AUTO}": {ROLLING_STEP_S:g} with arrivals (each step, as the backtest; '
+                f"arrivals are sampled every {ARRIVALS_SAMPLE_S:g} s for the peak and the mean), off with "
+                "worker reports only (they are sampled at each check)"
             )
         ),
     ] = AUTO
@@ -109,7 +110,7 @@ class OptimizerSettings(OptimizerConfig, _Section, frozen=True, kw_only=True):
         _Seconds | Auto,
         msgspec.Meta(
             description=(
-                f"the observed demand is the mean of its samples over this window. {AUTO!r}: "
+                f'the observed demand is the mean of its samples over this window. "{AUTO}": '
                 f"{ROLLING_STEP_S:g} with arrivals (a minute's mean, what each step of the backtest "
                 "observes), 0 with worker reports only"
             )

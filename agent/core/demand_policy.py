@@ -31,11 +31,13 @@ ARRIVALS_PREFIX: Final = "frontend:"
 ROLLING_WINDOW_S: Final = 3600.0
 """The rolling policy holds the busiest demand of the last hour."""
 ROLLING_STEP_S: Final = 60.0
-"""The backtest's step: each of its observations is one minute's mean arrival rate."""
+"""The backtest's step: each of its observations is one minute's mean arrival rate, so the agent's are too.
+The hour's peak of shorter intervals holds the noise, not the traffic: for steady Poisson arrivals at 5
+requests/s, the peak of 5 s intervals is 1.68× the rate, of minute means 1.17× (2 requests/s: 2.10× and
+1.27×; median of 200 simulated hours)."""
 ARRIVALS_SAMPLE_S: Final = 5.0
 """How often arrivals are sampled between ticks: a Dynamo frontend's default scrape interval, so that the
-minute's mean is taken over every scraped interval rather than a few of them (the hour's peak of single
-5 s intervals of Poisson arrivals would hold the noise, not the traffic)."""
+minute's mean is taken over every scraped interval rather than a few of them."""
 
 
 @dataclass(frozen=True, slots=True)
