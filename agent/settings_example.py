@@ -24,20 +24,24 @@ COMMENT_COLUMN = 33  # where an inline description starts (later after a long fi
 
 def example_toml() -> str:
     """The example settings file: the defaults of :class:`Settings`, described."""
-    info = _struct_info(Settings)
     lines = _comment(_summary(Settings))
+    _section(_struct_info(Settings), "", lines)
+    return "\n".join(lines) + "\n"
+
+
+def _section(info: msgspec.inspect.StructType, name: str, lines: list[str]) -> None:
+    """A section's own fields, then each of its sub-sections as ``[name.sub]`` (``[sub]`` at the top)."""
     scalars = [f for f in info.fields if not isinstance(f.type, msgspec.inspect.StructType)]
     sections = [f for f in info.fields if isinstance(f.type, msgspec.inspect.StructType)]
     for field in scalars:
-        lines += ["", *_field_lines(field)]
+        lines += ([""] if not name else []) + _field_lines(field)
     for section in sections:
         assert isinstance(section.type, msgspec.inspect.StructType)
         lines.append("")
         lines += _comment(_summary(section.type.cls))
-        lines.append(f"[{section.name}]")
-        for field in section.type.fields:
-            lines += _field_lines(field)
-    return "\n".join(lines) + "\n"
+        qualified = f"{name}.{section.name}" if name else section.name
+        lines.append(f"[{qualified}]")
+        _section(section.type, qualified, lines)
 
 
 def _struct_info(cls: type[msgspec.Struct]) -> msgspec.inspect.StructType:
@@ -85,4 +89,6 @@ def _literal(value: Any) -> str:
         return repr(value)
     if isinstance(value, list | tuple):
         return "[" + ", ".join(_literal(item) for item in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(k)} = {_literal(v)}" for k, v in value.items()) + "}"
     raise TypeError(f"no TOML literal for the default {value!r}")

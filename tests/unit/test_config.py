@@ -118,18 +118,20 @@ def test_every_setting_is_described_and_every_number_has_a_range() -> None:
         assert isinstance(info, msgspec.inspect.StructType)
         return list(info.fields)
 
-    for section in fields(Settings):
-        if not isinstance(section.type, msgspec.inspect.StructType):
-            assert description(section), section.name
-            continue
-        for field in fields(section.type.cls):
-            where = f"{section.name}.{field.name}"
+    def check(cls: type[msgspec.Struct], prefix: str) -> None:
+        for field in fields(cls):
+            where = f"{prefix}{field.name}"
+            if isinstance(field.type, msgspec.inspect.StructType):  # a sub-section: [section.sub]
+                check(field.type.cls, f"{where}.")
+                continue
             assert description(field), where
             inner = field.type.type if isinstance(field.type, msgspec.inspect.Metadata) else field.type
             members = inner.types if isinstance(inner, msgspec.inspect.UnionType) else (inner,)
             for member in members:
                 if isinstance(member, msgspec.inspect.IntType | msgspec.inspect.FloatType):
                     assert (member.ge, member.gt) != (None, None), where
+
+    check(Settings, "")
 
 
 def test_a_config_built_in_code_is_checked_against_the_same_ranges() -> None:

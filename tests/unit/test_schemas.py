@@ -277,7 +277,8 @@ GOLDEN: list[tuple[bytes, Message]] = [
     ),
     (
         b'{"type":"migration.report.v1","instance_id":"i-0abc123","policy":"deadline","reason":"notice",'
-        b'"requests":17,"counts":{"finished_in_place":9,"kv_moved":5,"reprefilled":2,"requeued":1,"failed":1},'
+        b'"requests":17,"counts":{"finished_in_place":9,"kv_moved":5,"reprefilled":2,"requeued":1,"failed":1,'
+        b'"frontend_migrated":0},'
         b'"lost":0,"bytes_moved":4128768000.0,"tokens_recomputed":3150.0,"hot_blocks_moved":100,'
         b'"notice_at":1767225600.25,"first_commands_at":1767225600.31,"completed_at":1767225625.0,'
         b'"deadline":1767225630.1,"msg_id":"migration-17","sent_at":1767225625.0,"source":"agent",'
