@@ -155,7 +155,7 @@ class DemandBins:
         return Demand(rps, prompt / rps, output / rps)
 
     def sources(self, now: float) -> list[str]:
-        """The entries :meth:`current` sums now: worker ids, and ``frontend:<url>`` for a frontend's arrivals."""
+        """The entries :meth:`current` sums now: worker ids, and ``frontend:<url>`` for arrivals."""
         return list(self._fresh(now))
 
     def _fresh(self, now: float) -> dict[str, _Latest]:
