@@ -27,9 +27,9 @@ Speed. A busy worker publishes a ForwardPassMetrics per scheduler iteration, so 
 thousands a second and their decoding is most of what the agent adds to nats-py's own cost per message
 (``bench/dynamo_ingest.py``). Hence: the Structs are ``gc=False`` (they hold only numbers, strings and
 each other, so they cannot form a cycle, and leaving them untracked spares the collector); the worker id's
-digits are checked by :func:`worker_key` with string methods rather than by a ``Meta(pattern=...)``
-regular expression (which cost a quarter of the payload's decoding); and :func:`decode_event` gives the
-worker's key with the event, so that the id is parsed once.
+digits are checked with string methods rather than by a ``Meta(pattern=...)`` regular expression (which
+cost a quarter of the payload's decoding), and each id's parse is remembered; :func:`decode_event` gives
+the worker's key with the event, so that the handler parses nothing.
 """
 
 from __future__ import annotations
@@ -156,9 +156,9 @@ class ForwardPassMetrics(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """One scheduler iteration of one worker (DP rank); all zeros and ``wall_time`` 0: the idle heartbeat."""
 
     version: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = FPM_VERSION  # checked by decode_event
-    # The runtime's connection id, in decimal (1-20 ASCII digits, at most 2**64 - 1: checked by worker_key,
-    # which decode_event calls). Dynamo defaults it to "" (test fixtures); a message that names no worker
-    # is of no use here, so it is required.
+    # The runtime's connection id, in decimal (1-20 ASCII digits, at most 2**64 - 1: checked when
+    # decode_event or worker_key parses it). Dynamo defaults it to "" (test fixtures); a message that names
+    # no worker is of no use here, so it is required.
     worker_id: Annotated[str, msgspec.Meta(max_length=20)]
     dp_rank: DpRank = 0
     counter_id: U64 = 0  # per (worker_id, dp_rank), increasing
