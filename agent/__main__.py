@@ -456,10 +456,35 @@ def _demo_arguments(demo: argparse.ArgumentParser) -> None:
     demo.add_argument(
         "--peak-nodes", type=int, default=4, help="scale demand so its peak needs this many nodes"
     )
-    demo.add_argument("--notice", type=float, default=120.0, help="spot reclaim notice, seconds")
-    demo.add_argument("--boot", type=float, default=120.0, help="seconds from launch to serving")
+    demo.add_argument("--notice", type=float, default=120.0, help="spot reclaim notice, seconds (AWS: 120)")
     demo.add_argument(
-        "--storm-at", type=float, help="hour of a one-hour 20%%/h reclaim storm (default 40%% in)"
+        "--short-notice", type=float, default=30.0, help="the short spot notice, seconds (GCP, Azure: 30)"
+    )
+    demo.add_argument(
+        "--short-notice-share",
+        type=float,
+        default=0.5,
+        help="share of the spot notices that are short, drawn from the seed (default 0.5)",
+    )
+    demo.add_argument(
+        "--long-share",
+        type=float,
+        default=0.05,
+        help="share of the requests that are long generations (default 0.05)",
+    )
+    demo.add_argument(
+        "--long-tokens",
+        type=int,
+        default=4000,
+        help="output tokens of a long generation, ±50%% (default 4000: two minutes of decoding)",
+    )
+    demo.add_argument("--boot", type=float, default=120.0, help="seconds from launch to serving")
+    demo.add_argument("--storm-at", type=float, help="hour of a one-hour reclaim storm (default 40%% in)")
+    demo.add_argument(
+        "--storm-rate",
+        type=float,
+        default=0.2,
+        help="share of the spot nodes the storm reclaims in its hour, the busiest first (default 0.2)",
     )
     demo.add_argument(
         "--kill-agent-at", type=float, help="chaos: kill the agent process at this hour, restart it"
@@ -490,8 +515,13 @@ def _demo(args: argparse.Namespace) -> int:
             duration_h=args.duration,
             peak_nodes=args.peak_nodes,
             notice_s=args.notice,
+            short_notice_s=args.short_notice,
+            short_notice_share=args.short_notice_share,
+            long_share=args.long_share,
+            long_tokens=args.long_tokens,
             boot_s=args.boot,
             storm_at_h=args.storm_at,
+            storm_rate_per_hour=args.storm_rate,
             kill_agent_at_h=args.kill_agent_at,
             json_path=args.json_path,
             plot_path=args.plot,

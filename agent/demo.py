@@ -11,6 +11,16 @@ its size on nodes whose batch and throughput are 1/64 of the catalog's (the same
 the fleet has the same number of nodes as at full size and costs the same, while each emulated request
 stands for 64. Requests are counted as emulated; cost per 1M tokens is computed on full-size tokens.
 
+What a spot notice costs. The demo exists to show a reclaimed node's requests moving before its deadline,
+so its defaults make notices that matter. Half of them are 30 s long (GCP's and Azure's warning; AWS's is
+120 s). The market and the storm reclaim the busiest spot nodes first (:mod:`agent.sim.cloud`). And 5% of
+the requests are long generations (4,000 output tokens ± 50%: about two minutes of decoding at the
+catalog's per-sequence speed, where a 30 s notice leaves 25 s); the trace's own output lengths give
+none (ServeGen m-large's p99 is under 700 tokens, which a node finishes in place within 25 s). The demand is
+scaled again so that its peak, long generations included, needs ``--peak-nodes`` nodes: the fleet and
+its cost stay the trace's, the requests are fewer and longer. The summary counts what the agent's
+migration reports say became of every request on a reclaimed node.
+
 Correctness it checks and reports: requests lost by the router's own record (not the agent's), the
 agent's cost report against the simulated cloud's bill, every plan applied, and instances never above the
 plan plus those draining.
@@ -29,8 +39,8 @@ import signal
 import sys
 import time
 import uuid
-from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,17 +55,28 @@ from agent.backtest import Setup, build_setup
 from agent.bus import Bus
 from agent.core.capacity import SloConfig, rps_per_instance
 from agent.core.catalog import Catalog, InstanceType
+from agent.core.demand import Demand
 from agent.runtime.clock import ScaledClock, wait_event
 from agent.runtime.metrics import AgentMetrics
 from agent.runtime.nats_server import NatsServer
 from agent.sim.cloud import CloudBill, CloudConfig, SimCloud
 from agent.sim.replay import SimConfig
 from agent.sim.router import RouterEmulator
+from agent.sim.traces import DemandStep, DemandTrace, peak_nodes_factor
 from agent.subjects import Subjects
-from schemas import AllocationPlan, CostReport, CostReportRequest, ErrorReply, MigrationReport
+from schemas import (
+    AllocationPlan,
+    CostReport,
+    CostReportRequest,
+    ErrorReply,
+    MigrationCounts,
+    MigrationReport,
+)
 
 DEFAULT_TRACE = "servegen:m-large"
 DEFAULT_SPOT = "skypilot:availability/16-node/aws-08-27-2023"
+MAX_LONG_TOKENS = 131_072
+"""The longest generation ``--long-tokens`` allows: a 128k-token context."""
 
 
 class DemoError(RuntimeError):
@@ -73,6 +94,12 @@ class DemoOptions:
     peak_nodes: int = 4
     scale_down: int = 64
     notice_s: float = 120.0
+    short_notice_s: float = 30.0
+    short_notice_share: float = 0.5
+    """Share of the spot notices that are ``short_notice_s`` long (the others ``notice_s``)."""
+    long_share: float = 0.05
+    """Share of the requests that are long generations of about ``long_tokens`` output tokens."""
+    long_tokens: int = 4000
     boot_s: float = 120.0
     storm_at_h: float | None = None
     """Start of a one-hour reclaim storm at 20%/h; default: 40% into the run."""
@@ -87,17 +114,30 @@ class DemoOptions:
     seed: int = 7
 
     def __post_init__(self) -> None:
-        checks = {
-            "--speed": self.speed > 0,
-            "--duration": self.duration_h > 0,
-            "--peak-nodes": self.peak_nodes >= 1,
-            "--scale-down": self.scale_down >= 1,
-            "--notice": self.notice_s > 0,
-            "--boot": self.boot_s >= 0,
-        }
-        for name, ok in checks.items():
-            if not ok:
-                raise DemoError(f"{name}: must be positive")
+        positive, share = "must be positive", "must be a share in [0, 1]"
+        checks: list[tuple[str, float, bool, str]] = [
+            ("--speed", self.speed, self.speed > 0, positive),
+            ("--duration", self.duration_h, self.duration_h > 0, positive),
+            ("--peak-nodes", self.peak_nodes, self.peak_nodes >= 1, positive),
+            ("--scale-down", self.scale_down, self.scale_down >= 1, positive),
+            ("--notice", self.notice_s, self.notice_s > 0, positive),
+            ("--short-notice", self.short_notice_s, self.short_notice_s > 0, positive),
+            ("--short-notice-share", self.short_notice_share, 0 <= self.short_notice_share <= 1, share),
+            ("--long-share", self.long_share, 0 <= self.long_share <= 1, share),
+            (
+                "--long-tokens",
+                self.long_tokens,
+                1 <= self.long_tokens <= MAX_LONG_TOKENS,
+                f"must be in [1, {MAX_LONG_TOKENS}]",
+            ),
+            ("--storm-rate", self.storm_rate_per_hour, 0 <= self.storm_rate_per_hour <= 1, share),
+            ("--boot", self.boot_s, self.boot_s >= 0, "must be ≥ 0"),
+        ]
+        if self.storm_at_h is not None:
+            checks.append(("--storm-at", self.storm_at_h, self.storm_at_h >= 0, "must be ≥ 0"))
+        for name, value, ok, rule in checks:
+            if not (ok and math.isfinite(value)):
+                raise DemoError(f"{name}: {rule}, got {value!r}")
 
 
 def scaled_catalog(catalog: Catalog, factor: int) -> Catalog:
@@ -180,12 +220,17 @@ class Observed:
 class AgentProcess:
     """``cost-agent run`` as a child process on the shared scaled clock."""
 
-    def __init__(self, url: str, ns: str, catalog_path: Path, clock: ScaledClock) -> None:
+    def __init__(
+        self, url: str, ns: str, catalog_path: Path, clock: ScaledClock, config_path: Path | None = None
+    ) -> None:
         self.url, self.ns, self.catalog_path, self.clock = url, ns, catalog_path, clock
+        self.config_path = config_path
+        """A settings file for it (the Dynamo demo's [dynamo] and [actuator]); None: the defaults."""
         self.proc: asyncio.subprocess.Process | None = None
         self.restarts = 0
         self._reader: asyncio.Task[None] | None = None
         self.events: deque[dict[str, Any]] = deque(maxlen=5000)
+        self._counts: Counter[str] = Counter()
 
     async def start(self) -> None:
         script = Path(sys.executable).parent / "cost-agent"
@@ -209,6 +254,7 @@ class AgentProcess:
             str(self.catalog_path),
             "--log-format",
             "json",
+            *(["--config", str(self.config_path)] if self.config_path is not None else []),
             "--log-level",
             "info",
             "--clock-speed",
@@ -230,7 +276,13 @@ class AgentProcess:
         assert self.proc.stderr is not None
         async for line in self.proc.stderr:
             with contextlib.suppress(ValueError):
-                self.events.append(json.loads(line))
+                event = json.loads(line)
+                self.events.append(event)
+                self._counts[str(event.get("event"))] += 1
+
+    def count(self, event: str) -> int:
+        """How many log lines of this event the agent wrote (all of them, not only the last 5,000)."""
+        return self._counts[event]
 
     async def kill(self) -> None:
         if self.proc is not None and self.proc.returncode is None:
@@ -255,23 +307,75 @@ class AgentProcess:
         return self.proc.returncode
 
 
+def long_generation_mix(output_tokens: float, share: float, tokens: int) -> float:
+    """The mean output length when ``share`` of the requests are long generations of ``tokens`` on
+    average and the others ``output_tokens``."""
+    return (1 - share) * output_tokens + share * tokens
+
+
+def with_long_generations(setup: Setup, share: float, tokens: int, peak_nodes: int) -> Setup:
+    """``setup``'s demand as the demo sends it: each step's mean output length with ``share`` of long
+    generations of ``tokens`` mixed in, every rate scaled again so that the busiest step still needs
+    ``peak_nodes`` nodes of the main type. The fleet, and so the cost, stays the trace's; the requests are
+    fewer and longer."""
+    if share == 0:
+        return setup
+    step_s = setup.sim.step_s
+    mixed = tuple(
+        DemandStep(
+            setup.start_epoch + k * step_s,
+            step_s,
+            Demand(d.rps, d.prompt_tokens, long_generation_mix(d.output_tokens, share, tokens)),
+        )
+        for k, d in enumerate(setup.demand)
+    )
+    main = setup.catalog.main_type
+    factor = peak_nodes_factor(DemandTrace("mixed", mixed), main, setup.sim.slo, peak_nodes)
+    return dataclasses.replace(setup, demand=[step.demand.scaled(factor) for step in mixed])
+
+
 class Traffic:
-    """Poisson arrivals at the trace's rate (scaled down), token lengths around the trace's means."""
+    """Poisson arrivals at the setup's rate (scaled down), token lengths around its means (lognormal), of
+    which a share ``long_share`` are long generations: ``long_tokens`` output tokens ± 50% (uniform). The
+    setup's mean output length counts them (:func:`with_long_generations`): the other requests make up the
+    rest of it."""
 
     def __init__(
-        self, setup: Setup, router: RouterEmulator, clock: ScaledClock, scale: float, seed: int
+        self,
+        setup: Setup,
+        router: RouterEmulator,
+        clock: ScaledClock,
+        scale: float,
+        seed: int,
+        *,
+        long_share: float = 0.0,
+        long_tokens: int = 4000,
     ) -> None:
         self.setup, self.router, self.clock, self.scale = setup, router, clock, scale
+        self.long_share, self.long_tokens = long_share, long_tokens
         self.rng = random.Random(seed)
+        self.long_admitted = 0
         self.admitted = 0
         self.tokens = 0.0
         self._tasks: set[asyncio.Task[Any]] = set()
 
     def demand_at(self, t: float) -> tuple[float, float, float]:
-        """(rps, prompt tokens, output tokens) of the trace at clock time ``t``, scaled down."""
-        i = int((t - self.setup.start_epoch) // self.setup.sim.step_s)
-        d = self.setup.demand[min(max(i, 0), len(self.setup.demand) - 1)]
+        """(rps, prompt tokens, output tokens) of the setup at clock time ``t``, scaled down."""
+        d = self._trace_at(t)
         return d.rps * self.scale, d.prompt_tokens, d.output_tokens
+
+    def _trace_at(self, t: float) -> Demand:
+        """The setup's demand at clock time ``t`` (not scaled down)."""
+        i = int((t - self.setup.start_epoch) // self.setup.sim.step_s)
+        return self.setup.demand[min(max(i, 0), len(self.setup.demand) - 1)]
+
+    def _output_length(self, mean: float) -> int:
+        if self.long_share > 0 and self.rng.random() < self.long_share:
+            self.long_admitted += 1
+            return max(1, round(self.rng.uniform(0.5, 1.5) * self.long_tokens))
+        if self.long_share < 1:  # the others' mean: what the long ones leave of the setup's
+            mean = (mean - self.long_share * self.long_tokens) / (1 - self.long_share)
+        return self._length(mean)
 
     def _length(self, mean: float) -> int:
         # Lognormal with a coefficient of variation of about 1, as LLM prompt and output lengths are.
@@ -281,11 +385,11 @@ class Traffic:
     async def run(self, stop: asyncio.Event, until: float, tick_s: float = 5.0) -> None:
         t = self.clock.now()
         while t < until and not await self.clock.wait_until(t + tick_s, stop):
-            rps, prompt, output = self.demand_at(t)
-            arrivals = np.random.default_rng(self.rng.getrandbits(32)).poisson(rps * tick_s)
+            d = self._trace_at(t)
+            arrivals = np.random.default_rng(self.rng.getrandbits(32)).poisson(d.rps * self.scale * tick_s)
             for _ in range(int(arrivals)):
                 self.admitted += 1
-                p, o = self._length(prompt), self._length(output)
+                p, o = self._length(d.prompt_tokens), self._output_length(d.output_tokens)
                 self.tokens += p + o
                 task = asyncio.ensure_future(
                     self.router.admit(f"q{self.admitted}", p, o, prefix_blocks=[f"sys-{self.admitted % 8}"])
@@ -373,6 +477,7 @@ def build_scenario(opts: DemoOptions) -> Scenario:
     sim = SimConfig(step_s=60.0, notice_s=opts.notice_s, boot_s=opts.boot_s, warmup_days=0.0)
     try:
         setup = build_setup(base, opts.trace, opts.spot, sim, peak=opts.peak_nodes)
+        setup = with_long_generations(setup, opts.long_share, opts.long_tokens, opts.peak_nodes)
     except (ValueError, OSError) as exc:
         raise DemoError(str(exc)) from None
     steps = max(1, math.ceil(opts.duration_h * 3600 / sim.step_s))
@@ -497,6 +602,18 @@ async def _observe(bus: Bus, observed: Observed) -> None:
     await bus.settle()
 
 
+DEFAULT_RELEASE_GRACE_S = 300.0
+
+
+def release_grace_s(catalog: Catalog, long_tokens: int) -> float:
+    """How long a node a plan gives up may drain: five minutes, or longer if it takes that to finish a
+    batch of the longest generations and then the batch queued behind it (1.5 × ``long_tokens`` each, at
+    the slowest type's per-sequence speed). Its requests are not moved: they finish in place, and what is
+    still there when the grace ends is lost (:class:`~agent.sim.cloud.CloudConfig`)."""
+    slowest = min(t.decode_tokens_per_s / t.max_batch for t in catalog.types.values())
+    return max(DEFAULT_RELEASE_GRACE_S, 2 * 1.5 * long_tokens / slowest)
+
+
 async def _start_cloud(
     stack: contextlib.AsyncExitStack, stop: asyncio.Event, bus: Bus, scenario: Scenario, opts: DemoOptions
 ) -> tuple[RouterEmulator, SimCloud]:
@@ -512,9 +629,12 @@ async def _start_cloud(
         config=CloudConfig(
             boot_s=opts.boot_s,
             notice_s=opts.notice_s,
+            short_notice_s=opts.short_notice_s,
+            short_notice_share=opts.short_notice_share,
             storm_start_s=storm_at * 3600,
             storm_duration_s=3600.0,
             storm_rate_per_hour=opts.storm_rate_per_hour,
+            release_grace_s=release_grace_s(scenario.catalog, opts.long_tokens if opts.long_share > 0 else 0),
             seed=opts.seed,
             worker_step_s=5.0,
             metrics_interval_s=10.0,
@@ -540,7 +660,15 @@ def _start_traffic(
     router: RouterEmulator,
     opts: DemoOptions,
 ) -> Traffic:
-    traffic = Traffic(scenario.setup, router, scenario.clock, 1.0 / opts.scale_down, opts.seed)
+    traffic = Traffic(
+        scenario.setup,
+        router,
+        scenario.clock,
+        1.0 / opts.scale_down,
+        opts.seed,
+        long_share=opts.long_share,
+        long_tokens=opts.long_tokens,
+    )
     _run_tasks(stack, stop, traffic.run(stop, scenario.end))
     return traffic
 
@@ -695,6 +823,7 @@ def _live_state(
         "in_flight": summary["in_flight"],
         "requeued": summary["requeued"],
         "lost": summary["lost"],
+        "moved": moved_requests(migration_totals(observed.reports)),
         "last_migration": None
         if last is None
         else {
@@ -713,6 +842,22 @@ def _live_state(
     }
 
 
+def migration_totals(reports: Iterable[MigrationReport]) -> dict[str, int]:
+    """Every count of :class:`~schemas.MigrationCounts` summed over ``reports``: what became of the
+    requests in flight on the drained nodes."""
+    totals: dict[str, int] = {}
+    for report in reports:
+        for name, count in msgspec.structs.asdict(report.counts).items():
+            totals[name] = totals.get(name, 0) + count
+    return totals or msgspec.structs.asdict(MigrationCounts())
+
+
+def moved_requests(totals: Mapping[str, int]) -> int:
+    """Requests that left a drained node before its deadline, by any path: every per-request count but
+    ``finished_in_place`` (``failed`` counts attempts, each request of which is counted again elsewhere)."""
+    return sum(count for name, count in totals.items() if name not in ("finished_in_place", "failed"))
+
+
 def _summary(
     opts: DemoOptions,
     scenario: Scenario,
@@ -724,12 +869,7 @@ def _summary(
 ) -> dict[str, Any]:
     cloud, catalog = system.cloud, scenario.catalog
     r = system.router.summary()
-    counts = {"kv_moved": 0, "reprefilled": 0, "requeued": 0, "finished_in_place": 0}
-    for rep in observed.reports:
-        counts["kv_moved"] += rep.counts.kv_moved
-        counts["reprefilled"] += rep.counts.reprefilled
-        counts["requeued"] += rep.counts.requeued
-        counts["finished_in_place"] += rep.counts.finished_in_place
+    counts = migration_totals(observed.reports)
     agent_cost = cost.total_cost if cost is not None else None
     full_tokens = system.traffic.tokens * opts.scale_down
     ondemand_equivalent = cost.ondemand_equivalent_cost if cost is not None else None
@@ -765,7 +905,12 @@ def _summary(
         "requests_requeued": r["requeued"],
         "requests_lost": r["lost"],
         "requests_unfinished": r["in_flight"],
+        "requests_long": system.traffic.long_admitted,
+        "requests_finished_in_place": counts["finished_in_place"],
+        "requests_moved": moved_requests(counts),
+        "migration_counts": counts,
         "preemptions": len(cloud.preemptions),
+        "short_notices": cloud.short_notices,
         "migration_reports": len(observed.reports),
         "migration_lost": sum(rep.lost for rep in observed.reports),
         "plans": observed.plans,
@@ -842,13 +987,20 @@ def print_summary(summary: dict[str, Any], out: Any = None) -> None:
         else f"cloud bill ${summary['cloud_bill']:,.2f} (no cost report from the agent)"
     )
     p(
-        f"requests: {summary['requests_served']:,} served, {summary['requests_migrated']:,} migrated (KV), "
-        f"{summary['requests_reprefilled']:,} re-prefilled, {summary['requests_requeued']:,} requeued, "
-        f"{summary['requests_lost']:,} lost (router's count); "
+        f"requests: {summary['requests_served']:,} served ({summary['requests_long']:,} long generations), "
+        f"{summary['requests_requeued']:,} requeued, {summary['requests_lost']:,} lost (router's count); "
         f"{summary['requests_unfinished']:,} unfinished at the end"
     )
+    counts = summary["migration_counts"]
     p(
-        f"preemptions: {summary['preemptions']}; plans: {summary['plans']} "
+        f"on reclaimed nodes ({summary['migration_reports']} migration reports): "
+        f"{counts['finished_in_place']:,} finished in place, {summary['requests_moved']:,} moved "
+        f"({counts['kv_moved']:,} KV-moved, {counts['reprefilled']:,} re-prefilled, "
+        f"{counts['requeued']:,} requeued), {summary['migration_lost']:,} lost"
+    )
+    p(
+        f"preemptions: {summary['preemptions']} ({summary['short_notices']} with a short notice); "
+        f"plans: {summary['plans']} "
         f"(applied {summary['plans_applied']}); instances above plan: {summary['plan_violations']}"
     )
     if summary.get("plot"):

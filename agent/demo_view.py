@@ -38,12 +38,14 @@ def render(state: dict[str, Any]) -> Panel:
     for column in ("reserved", "spot", "ondemand", "booting", "draining"):
         fleet.add_column(column, justify="right")
     fleet.add_row(*(str(state["fleet"][c]) for c in ("reserved", "spot", "ondemand", "booting", "draining")))
+    # "moved": off a reclaimed node before its deadline, by the migration reports; the rest: the router.
     requests = Table(title="requests (router's count)", show_edge=False)
-    for column in ("served", "in flight", "requeued", "lost", "plans", "preemptions"):
+    for column in ("served", "in flight", "moved", "requeued", "lost", "plans", "preemptions"):
         requests.add_column(column, justify="right")
     requests.add_row(
         f"{state['served']:,}",
         f"{state['in_flight']:,}",
+        f"{state['moved']:,}",
         f"{state['requeued']:,}",
         f"[{'red' if state['lost'] else 'green'}]{state['lost']:,}[/]",
         str(state["plans"]),

@@ -47,10 +47,21 @@ Guarantees:
   already used by the spot nodes that hold it: launched, ready, or draining after a release and not
   reclaimed. A reclaimed node no longer holds the market's capacity.
 - The market: at each check, where the spot nodes holding a pool exceed what ``spot_available`` allows,
-  the excess is reclaimed, newest first. The storm: in its window each launched or ready spot node not yet
-  reclaimed is reclaimed with probability ``1 - (1 - rate) ** (dt / 3600)`` per check (``dt`` the part of
-  the time since the previous check inside the window), so that ``rate`` of the nodes go within an hour;
-  nodes are drawn in launch order from a ``Random(seed)``. No node is reclaimed twice.
+  the excess is reclaimed, the busiest first (see below; among equally busy nodes, newest first). The
+  storm: in its window, each check draws for every launched or ready spot node not yet reclaimed, in
+  launch order from a ``Random(seed)``, a hit with probability ``1 - (1 - rate) ** (dt / 3600)`` (``dt``
+  the part of the time since the previous check inside the window), so that ``rate`` of the nodes go
+  within an hour; as many nodes as there were hits are reclaimed, the busiest first (among equally busy
+  nodes, those whose own draw hit, then launch order: an idle fleet loses exactly the nodes that drew a
+  hit). No node is reclaimed twice.
+- Busiest: the most output tokens still to generate by the requests on the node's worker (running or
+  queued), then the most requests, then the most KV cache in use by them, counted at the check (a node
+  still booting has none). A storm takes back capacity that is running work, and the run that shows what
+  a notice costs is the one where it lands on the longest work: that is what a drain must handle.
+- Notice length: each reclaim's notice is ``short_notice_s`` long with probability
+  ``short_notice_share``, else ``notice_s``, drawn in reclaim order from a ``Random`` of its own seeded
+  from ``seed`` (so the share changes no storm draw). Clouds differ: AWS warns two minutes ahead, GCP and
+  Azure 30 s; a fleet across them sees both.
 - :meth:`SimCloud.bill` is exact from the records: each node from launched to terminated, at its type's
   catalog price for its tier (spot at the catalog's spot price, the price the quotes carry).
 """
@@ -118,7 +129,11 @@ class CloudConfig:
     boot_s: float = 120.0
     """launched → ready."""
     notice_s: float = 120.0
-    """Spot reclaim notice length."""
+    """Spot reclaim notice length (AWS: two minutes)..."""
+    short_notice_s: float = 30.0
+    """... except for a share of the notices this short (GCP, Azure: 30 s) ..."""
+    short_notice_share: float = 0.0
+    """... drawn per notice with this probability, from the seed."""
     make_before_break: bool = True
     """A node a plan gives up keeps serving until the nodes booting at that moment are ready (a node still
     booting goes at once), as an actuator replacing nodes should: the plan moves capacity, it does not
@@ -145,7 +160,14 @@ class CloudConfig:
     metrics_interval_s: float = 5.0
 
     def __post_init__(self) -> None:
-        for name in ("boot_s", "notice_s", "release_grace_s", "storm_duration_s", "kv_bytes_per_token"):
+        for name in (
+            "boot_s",
+            "notice_s",
+            "short_notice_s",
+            "release_grace_s",
+            "storm_duration_s",
+            "kv_bytes_per_token",
+        ):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"cloud config: {name} must be a finite number ≥ 0, got {value!r}")
@@ -164,10 +186,10 @@ class CloudConfig:
             math.isfinite(self.storm_start_s) and self.storm_start_s >= 0
         ):
             raise ValueError(f"cloud config: storm_start_s must be ≥ 0 or None, got {self.storm_start_s!r}")
-        if not 0 <= self.storm_rate_per_hour <= 1:
-            raise ValueError(
-                f"cloud config: storm_rate_per_hour must be in [0, 1], got {self.storm_rate_per_hour!r}"
-            )
+        for name in ("storm_rate_per_hour", "short_notice_share"):
+            value = getattr(self, name)
+            if not 0 <= value <= 1:
+                raise ValueError(f"cloud config: {name} must be in [0, 1], got {value!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,6 +294,8 @@ class SimCloud(Actor):
         self.preemptions: list[tuple[str, float, float]] = []
         """(instance id, notice time, deadline) for every reclaim, market or storm, in order."""
         self.storm_reclaims = 0
+        self.short_notices = 0
+        """Reclaims whose notice was ``short_notice_s`` long."""
         self.plans_applied = 0
         self.plans_ignored = 0
         self.launches_refused = 0
@@ -284,6 +308,7 @@ class SimCloud(Actor):
         self._plan_sent_at = -math.inf
         self._seq = itertools.count(1)
         self._rng = random.Random(config.seed)
+        self._notice_rng = random.Random(f"notice-length-{config.seed}")
         self._lock = asyncio.Lock()
         self._storm_checked = 0.0
         self._next_price_at = 0.0
@@ -537,7 +562,9 @@ class SimCloud(Actor):
 
     async def _reclaim(self, inst: SimInstance, now: float, why: str) -> None:
         """A preemption notice, exactly as the node's sidecar would publish it; the node starts draining."""
-        deadline = now + self.config.notice_s
+        short = self._notice_rng.random() < self.config.short_notice_share
+        self.short_notices += short
+        deadline = now + (self.config.short_notice_s if short else self.config.notice_s)
         inst.notice_deadline = deadline
         notice = PreemptionNotice(
             **envelope(f"sidecar:{inst.instance_id}", sent_at=now),
@@ -553,10 +580,32 @@ class SimCloud(Actor):
         if worker is not None:
             worker.kill_at(deadline)
         self.preemptions.append((inst.instance_id, now, deadline))
-        _log.info("spot_reclaimed", instance_id=inst.instance_id, why=why, deadline=deadline)
+        _log.info("spot_reclaimed", instance_id=inst.instance_id, why=why, deadline=deadline, short=short)
         if inst.state != "draining":
             inst.state = "draining"
             await self._publish(inst, now, notice.msg_id)
+
+    async def _load(self, inst: SimInstance) -> tuple[int, int, float]:
+        """(output tokens still to generate, requests, bytes of KV cache) on the node's worker now; none
+        without one."""
+        worker = self.workers.get(inst.instance_id)
+        if worker is None or worker.stopped:
+            return 0, 0, 0.0
+        await worker.sync()
+        requests = worker.model.inflight()
+        remaining = sum(r.expected_remaining_tokens for r in requests)
+        return remaining, len(requests), sum(r.kv_bytes for r in requests)
+
+    async def _busiest_first(
+        self, nodes: Sequence[SimInstance], tie: Callable[[SimInstance], tuple[int, ...]]
+    ) -> list[SimInstance]:
+        """``nodes``, the busiest first (see the module's guarantees), ``tie`` ordering equally busy ones."""
+        loads = {inst.instance_id: await self._load(inst) for inst in nodes}
+
+        def key(inst: SimInstance) -> tuple[float, ...]:
+            return (*(-x for x in loads[inst.instance_id]), *tie(inst))
+
+        return sorted(nodes, key=key)
 
     async def _stop_routing(self, worker_id: str) -> None:
         command = StopRouting(**self.bus.envelope(), worker_id=worker_id)
@@ -662,17 +711,14 @@ class SimCloud(Actor):
             available = self._quoted.get((name, pool))
             if available is None:
                 continue
-            holders = sorted(
-                (
-                    i
-                    for i in self.instances.values()
-                    if i.tier == "spot" and (i.instance_type, i.pool) == (name, pool) and _hold_market(i)
-                ),
-                key=lambda i: i.seq,
-            )
+            holders = [
+                i
+                for i in self.instances.values()
+                if i.tier == "spot" and (i.instance_type, i.pool) == (name, pool) and _hold_market(i)
+            ]
             excess = len(holders) - available
             if excess > 0:
-                for inst in reversed(holders[-excess:]):  # newest first
+                for inst in (await self._busiest_first(holders, lambda i: (-i.seq,)))[:excess]:
                     await self._reclaim(inst, now, "market")
 
     async def _storm(self, now: float) -> None:
@@ -694,10 +740,13 @@ class SimCloud(Actor):
             ),
             key=lambda i: i.seq,
         )
-        for inst in candidates:
-            if self._rng.random() < p:
-                self.storm_reclaims += 1
-                await self._reclaim(inst, now, "storm")
+        hits = {i.instance_id for i in candidates if self._rng.random() < p}  # one draw each, always
+        if not hits:
+            return
+        ranked = await self._busiest_first(candidates, lambda i: (i.instance_id not in hits, i.seq))
+        for inst in ranked[: len(hits)]:
+            self.storm_reclaims += 1
+            await self._reclaim(inst, now, "storm")
 
     async def _boots(self, now: float) -> None:
         for inst in sorted(self.instances.values(), key=lambda i: i.seq):

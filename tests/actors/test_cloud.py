@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -452,6 +453,28 @@ async def test_a_pool_whose_availability_drops_gets_notices_on_the_sidecar_subje
     assert notices[nodes[0]].pending == 0
 
 
+async def test_a_pool_whose_availability_drops_loses_its_busiest_nodes_first(make_sim: MakeSim) -> None:
+    sim = await make_sim(market={(H100, POOL): 4})
+    nodes = [f"h100_8x-default-spot-{n}" for n in (1, 2, 3, 4)]
+    await sim.plan({(H100, POOL, "spot"): 4})
+    await sim.run_for(120)
+    await sim.next_events(8)
+    await sim.submit(nodes[0], "long", output_tokens=20_000)  # the oldest node holds the longest work
+    await sim.submit(nodes[2], "short-1", output_tokens=1_000)
+    await sim.submit(nodes[2], "short-2", output_tokens=1_000)  # more requests, less work than node 1
+    await sim.submit(nodes[1], "shorter", output_tokens=1_000)  # 32 s: still running at the check
+
+    sim.market[(H100, POOL)] = 1
+    await sim.tick(15)
+    assert [i for i, _, _ in sim.cloud.preemptions] == [nodes[0], nodes[2], nodes[1]]
+    assert sim.cloud.instances[nodes[3]].state == "ready"  # the idle one, and the newest, stays
+
+    # Among equally busy (idle) nodes, the newest goes first, as before.
+    sim.market[(H100, POOL)] = 0
+    await sim.tick(15)
+    assert [i for i, _, _ in sim.cloud.preemptions][3:] == [nodes[3]]
+
+
 async def test_a_spot_launch_beyond_availability_is_refused(make_sim: MakeSim) -> None:
     sim = await make_sim(market={(H100, POOL): 2, (A100, POOL): 0})
     await sim.plan({(H100, POOL, "spot"): 3, (A100, POOL, "spot"): 1, (A100, POOL, "ondemand"): 1})
@@ -497,8 +520,10 @@ async def test_a_plan_older_than_the_one_applied_is_ignored(make_sim: MakeSim) -
 STORM = CloudConfig(boot_s=1e9, storm_start_s=600.0, storm_duration_s=3600.0, storm_rate_per_hour=0.2, seed=7)
 
 
-async def _storm_run(make_sim: MakeSim, nodes: int) -> list[tuple[str, float, float]]:
-    sim = await make_sim(config=STORM)
+async def _storm_run(
+    make_sim: MakeSim, nodes: int, config: CloudConfig = STORM
+) -> list[tuple[str, float, float]]:
+    sim = await make_sim(config=config)
     await sim.plan({(H100, POOL, "spot"): nodes})
     await sim.run_for(600)
     assert not sim.cloud.preemptions  # the storm has not begun
@@ -516,6 +541,40 @@ async def test_the_storm_reclaims_at_about_its_rate_seeded(make_sim: MakeSim) ->
     assert all(START + 600 < at <= START + 4200 for _, at, _ in reclaims)
     assert all(deadline == at + 120 for _, at, deadline in reclaims)
     assert await _storm_run(make_sim, nodes) == reclaims  # the same seed, the same storm
+
+
+async def test_the_storm_reclaims_the_busiest_nodes_first(make_sim: MakeSim) -> None:
+    config = CloudConfig(storm_start_s=600.0, storm_duration_s=3600.0, storm_rate_per_hour=0.9, seed=7)
+    sim = await make_sim(config=config)
+    nodes = [f"h100_8x-default-spot-{n}" for n in range(1, 7)]
+    await sim.plan({(H100, POOL, "spot"): 6})
+    await sim.run_for(120)
+    await sim.next_events(12)
+    # Decoding at 31.25 tokens/s, these last past the storm: node 5 holds the most work, then node 2.
+    await sim.submit(nodes[4], "longest", output_tokens=300_000)
+    await sim.submit(nodes[1], "long", output_tokens=200_000)
+    await sim.run_for(480)
+    assert not sim.cloud.preemptions  # the storm has not begun
+    await sim.run_for(3600)
+    reclaimed = [i for i, _, _ in sim.cloud.preemptions]
+    assert 2 <= len(reclaimed) == sim.cloud.storm_reclaims
+    assert reclaimed[:2] == [nodes[4], nodes[1]]
+
+
+async def test_a_share_of_the_notices_is_short_drawn_from_the_seed_without_changing_the_storm(
+    make_sim: MakeSim,
+) -> None:
+    nodes = 200
+    long_only = await _storm_run(make_sim, nodes)
+    short = dataclasses.replace(STORM, short_notice_s=30.0, short_notice_share=0.5)
+    mixed = await _storm_run(make_sim, nodes, short)
+    # The same nodes at the same times: the notice lengths have a random stream of their own.
+    assert [(i, at) for i, at, _ in mixed] == [(i, at) for i, at, _ in long_only]
+    lengths = [deadline - at for _, at, deadline in mixed]
+    assert set(lengths) == {30.0, 120.0}
+    # Half of about 40 notices: 20 expected, standard deviation √(40 × 0.5 × 0.5) ≈ 3.2.
+    assert 10 <= lengths.count(30.0) <= 30
+    assert await _storm_run(make_sim, nodes, short) == mixed  # the same seed, the same notices
 
 
 async def test_spot_prices_are_quoted_at_start_every_interval_and_on_a_change(make_sim: MakeSim) -> None:
@@ -591,6 +650,10 @@ async def test_the_bill_is_exact_from_the_instance_records(make_sim: MakeSim) ->
 def test_config_and_reserved_are_checked() -> None:
     with pytest.raises(ValueError, match="storm_rate_per_hour"):
         CloudConfig(storm_rate_per_hour=1.5)
+    with pytest.raises(ValueError, match="short_notice_share"):
+        CloudConfig(short_notice_share=-0.1)
+    with pytest.raises(ValueError, match="short_notice_s"):
+        CloudConfig(short_notice_s=math.inf)
     with pytest.raises(ValueError, match="market_check_s"):
         CloudConfig(market_check_s=0)
     with pytest.raises(ValueError, match="boot_s"):
