@@ -334,6 +334,29 @@ def with_long_generations(setup: Setup, share: float, tokens: int, peak_nodes: i
     return dataclasses.replace(setup, demand=[step.demand.scaled(factor) for step in mixed])
 
 
+def step_index(setup: Setup, t: float) -> int:
+    """The setup's step holding clock time ``t`` (the first before it starts, the last after it ends)."""
+    return min(max(int((t - setup.start_epoch) // setup.sim.step_s), 0), len(setup.demand) - 1)
+
+
+def lognormal_length(rng: random.Random, mean: float) -> int:
+    """A token count around ``mean``, lognormal with a coefficient of variation of about 1, as LLM prompt
+    and output lengths are."""
+    sigma = 0.8
+    return max(1, int(rng.lognormvariate(math.log(max(mean, 1.0)) - sigma * sigma / 2, sigma)))
+
+
+def output_length(rng: random.Random, mean: float, long_share: float, long_tokens: int) -> tuple[int, bool]:
+    """One request's output length, and whether it is a long generation, where the mean output of the
+    requests (long generations included, :func:`with_long_generations`) is ``mean``: with probability
+    ``long_share`` ``long_tokens`` ± 50% (uniform), else lognormal around what they leave of ``mean``."""
+    if long_share > 0 and rng.random() < long_share:
+        return max(1, round(rng.uniform(0.5, 1.5) * long_tokens)), True
+    if long_share < 1:
+        mean = (mean - long_share * long_tokens) / (1 - long_share)
+    return lognormal_length(rng, mean), False
+
+
 class Traffic:
     """Poisson arrivals at the setup's rate (scaled down), token lengths around its means (lognormal), of
     which a share ``long_share`` are long generations: ``long_tokens`` output tokens ± 50% (uniform). The
@@ -361,35 +384,19 @@ class Traffic:
 
     def demand_at(self, t: float) -> tuple[float, float, float]:
         """(rps, prompt tokens, output tokens) of the setup at clock time ``t``, scaled down."""
-        d = self._trace_at(t)
+        d = self.setup.demand[step_index(self.setup, t)]
         return d.rps * self.scale, d.prompt_tokens, d.output_tokens
-
-    def _trace_at(self, t: float) -> Demand:
-        """The setup's demand at clock time ``t`` (not scaled down)."""
-        i = int((t - self.setup.start_epoch) // self.setup.sim.step_s)
-        return self.setup.demand[min(max(i, 0), len(self.setup.demand) - 1)]
-
-    def _output_length(self, mean: float) -> int:
-        if self.long_share > 0 and self.rng.random() < self.long_share:
-            self.long_admitted += 1
-            return max(1, round(self.rng.uniform(0.5, 1.5) * self.long_tokens))
-        if self.long_share < 1:  # the others' mean: what the long ones leave of the setup's
-            mean = (mean - self.long_share * self.long_tokens) / (1 - self.long_share)
-        return self._length(mean)
-
-    def _length(self, mean: float) -> int:
-        # Lognormal with a coefficient of variation of about 1, as LLM prompt and output lengths are.
-        sigma = 0.8
-        return max(1, int(self.rng.lognormvariate(math.log(max(mean, 1.0)) - sigma * sigma / 2, sigma)))
 
     async def run(self, stop: asyncio.Event, until: float, tick_s: float = 5.0) -> None:
         t = self.clock.now()
         while t < until and not await self.clock.wait_until(t + tick_s, stop):
-            d = self._trace_at(t)
-            arrivals = np.random.default_rng(self.rng.getrandbits(32)).poisson(d.rps * self.scale * tick_s)
+            rps, prompt, output = self.demand_at(t)
+            arrivals = np.random.default_rng(self.rng.getrandbits(32)).poisson(rps * tick_s)
             for _ in range(int(arrivals)):
                 self.admitted += 1
-                p, o = self._length(d.prompt_tokens), self._output_length(d.output_tokens)
+                p = lognormal_length(self.rng, prompt)
+                o, long = output_length(self.rng, output, self.long_share, self.long_tokens)
+                self.long_admitted += long
                 self.tokens += p + o
                 task = asyncio.ensure_future(
                     self.router.admit(f"q{self.admitted}", p, o, prefix_blocks=[f"sys-{self.admitted % 8}"])
@@ -465,9 +472,7 @@ class Scenario:
         j = self.market_index.get((type_name, pool))
         if j is None:
             return None
-        available = self.setup.market.available
-        i = min(max(int((t - self.setup.start_epoch) // self.setup.sim.step_s), 0), len(available) - 1)
-        return int(available[i, j])
+        return int(self.setup.market.available[step_index(self.setup, t), j])
 
 
 def build_scenario(opts: DemoOptions) -> Scenario:
