@@ -450,9 +450,20 @@ def _demo_arguments(demo: argparse.ArgumentParser) -> None:
     _trace_options(demo)
     _catalog_option(demo, default="seed")
     demo.add_argument(
-        "--speed", type=float, default=480.0, help="simulated seconds per second (480: a day in 3 min)"
+        "--engine",
+        choices=("emulated", "dynamo"),
+        default="emulated",
+        help=(
+            "emulated: the project's own workers and router; dynamo: NVIDIA Dynamo's frontend and mocker "
+            "workers, started and stopped by the agent's local actuator (default emulated)"
+        ),
     )
-    demo.add_argument("--duration", type=float, default=24.0, help="simulated hours (default 24)")
+    demo.add_argument(
+        "--speed",
+        type=float,
+        help="simulated seconds per second (default 480 emulated: a day in 3 min; 30 dynamo)",
+    )
+    demo.add_argument("--duration", type=float, help="simulated hours (default 24 emulated, 3 dynamo)")
     demo.add_argument(
         "--peak-nodes", type=int, default=4, help="scale demand so its peak needs this many nodes"
     )
@@ -483,14 +494,19 @@ def _demo_arguments(demo: argparse.ArgumentParser) -> None:
     demo.add_argument(
         "--storm-rate",
         type=float,
-        default=0.2,
-        help="share of the spot nodes the storm reclaims in its hour, the busiest first (default 0.2)",
+        help=(
+            "share of the spot nodes the storm reclaims in an hour, the busiest first (default 0.2 emulated, "
+            "0.6 dynamo: a few hours' storm must find spot workers serving)"
+        ),
+    )
+    demo.add_argument(
+        "--storm-hours", type=float, default=1.0, help="how long the reclaim storm lasts (default 1 hour)"
     )
     demo.add_argument(
         "--kill-agent-at", type=float, help="chaos: kill the agent process at this hour, restart it"
     )
     demo.add_argument("--json", dest="json_path", help="write the summary as JSON here")
-    demo.add_argument("--plot", default="demo.png", help="PNG plot path (default demo.png)")
+    demo.add_argument("--plot", help="PNG plot path (default demo.png; demo-dynamo.png with --engine dynamo)")
     demo.add_argument("--no-live", action="store_true", help="no live view (for logs and CI)")
     demo.add_argument("--seed", type=int, default=7)
 
@@ -505,14 +521,16 @@ def _demo(args: argparse.Namespace) -> int:
     from agent.runtime.logs import configure_logging
 
     configure_logging(json=True, level="error")  # the live view is the output; errors only in the log
+    if args.engine == "dynamo":
+        return _demo_dynamo(args)
     catalog = resolve_catalog(args.catalog)
     try:
         opts = DemoOptions(
             trace=args.trace,
             spot=args.spot,
             catalog=catalog,
-            speed=args.speed,
-            duration_h=args.duration,
+            speed=480.0 if args.speed is None else args.speed,
+            duration_h=24.0 if args.duration is None else args.duration,
             peak_nodes=args.peak_nodes,
             notice_s=args.notice,
             short_notice_s=args.short_notice,
@@ -521,10 +539,10 @@ def _demo(args: argparse.Namespace) -> int:
             long_tokens=args.long_tokens,
             boot_s=args.boot,
             storm_at_h=args.storm_at,
-            storm_rate_per_hour=args.storm_rate,
+            storm_rate_per_hour=0.2 if args.storm_rate is None else args.storm_rate,
             kill_agent_at_h=args.kill_agent_at,
             json_path=args.json_path,
-            plot_path=args.plot,
+            plot_path="demo.png" if args.plot is None else args.plot,
             live=not args.no_live and sys.stdout.isatty(),  # a live view into a file is only noise
             seed=args.seed,
         )
@@ -552,6 +570,68 @@ def _demo(args: argparse.Namespace) -> int:
         return 2
     print_summary(summary)
     if args.json_path:
+        print(f"summary: {args.json_path}")
+    return 0
+
+
+def _demo_dynamo(args: argparse.Namespace) -> int:
+    """``cost-agent demo --engine dynamo``: the agent running a real Dynamo deployment."""
+    import asyncio
+    import signal
+
+    from agent.demo import DemoError
+    from agent.demo_dynamo import DynamoDemoOptions, print_dynamo_summary, run_dynamo_demo, write_json
+    from agent.demo_view import LiveView
+
+    if args.catalog != "seed":
+        raise UsageError("--catalog: the Dynamo demo runs the seed catalog (its scaling is fitted to it)")
+    try:
+        opts = DynamoDemoOptions(
+            trace=args.trace,
+            spot=args.spot,
+            speed=30.0 if args.speed is None else args.speed,
+            duration_h=3.0 if args.duration is None else args.duration,
+            peak_nodes=args.peak_nodes,
+            notice_s=args.notice,
+            short_notice_s=args.short_notice,
+            short_notice_share=args.short_notice_share,
+            boot_s=args.boot,
+            storm_at_h=args.storm_at,
+            storm_hours=args.storm_hours,
+            storm_rate_per_hour=0.6 if args.storm_rate is None else args.storm_rate,
+            long_share=args.long_share,
+            long_tokens=args.long_tokens,
+            kill_agent_at_h=args.kill_agent_at,
+            seed=args.seed,
+            json_path=args.json_path,
+            plot_path="demo-dynamo.png" if args.plot is None else args.plot,
+        )
+    except DemoError as exc:
+        raise UsageError(str(exc)) from None
+    live = not args.no_live and sys.stdout.isatty()
+
+    async def main() -> dict[str, object]:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        view = LiveView() if live else None
+        try:
+            if view is not None:
+                view.start()
+            return await run_dynamo_demo(opts, view.update if view is not None else None, stop)
+        finally:
+            if view is not None:
+                view.stop()
+
+    try:
+        summary = asyncio.run(main())
+    except DemoError as exc:
+        print(f"cost-agent: demo: {exc}", file=sys.stderr)
+        return 2
+    print_dynamo_summary(summary)
+    if args.json_path:
+        write_json(args.json_path, summary)
         print(f"summary: {args.json_path}")
     return 0
 

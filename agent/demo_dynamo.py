@@ -56,6 +56,9 @@ from agent.demo import (
     Scenario,
     build_scenario,
     catalog_toml,
+    lognormal_length,
+    output_length,
+    step_index,
 )
 from agent.providers.httpclient import HttpClient
 from agent.runtime.clock import RealClock, ScaledClock
@@ -102,6 +105,9 @@ class DynamoDemoOptions:
     storm_hours: float = 1.0
     long_share: float = 0.05
     long_tokens: int = 4000
+    kill_agent_at_h: float | None = None
+    """SIGKILL the agent process at this simulated hour and start it again: its workers serve on, it adopts
+    them and plans again."""
     seed: int = 7
     json_path: str | None = None
     plot_path: str | None = "demo-dynamo.png"
@@ -120,7 +126,16 @@ class DynamoDemoOptions:
             ("--short-notice", self.short_notice_s, 5 <= self.short_notice_s <= 3600, "between 5 and 3600 s"),
             ("--short-share", self.short_notice_share, 0 <= self.short_notice_share <= 1, "in [0, 1]"),
             ("--storm-rate", self.storm_rate_per_hour, 0 <= self.storm_rate_per_hour <= 1, "in [0, 1]"),
+            ("--storm-hours", self.storm_hours, 0 < self.storm_hours <= 48, "in (0, 48]"),
+            ("--long-share", self.long_share, 0 <= self.long_share < 1, "in [0, 1)"),
+            ("--long-tokens", self.long_tokens, 1 <= self.long_tokens <= 100_000, "between 1 and 100000"),
         ]
+        if self.kill_agent_at_h is not None and not 0 < self.kill_agent_at_h < self.duration_h:
+            raise DemoError(
+                f"--kill-agent-at {self.kill_agent_at_h!r}: must be inside the run (0, --duration)"
+            )
+        if self.storm_at_h is not None and not 0 <= self.storm_at_h < self.duration_h:
+            raise DemoError(f"--storm-at {self.storm_at_h!r}: must be inside the run [0, --duration)")
         for flag, value, ok, rule in checks:
             if not (isinstance(value, int | float) and math.isfinite(value) and ok):
                 raise DemoError(f"{flag} {value!r}: must be {rule}")
@@ -187,23 +202,9 @@ class StreamingTraffic:
         self._tasks: set[asyncio.Task[None]] = set()
 
     def demand_at(self, t: float) -> tuple[float, float, float]:
-        setup = self.scenario.setup
-        i = int((t - setup.start_epoch) // setup.sim.step_s)
-        d = setup.demand[min(max(i, 0), len(setup.demand) - 1)]
+        """(rps, prompt tokens, output tokens) of the trace at clock time ``t``, the rate scaled down."""
+        d = self.scenario.setup.demand[step_index(self.scenario.setup, t)]
         return d.rps / self.opts.scale_down, d.prompt_tokens, d.output_tokens
-
-    def _length(self, mean: float) -> int:
-        sigma = 0.8  # a coefficient of variation of about 1, as LLM prompt and output lengths are
-        return max(1, int(self.rng.lognormvariate(math.log(max(mean, 1.0)) - sigma * sigma / 2, sigma)))
-
-    def _output(self, mean: float) -> int:
-        o = self.opts
-        if o.long_share > 0 and self.rng.random() < o.long_share:
-            self.count.long += 1
-            return max(1, round(self.rng.uniform(0.5, 1.5) * o.long_tokens))
-        return self._length(
-            (mean - o.long_share * o.long_tokens) / (1 - o.long_share) if o.long_share < 1 else mean
-        )
 
     async def run(self, stop: asyncio.Event, until: float, tick_s: float = 5.0) -> None:
         clock = self.scenario.clock
@@ -212,9 +213,11 @@ class StreamingTraffic:
         while t < until and not await clock.wait_until(t + tick_s, stop):
             rps, prompt, output = self.demand_at(t)
             for _ in range(int(np_rng.poisson(rps * tick_s))):
-                k = self.opts.token_scale
-                words = max(1, round(self._length(prompt) / k) - _TEMPLATE_TOKENS)
-                tokens = max(1, round(self._output(output) / k))
+                k, o = self.opts.token_scale, self.opts
+                words = max(1, round(lognormal_length(self.rng, prompt) / k) - _TEMPLATE_TOKENS)
+                length, long = output_length(self.rng, output, o.long_share, o.long_tokens)
+                self.count.long += long
+                tokens = max(1, round(length / k))
                 task = asyncio.ensure_future(self._one(words, tokens))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
@@ -250,6 +253,8 @@ class Seen:
     """What the demo observed on the bus."""
 
     plans: int = 0
+    plans_after_restart: int = 0
+    agent_restarted: bool = False
     last_plan: AllocationPlan | None = None
     reports: list[MigrationReport] = field(default_factory=list)
     samples: list[dict[str, float]] = field(default_factory=list)
@@ -302,7 +307,8 @@ async def run_dynamo_demo(
         scale_down=opts.scale_down,
         notice_s=opts.notice_s,
         boot_s=opts.boot_s,
-        long_share=0.0,  # the long generations are this demo's own (StreamingTraffic)
+        long_share=opts.long_share,  # the rates are scaled so that the peak still needs peak_nodes
+        long_tokens=opts.long_tokens,
     )
     scenario = build_scenario(base)
     catalog = token_scaled(scenario.catalog, opts.token_scale)
@@ -369,7 +375,7 @@ async def run_dynamo_demo(
         traffic_task = asyncio.ensure_future(traffic.run(stop, scenario.end))
         stack.push_async_callback(_finish, traffic_task)
         started = time.monotonic()
-        await _watch(opts, scenario, market, traffic, seen, stop, render)
+        await _watch(opts, scenario, market, traffic, seen, stop, render, agent)
         await _finish(traffic_task)
         await traffic.drain(timeout_s=60.0)
         report = await _ask_cost(bus)
@@ -398,6 +404,7 @@ async def _observe(bus: Bus, seen: Seen) -> None:
 
     async def on_plan(msg: Msg) -> None:
         seen.plans += 1
+        seen.plans_after_restart += seen.agent_restarted
         seen.last_plan = plans.decode(msg.data)
 
     async def on_report(msg: Msg) -> None:
@@ -448,11 +455,23 @@ async def _watch(
     seen: Seen,
     stop: asyncio.Event,
     render: Callable[[dict[str, Any]], None] | None,
+    agent: AgentProcess,
 ) -> None:
-    """Until the end of the simulated period (or Ctrl-C): a sample a simulated minute, the live view."""
+    """Until the end of the simulated period (or Ctrl-C): a sample a simulated minute, the live view; the
+    agent killed and started again at ``kill_agent_at_h``."""
     clock = scenario.clock
     while not stop.is_set() and clock.now() < scenario.end:
         now = clock.now()
+        if (
+            opts.kill_agent_at_h is not None
+            and not seen.agent_restarted
+            and scenario.hour(now) >= opts.kill_agent_at_h
+        ):
+            await agent.kill()  # SIGKILL: no goodbye, as a node failure or an OOM kill
+            agent.events.clear()
+            await agent.start()
+            seen.agent_restarted = True
+            await _wait_started(agent, stop)
         fleet = _fleet(market)
         rps, _prompt, _output = traffic.demand_at(now)
         seen.samples.append(
@@ -607,6 +626,8 @@ def _summary(
         "migrations_reported": sum(r.counts.frontend_migrated for r in seen.reports),
         "plans": seen.plans,
         "plans_applied": agent.count("plan_applied"),
+        "agent_restarted": seen.agent_restarted,
+        "plans_after_restart": seen.plans_after_restart,
         "workers_max": market.max_running,
         "node_hours": round(node_hours, 3),
         "agent_cost": None if agent_cost is None else round(agent_cost, 2),
