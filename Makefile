@@ -19,7 +19,7 @@ export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 export UV_NO_PROGRESS := 1
 
-.PHONY: demo test lint typecheck unit bench lock test-latest clean
+.PHONY: demo demo-dynamo test lint typecheck unit bench lock test-latest clean
 
 $(UV):
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check --target .tools/uv-$(UV_VERSION) uv==$(UV_VERSION)
@@ -30,6 +30,10 @@ $(STAMP): pyproject.toml uv.lock | $(UV)
 
 demo: $(SETUP)
 	$(BIN)/cost-agent demo
+
+# The agent running a real NVIDIA Dynamo deployment (frontend, mocker workers) on this machine.
+demo-dynamo: $(SETUP)
+	$(BIN)/cost-agent demo --engine dynamo
 
 lint: $(SETUP)
 	$(BIN)/ruff check agent schemas tests bench
@@ -48,6 +52,7 @@ bench: $(SETUP)
 	$(BIN)/python bench/forecast.py
 	$(BIN)/python bench/backtest_speed.py
 	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/dynamo_ingest.py
 
 # Refresh uv.lock to the newest versions pyproject.toml's ranges allow (commit it after `make test`).
 lock: | $(UV)
