@@ -13,13 +13,15 @@ stands for 64. Requests are counted as emulated; cost per 1M tokens is computed 
 
 What a spot notice costs. The demo exists to show a reclaimed node's requests moving before its deadline,
 so its defaults make notices that matter. Half of them are 30 s long (GCP's and Azure's warning; AWS's is
-120 s). The market and the storm reclaim the busiest spot nodes first (:mod:`agent.sim.cloud`). And 5% of
+120 s). The market and the storm reclaim the busiest spot nodes first (:mod:`agent.sim.cloud`). And 1% of
 the requests are long generations (4,000 output tokens ± 50%: about two minutes of decoding at the
 catalog's per-sequence speed, where a 30 s notice leaves 25 s); the trace's own output lengths give
 none (ServeGen m-large's p99 is under 700 tokens, which a node finishes in place within 25 s). The demand is
 scaled again so that its peak, long generations included, needs ``--peak-nodes`` nodes: the fleet and
-its cost stay the trace's, the requests are fewer and longer. The summary counts what the agent's
-migration reports say became of every request on a reclaimed node.
+its cost stay the trace's, the requests are fewer and longer. Not more of them: on nodes of 2 to 4 slots
+(1/64 of the catalog's batch) long generations queue the short ones behind them, and at 5% a day's run
+built a backlog, over-provisioned (its bill 1.7× the run without them) and lost requests. The summary
+counts what the agent's migration reports say became of every request on a reclaimed node.
 
 Correctness it checks and reports: requests lost by the router's own record (not the agent's), the
 agent's cost report against the simulated cloud's bill, every plan applied, and instances never above the
@@ -97,7 +99,7 @@ class DemoOptions:
     short_notice_s: float = 30.0
     short_notice_share: float = 0.5
     """Share of the spot notices that are ``short_notice_s`` long (the others ``notice_s``)."""
-    long_share: float = 0.05
+    long_share: float = 0.01
     """Share of the requests that are long generations of about ``long_tokens`` output tokens."""
     long_tokens: int = 4000
     boot_s: float = 120.0
