@@ -461,7 +461,7 @@ def _demo_arguments(demo: argparse.ArgumentParser) -> None:
     demo.add_argument(
         "--speed",
         type=float,
-        help="simulated seconds per second (default 480 emulated: a day in 3 min; 30 dynamo)",
+        help="simulated seconds per second (default 480 emulated: a day in 3 min; 60 dynamo)",
     )
     demo.add_argument("--duration", type=float, help="simulated hours (default 24 emulated, 3 dynamo)")
     demo.add_argument(
@@ -480,8 +480,7 @@ def _demo_arguments(demo: argparse.ArgumentParser) -> None:
     demo.add_argument(
         "--long-share",
         type=float,
-        default=0.05,
-        help="share of the requests that are long generations (default 0.05)",
+        help="share of the requests that are long generations (default 0.01; 0.1 with --engine dynamo)",
     )
     demo.add_argument(
         "--long-tokens",
@@ -496,11 +495,11 @@ def _demo_arguments(demo: argparse.ArgumentParser) -> None:
         type=float,
         help=(
             "share of the spot nodes the storm reclaims in an hour, the busiest first (default 0.2 emulated, "
-            "0.6 dynamo: a few hours' storm must find spot workers serving)"
+            "0.8 dynamo: a few hours' storm must find spot workers serving)"
         ),
     )
     demo.add_argument(
-        "--storm-hours", type=float, default=1.0, help="how long the reclaim storm lasts (default 1 hour)"
+        "--storm-hours", type=float, help="with --engine dynamo: how long the reclaim storm lasts (default 2)"
     )
     demo.add_argument(
         "--kill-agent-at", type=float, help="chaos: kill the agent process at this hour, restart it"
@@ -523,6 +522,8 @@ def _demo(args: argparse.Namespace) -> int:
     configure_logging(json=True, level="error")  # the live view is the output; errors only in the log
     if args.engine == "dynamo":
         return _demo_dynamo(args)
+    if args.storm_hours is not None:
+        raise UsageError("--storm-hours: only with --engine dynamo (the emulated demo's storm lasts an hour)")
     catalog = resolve_catalog(args.catalog)
     try:
         opts = DemoOptions(
@@ -535,7 +536,7 @@ def _demo(args: argparse.Namespace) -> int:
             notice_s=args.notice,
             short_notice_s=args.short_notice,
             short_notice_share=args.short_notice_share,
-            long_share=args.long_share,
+            long_share=0.01 if args.long_share is None else args.long_share,
             long_tokens=args.long_tokens,
             boot_s=args.boot,
             storm_at_h=args.storm_at,
@@ -589,7 +590,7 @@ def _demo_dynamo(args: argparse.Namespace) -> int:
         opts = DynamoDemoOptions(
             trace=args.trace,
             spot=args.spot,
-            speed=30.0 if args.speed is None else args.speed,
+            speed=60.0 if args.speed is None else args.speed,
             duration_h=3.0 if args.duration is None else args.duration,
             peak_nodes=args.peak_nodes,
             notice_s=args.notice,
@@ -597,9 +598,9 @@ def _demo_dynamo(args: argparse.Namespace) -> int:
             short_notice_share=args.short_notice_share,
             boot_s=args.boot,
             storm_at_h=args.storm_at,
-            storm_hours=args.storm_hours,
-            storm_rate_per_hour=0.6 if args.storm_rate is None else args.storm_rate,
-            long_share=args.long_share,
+            storm_hours=2.0 if args.storm_hours is None else args.storm_hours,
+            storm_rate_per_hour=0.8 if args.storm_rate is None else args.storm_rate,
+            long_share=0.1 if args.long_share is None else args.long_share,
             long_tokens=args.long_tokens,
             kill_agent_at_h=args.kill_agent_at,
             seed=args.seed,

@@ -41,9 +41,11 @@ import aiohttp
 import msgspec
 import nats
 import numpy as np
+from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from agent.actuators.local import LocalActuator
+from agent.actuators.processes import listening_ports
 from agent.actuators.settings import LocalSettings
 from agent.bus import Bus
 from agent.core.catalog import Catalog
@@ -60,11 +62,19 @@ from agent.demo import (
     output_length,
     step_index,
 )
+from agent.providers.dynamo.event_plane import (
+    DynamoSubjects,
+    EventPlaneError,
+    ForwardPassMetrics,
+    decode_event,
+)
 from agent.providers.httpclient import HttpClient
 from agent.runtime.clock import RealClock, ScaledClock
 from agent.runtime.metrics import AgentMetrics
 from agent.runtime.nats_server import NatsServer
 from agent.sim.dynamo_local import (
+    COMPONENT,
+    ENDPOINT,
     VOCABULARY_WORDS,
     LocalDynamo,
     chat_request,
@@ -87,7 +97,7 @@ _TEMPLATE_TOKENS: Final = 4  # the chat template's tokens around a user message
 class DynamoDemoOptions:
     trace: str = DEFAULT_TRACE
     spot: str = DEFAULT_SPOT
-    speed: float = 30.0
+    speed: float = 60.0
     """Simulated seconds per real second."""
     duration_h: float = 3.0
     peak_nodes: int = 4
@@ -101,9 +111,9 @@ class DynamoDemoOptions:
     boot_s: float = 120.0
     storm_at_h: float | None = None
     """Start of a one-hour reclaim storm; default: a third into the run."""
-    storm_rate_per_hour: float = 0.6
-    storm_hours: float = 1.0
-    long_share: float = 0.05
+    storm_rate_per_hour: float = 0.8
+    storm_hours: float = 2.0
+    long_share: float = 0.1
     long_tokens: int = 4000
     kill_agent_at_h: float | None = None
     """SIGKILL the agent process at this simulated hour and start it again: its workers serve on, it adopts
@@ -248,6 +258,43 @@ class StreamingTraffic:
             await asyncio.wait(self._tasks, timeout=timeout_s)
 
 
+class WorkerLoads:
+    """How busy each node's Dynamo worker is, for the market's storm (it hits the busiest machines): the KV
+    context of the requests it is running and queuing, from its latest ForwardPassMetrics on Dynamo's event
+    plane. A node is matched to its worker through the local actuator's record (its pid), the ports that
+    process listens on, and Dynamo's file discovery (instance id → port)."""
+
+    def __init__(self, dynamo: LocalDynamo, state_dir: Path) -> None:
+        self.dynamo, self.state_dir = dynamo, state_dir
+        self.kv_tokens: dict[int, int] = {}
+
+    async def subscribe(self, nc: NATS) -> None:
+        subject = DynamoSubjects(self.dynamo.namespace, COMPONENT, ENDPOINT).forward_pass_metrics
+
+        async def on_message(msg: Msg) -> None:
+            with contextlib.suppress(EventPlaneError):
+                event = decode_event(msg.data)
+                if isinstance(event.payload, ForwardPassMetrics) and event.worker is not None:
+                    s, q = event.payload.scheduled_requests, event.payload.queued_requests
+                    self.kv_tokens[event.worker[0]] = s.sum_decode_kv_tokens + q.sum_decode_kv_tokens
+
+        await nc.subscribe(subject, cb=on_message)
+
+    def load(self, instance_id: str) -> float:
+        try:
+            record = json.loads((self.state_dir / "nodes.json").read_text())
+        except (OSError, ValueError):
+            return 0.0
+        pid = next((n["pid"] for n in record.get("nodes", []) if n.get("instance_id") == instance_id), None)
+        if pid is None:
+            return 0.0
+        ports = {port for _, port in listening_ports(pid)}
+        for worker, port in self.dynamo.registered_instances().items():
+            if port in ports:
+                return float(self.kv_tokens.get(worker, 0))
+        return 0.0
+
+
 @dataclass(slots=True)
 class Seen:
     """What the demo observed on the bus."""
@@ -339,6 +386,8 @@ async def run_dynamo_demo(
         stack.push_async_callback(nc.close)
         bus = Bus(nc, Subjects(ns), source="sim-cloud", clock=scenario.clock, metrics=AgentMetrics())
         await _observe(bus, seen)
+        loads = WorkerLoads(dynamo, state_dir)
+        await loads.subscribe(nc)
         market = SimMarket(
             bus,
             scenario.clock,
@@ -353,6 +402,7 @@ async def run_dynamo_demo(
                 seed=opts.seed,
             ),
             spot_available=scenario.spot_available,
+            load=loads.load,
         )
         market_task = asyncio.ensure_future(market.run(stop))
         stack.push_async_callback(_finish, market_task)

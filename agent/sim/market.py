@@ -16,10 +16,14 @@ Publishes:
 
 Rules:
 - A spot node holds its pool's market capacity from ``launched`` until ``terminated`` unless reclaimed.
-  Where the holders exceed what ``spot_available`` allows, the excess is reclaimed, newest first.
-- The storm: in its window each spot node not yet reclaimed that has been ready for ``storm_min_uptime_s``
-  (a storm hits machines running work, not ones still booting) is reclaimed with probability
-  ``1 - (1 - rate) ** (dt / 3600)`` per check, drawn in launch order from ``Random(seed)``.
+  Where the holders exceed what ``spot_available`` allows, the excess is reclaimed, the busiest first
+  (among equally busy nodes, the newest first).
+- The storm: in its window, each check draws for every spot node not yet reclaimed that has been ready
+  for ``storm_min_uptime_s``, in launch order from ``Random(seed)``, a hit with probability
+  ``1 - (1 - rate) ** (dt / 3600)``; as many of them as there were hits are reclaimed, the busiest first
+  (then those whose own draw hit, then launch order), as a storm hits the machines running work.
+- Busiest: the highest ``load(instance_id)`` (the demo's: the KV context its Dynamo worker holds, from
+  its latest forward pass); without ``load`` every node is as busy as any other.
 - Each notice is ``short_notice_s`` long with probability ``short_share`` (from the same generator),
   else ``notice_s``: providers give 30 s to 2 min, and a storm does not wait.
 - No node is reclaimed twice. :meth:`bill` prices each node from ``launched`` to ``terminated`` (or now)
@@ -108,11 +112,13 @@ class SimMarket(Actor):
         catalog: Catalog,
         config: MarketConfig,
         spot_available: SpotAvailability,
+        load: Callable[[str], float] | None = None,
     ) -> None:
         super().__init__(bus, clock, interval_s=config.check_s)
         self.catalog = catalog
         self.config = config
         self.spot_available = spot_available
+        self.load = load
         self.nodes: dict[str, MarketNode] = {}
         self.preemptions: list[Preemption] = []
         self.max_running = 0
@@ -217,6 +223,12 @@ class SimMarket(Actor):
             key=lambda n: n.seq,
         )
 
+    def _busiest_first(
+        self, nodes: Sequence[MarketNode], tie: Callable[[MarketNode], tuple[int, ...]]
+    ) -> list[MarketNode]:
+        loads = {n.instance_id: self.load(n.instance_id) if self.load is not None else 0.0 for n in nodes}
+        return sorted(nodes, key=lambda n: (-loads[n.instance_id], *tie(n)))
+
     async def _market(self, now: float) -> None:
         for name, pool in self.catalog.pools():
             available = self._quoted.get((name, pool))
@@ -224,8 +236,9 @@ class SimMarket(Actor):
                 continue
             holders = self._holders(name, pool)
             excess = len(holders) - available
-            for node in reversed(holders[-excess:] if excess > 0 else []):  # newest first
-                await self._reclaim(node, now, "market")
+            if excess > 0:
+                for node in self._busiest_first(holders, lambda n: (-n.seq,))[:excess]:
+                    await self._reclaim(node, now, "market")
 
     async def _storm(self, now: float) -> None:
         cfg, last = self.config, self._storm_checked
@@ -237,14 +250,19 @@ class SimMarket(Actor):
         if dt <= 0:
             return
         p = 1.0 - (1.0 - cfg.storm_rate_per_hour) ** (dt / _SECONDS_PER_HOUR)
-        for node in sorted(self.running(), key=lambda n: n.seq):
-            busy = (
-                node.state == "ready"
-                and node.ready_at is not None
-                and now - node.ready_at >= cfg.storm_min_uptime_s
-            )
-            if node.tier == "spot" and not node.reclaimed and busy and self._rng.random() < p:
-                await self._reclaim(node, now, "storm")
+        candidates = [
+            n
+            for n in sorted(self.running(), key=lambda n: n.seq)
+            if n.tier == "spot"
+            and not n.reclaimed
+            and n.state == "ready"
+            and n.ready_at is not None
+            and now - n.ready_at >= cfg.storm_min_uptime_s
+        ]
+        hits = {n.instance_id for n in candidates if self._rng.random() < p}
+        ranked = self._busiest_first(candidates, lambda n: (n.instance_id not in hits, n.seq))
+        for node in ranked[: len(hits)]:
+            await self._reclaim(node, now, "storm")
 
     async def _reclaim(self, node: MarketNode, now: float, why: str) -> None:
         short = self._rng.random() < self.config.short_share

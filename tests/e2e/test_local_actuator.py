@@ -154,10 +154,11 @@ def local_settings(dynamo: LocalDynamo, state_dir: Path) -> LocalSettings:
 
 @asynccontextmanager
 async def rig(
-    nats_url: str, dynamo: LocalDynamo, state_dir: Path, ns: str | None = None
+    nats_url: str, dynamo: LocalDynamo, state_dir: Path, ns: str | None = None, *, keep_workers: bool = False
 ) -> AsyncIterator[Rig]:
     """The actuator as an agent runs it: its own connection (an agent's stopped actors keep their
-    subscriptions until the connection closes), closed at the end."""
+    subscriptions until the connection closes), closed at the end; its workers stopped then too, unless
+    ``keep_workers`` (an agent that stops leaves its fleet running: the restart test's first agent)."""
     nc = await nats.connect(nats_url)
     clock = ScaledClock(SPEED)
     bus = Bus(
@@ -215,6 +216,8 @@ async def rig(
         async with asyncio.timeout(WAIT_S):
             await asyncio.gather(*tasks)
         await nc.drain()
+        if not keep_workers:
+            await driver.stop_all()  # the test's end, passed or failed: no worker outlives it
 
 
 async def eventually(condition: Callable[[], bool], what: str, timeout_s: float = WAIT_S) -> None:
@@ -344,7 +347,7 @@ async def test_an_agent_restarted_mid_load_adopts_its_workers_and_nothing_fails(
 ) -> None:
     state = tmp_path / "state"
     ns = f"t{uuid.uuid4().hex[:10]}"
-    async with rig(nats_url, dynamo, state, ns) as first:
+    async with rig(nats_url, dynamo, state, ns, keep_workers=True) as first:
         await first.plan(2)
         await eventually(lambda: len(first.ready()) == 2, "both workers ready")
         pids = {n.instance_id: n.pid for n in first.driver.nodes.values()}
