@@ -105,8 +105,8 @@ class MigrationCounts(msgspec.Struct, frozen=True, kw_only=True):
 class MigrationReport(Message, frozen=True, tag="migration.report.v1"):
     """What became of every request that was in flight on a drained instance.
 
-    ``requests`` = finished_in_place + kv_moved + reprefilled + requeued + frontend_migrated + lost; ``lost`` is what the
-    coordinator could not account for (it should be 0: requests it cannot place are requeued).
+    ``requests`` = finished_in_place + kv_moved + reprefilled + requeued + frontend_migrated + lost; ``lost``
+    is what the coordinator could not account for (it should be 0: requests it cannot place are requeued).
     ``completed_at`` is when the last action ended; ``deadline`` the notice's deadline.
     """
 
