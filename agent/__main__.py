@@ -8,10 +8,12 @@ runs it, so parsing loads nothing heavy and ``cost-agent sidecar`` on a spot nod
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import math
+import signal
 import sys
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
@@ -511,12 +513,8 @@ def _demo_arguments(demo: argparse.ArgumentParser) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    import asyncio
-    import signal
-
     from agent.config import resolve_catalog
     from agent.demo import DemoError, DemoOptions, print_summary, run_demo
-    from agent.demo_view import LiveView
     from agent.runtime.logs import configure_logging
 
     configure_logging(json=True, level="error")  # the live view is the output; errors only in the log
@@ -550,22 +548,8 @@ def _demo(args: argparse.Namespace) -> int:
     except DemoError as exc:
         raise UsageError(str(exc)) from None
 
-    async def main() -> dict[str, object]:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        view = LiveView() if opts.live else None
-        try:
-            if view is not None:
-                view.start()
-            return await run_demo(opts, view.update if view is not None else None, stop)
-        finally:
-            if view is not None:
-                view.stop()
-
     try:
-        summary = asyncio.run(main())
+        summary = _run_demo_live(lambda render, stop: run_demo(opts, render, stop), opts.live)
     except DemoError as exc:
         print(f"cost-agent: demo: {exc}", file=sys.stderr)
         return 2
@@ -577,12 +561,8 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _demo_dynamo(args: argparse.Namespace) -> int:
     """``cost-agent demo --engine dynamo``: the agent running a real Dynamo deployment."""
-    import asyncio
-    import signal
-
     from agent.demo import DemoError
     from agent.demo_dynamo import DynamoDemoOptions, print_dynamo_summary, run_dynamo_demo, write_json
-    from agent.demo_view import LiveView
 
     if args.catalog != "seed":
         raise UsageError("--catalog: the Dynamo demo runs the seed catalog (its scaling is fitted to it)")
@@ -611,22 +591,8 @@ def _demo_dynamo(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     live = not args.no_live and sys.stdout.isatty()
 
-    async def main() -> dict[str, object]:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        view = LiveView() if live else None
-        try:
-            if view is not None:
-                view.start()
-            return await run_dynamo_demo(opts, view.update if view is not None else None, stop)
-        finally:
-            if view is not None:
-                view.stop()
-
     try:
-        summary = asyncio.run(main())
+        summary = _run_demo_live(lambda render, stop: run_dynamo_demo(opts, render, stop), live)
     except DemoError as exc:
         print(f"cost-agent: demo: {exc}", file=sys.stderr)
         return 2
@@ -635,6 +601,30 @@ def _demo_dynamo(args: argparse.Namespace) -> int:
         write_json(args.json_path, summary)
         print(f"summary: {args.json_path}")
     return 0
+
+
+def _run_demo_live(
+    run: Callable[[Callable[[dict[str, Any]], None] | None, asyncio.Event], Awaitable[dict[str, Any]]],
+    live: bool,
+) -> dict[str, Any]:
+    """Run a demo to its summary, with the live view if ``live``; SIGINT/SIGTERM end it early, cleanly."""
+    from agent.demo_view import LiveView
+
+    async def main() -> dict[str, Any]:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        view = LiveView() if live else None
+        try:
+            if view is not None:
+                view.start()
+            return await run(view.update if view is not None else None, stop)
+        finally:
+            if view is not None:
+                view.stop()
+
+    return asyncio.run(main())
 
 
 # --- schemas ------------------------------------------------------------------------------------------

@@ -97,6 +97,7 @@ from agent.core.reconcile import (
 )
 from agent.runtime.actor import Actor, Listen
 from agent.runtime.clock import Clock
+from agent.sim.cloud_signals import SpotAvailability, SpotQuotes, publish_notice, storm_hit_probability
 from agent.sim.spot_traces import SpotTrace
 from agent.sim.worker import Fabric, WorkerEmulator
 from schemas import (
@@ -104,15 +105,10 @@ from schemas import (
     ErrorReply,
     InstanceEvent,
     InstanceState,
-    PreemptionNotice,
     RouterAck,
-    SpotPrice,
     StopRouting,
     envelope,
 )
-
-SpotAvailability = Callable[[str, str, float], int | None]
-"""(instance type, pool, clock time) → spot nodes the market allows in that pool now (None: no limit)."""
 
 _SECONDS_PER_HOUR: Final = 3600.0
 # How long a stop_routing command waits for the router's answer (real seconds).
@@ -312,7 +308,7 @@ class SimCloud(Actor):
         self._lock = asyncio.Lock()
         self._storm_checked = 0.0
         self._next_price_at = 0.0
-        self._quoted: dict[tuple[str, str], int | None] = {}
+        self._quotes = SpotQuotes(bus, catalog, spot_available)
         self._worker_stops: dict[str, asyncio.Event] = {}
         self._worker_tasks: dict[str, asyncio.Task[None]] = {}
         self._closed = False
@@ -369,7 +365,7 @@ class SimCloud(Actor):
                     inst = self._new(name, pool, "reserved", now, cause="")
                     await self._publish(inst, now)  # launched, and at once ready
                     await self._boot(inst, now)
-            await self._quote(now, every_pool=True)
+            await self._quotes.publish(now, every_pool=True)
             self._next_price_at = now + self.config.price_interval_s
 
     async def on_plan(self, plan: AllocationPlan, _raw: Msg) -> None:
@@ -566,15 +562,7 @@ class SimCloud(Actor):
         self.short_notices += short
         deadline = now + (self.config.short_notice_s if short else self.config.notice_s)
         inst.notice_deadline = deadline
-        notice = PreemptionNotice(
-            **envelope(f"sidecar:{inst.instance_id}", sent_at=now),
-            instance_id=inst.instance_id,
-            kind="terminate",
-            deadline=deadline,
-            provider="sim",
-            received_at=now,
-        )
-        await self.bus.publish(self.bus.subjects.spot_notice(inst.instance_id), notice)
+        notice = await publish_notice(self.bus, inst.instance_id, now, deadline)
         inst.drain_cause = notice.msg_id
         worker = self.workers.get(inst.instance_id)
         if worker is not None:
@@ -679,28 +667,10 @@ class SimCloud(Actor):
                     if _idle(worker):
                         await self._terminate(inst, now, inst.drain_cause)
 
-    async def _quote(self, now: float, every_pool: bool) -> None:
-        """SpotPrice for every spot (type, pool) whose availability changed since its last quote, or for
-        every one."""
-        for name, pool in self.catalog.pools():
-            available = self.spot_available(name, pool, now)
-            key = (name, pool)
-            if not every_pool and key in self._quoted and self._quoted[key] == available:
-                continue
-            self._quoted[key] = available
-            quote = SpotPrice(
-                **envelope(self.bus.source, sent_at=now),
-                instance_type=name,
-                pool=pool,
-                price_hourly=self.catalog.types[name].spot_hourly,
-                available=available,
-            )
-            await self.bus.publish(self.bus.subjects.spot_price(pool), quote)
-
     async def _market(self, now: float) -> None:
         heartbeat = now >= self._next_price_at
         # Quotes first: the agent re-plans on the notices below knowing what the market now allows.
-        await self._quote(now, every_pool=heartbeat)
+        await self._quotes.publish(now, every_pool=heartbeat)
         if heartbeat:
             for inst in sorted(self.instances.values(), key=lambda i: i.seq):
                 if inst.state != "terminated":
@@ -708,7 +678,7 @@ class SimCloud(Actor):
             while self._next_price_at <= now:  # drift-free; missed heartbeats are not bunched
                 self._next_price_at += self.config.price_interval_s
         for name, pool in self.catalog.pools():
-            available = self._quoted.get((name, pool))
+            available = self._quotes.quoted.get((name, pool))
             if available is None:
                 continue
             holders = [
@@ -731,7 +701,7 @@ class SimCloud(Actor):
         dt = min(now, end) - max(last, begin)
         if dt <= 0:
             return
-        p = 1.0 - (1.0 - self.config.storm_rate_per_hour) ** (dt / _SECONDS_PER_HOUR)
+        p = storm_hit_probability(self.config.storm_rate_per_hour, dt)
         candidates = sorted(
             (
                 i

@@ -45,9 +45,9 @@ from agent.bus import Bus
 from agent.core.catalog import TIERS, Catalog, Tier
 from agent.runtime.actor import Actor, Listen
 from agent.runtime.clock import Clock
-from schemas import InstanceEvent, InstanceState, PreemptionNotice, SpotPrice, envelope
+from agent.sim.cloud_signals import SpotAvailability, SpotQuotes, publish_notice, storm_hit_probability
+from schemas import InstanceEvent, InstanceState, envelope
 
-SpotAvailability = Callable[[str, str, float], int | None]
 _SECONDS_PER_HOUR: Final = 3600.0
 _log = structlog.get_logger("agent.sim.market")
 
@@ -126,7 +126,7 @@ class SimMarket(Actor):
         self.started_at: float | None = None
         self._rng = random.Random(config.seed)
         self._seq = 0
-        self._quoted: dict[tuple[str, str], int | None] = {}
+        self._quotes = SpotQuotes(bus, catalog, spot_available)
         self._next_price_at = 0.0
         self._storm_checked = 0.0
 
@@ -170,7 +170,7 @@ class SimMarket(Actor):
             return
         now = self.clock.now()
         self.started_at = self._storm_checked = now
-        await self._quote(now, every_pool=True)
+        await self._quotes.publish(now, every_pool=True)
         self._next_price_at = now + self.config.price_interval_s
 
     async def on_instance(self, event: InstanceEvent, _raw: Msg) -> None:
@@ -192,7 +192,9 @@ class SimMarket(Actor):
     async def on_timer(self) -> None:
         now = self.clock.now()
         heartbeat = now >= self._next_price_at
-        await self._quote(now, every_pool=heartbeat)  # first: the agent re-plans knowing what is left
+        await self._quotes.publish(
+            now, every_pool=heartbeat
+        )  # first: the agent re-plans knowing what is left
         if heartbeat:
             for node in self.running():
                 if node.tier == "reserved":
@@ -231,7 +233,7 @@ class SimMarket(Actor):
 
     async def _market(self, now: float) -> None:
         for name, pool in self.catalog.pools():
-            available = self._quoted.get((name, pool))
+            available = self._quotes.quoted.get((name, pool))
             if available is None:
                 continue
             holders = self._holders(name, pool)
@@ -249,7 +251,7 @@ class SimMarket(Actor):
         dt = min(now, begin + cfg.storm_duration_s) - max(last, begin)
         if dt <= 0:
             return
-        p = 1.0 - (1.0 - cfg.storm_rate_per_hour) ** (dt / _SECONDS_PER_HOUR)
+        p = storm_hit_probability(cfg.storm_rate_per_hour, dt)
         candidates = [
             n
             for n in sorted(self.running(), key=lambda n: n.seq)
@@ -268,32 +270,9 @@ class SimMarket(Actor):
         short = self._rng.random() < self.config.short_share
         deadline = now + (self.config.short_notice_s if short else self.config.notice_s)
         node.reclaimed = True
-        notice = PreemptionNotice(
-            **envelope(f"sidecar:{node.instance_id}", sent_at=now),
-            instance_id=node.instance_id,
-            kind="terminate",
-            deadline=deadline,
-            provider="sim",
-            received_at=now,
-        )
-        await self.bus.publish(self.bus.subjects.spot_notice(node.instance_id), notice)
+        await publish_notice(self.bus, node.instance_id, now, deadline)
         self.preemptions.append(Preemption(node.instance_id, now, deadline, why))
         _log.info("spot_reclaimed", instance_id=node.instance_id, why=why, notice_s=deadline - now)
-
-    async def _quote(self, now: float, every_pool: bool) -> None:
-        for name, pool in self.catalog.pools():
-            available = self.spot_available(name, pool, now)
-            if not every_pool and (name, pool) in self._quoted and self._quoted[(name, pool)] == available:
-                continue
-            self._quoted[(name, pool)] = available
-            quote = SpotPrice(
-                **envelope(self.bus.source, sent_at=now),
-                instance_type=name,
-                pool=pool,
-                price_hourly=self.catalog.types[name].spot_hourly,
-                available=available,
-            )
-            await self.bus.publish(self.bus.subjects.spot_price(pool), quote)
 
     async def _publish(self, node: MarketNode, state: InstanceState, at: float) -> None:
         event = InstanceEvent(

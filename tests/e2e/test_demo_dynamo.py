@@ -12,22 +12,7 @@ from pathlib import Path
 import pytest
 from cli import run_cost_agent
 
-from agent.sim.traces import TraceError, find_data_dir
-
-
-@pytest.fixture(scope="module", autouse=True)
-def shared_data() -> None:
-    """The demo replays the shared traces; without them (a clone outside the workspace) it cannot run."""
-    try:
-        directory = find_data_dir()
-    except TraceError as exc:
-        pytest.skip(f"shared data directory not found: {exc}")
-    for path in (
-        directory / "traces" / "servegen",
-        directory / "spot" / "skypilot" / "availability" / "16-node" / "aws-08-27-2023",
-    ):
-        if not path.exists():
-            pytest.skip(f"{path} not present")
+pytestmark = pytest.mark.usefixtures("demo_traces")
 
 
 def test_a_short_dynamo_demo_migrates_streams_off_reclaimed_nodes_and_no_request_fails(
