@@ -877,6 +877,7 @@ def _summary(
     cloud, catalog = system.cloud, scenario.catalog
     r = system.router.summary()
     counts = migration_totals(observed.reports)
+    on_notice = [rep for rep in observed.reports if rep.reason == "notice"]
     agent_cost = cost.total_cost if cost is not None else None
     full_tokens = system.traffic.tokens * opts.scale_down
     ondemand_equivalent = cost.ondemand_equivalent_cost if cost is not None else None
@@ -916,6 +917,11 @@ def _summary(
         "requests_finished_in_place": counts["finished_in_place"],
         "requests_moved": moved_requests(counts),
         "migration_counts": counts,
+        # Drains on a spot notice (the migration path), apart from those of workers gone silent (reason
+        # "lost": the router requeues their requests from the prompt; a loaded machine makes some).
+        "requests_moved_on_notice": moved_requests(migration_totals(on_notice)),
+        "migration_counts_on_notice": migration_totals(on_notice),
+        "migration_reports_on_notice": len(on_notice),
         "preemptions": len(cloud.preemptions),
         "short_notices": cloud.short_notices,
         "migration_reports": len(observed.reports),
@@ -998,12 +1004,14 @@ def print_summary(summary: dict[str, Any], out: Any = None) -> None:
         f"{summary['requests_requeued']:,} requeued, {summary['requests_lost']:,} lost (router's count); "
         f"{summary['requests_unfinished']:,} unfinished at the end"
     )
-    counts = summary["migration_counts"]
+    counts, notice = summary["migration_counts"], summary["migration_counts_on_notice"]
     p(
-        f"on reclaimed nodes ({summary['migration_reports']} migration reports): "
-        f"{counts['finished_in_place']:,} finished in place, {summary['requests_moved']:,} moved "
-        f"({counts['kv_moved']:,} KV-moved, {counts['reprefilled']:,} re-prefilled, "
-        f"{counts['requeued']:,} requeued), {summary['migration_lost']:,} lost"
+        f"on reclaimed nodes ({summary['migration_reports_on_notice']} drains on a notice): "
+        f"{notice['finished_in_place']:,} finished in place, {summary['requests_moved_on_notice']:,} moved "
+        f"({notice['kv_moved']:,} KV-moved, {notice['reprefilled']:,} re-prefilled, "
+        f"{notice['requeued']:,} requeued); all {summary['migration_reports']} migration reports: "
+        f"{summary['requests_moved']:,} moved ({counts['requeued']:,} requeued), "
+        f"{summary['migration_lost']:,} lost"
     )
     p(
         f"preemptions: {summary['preemptions']} ({summary['short_notices']} with a short notice); "

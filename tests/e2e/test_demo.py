@@ -95,7 +95,6 @@ def test_the_system_keeps_serving_while_the_agent_is_down_and_the_restarted_agen
     assert summary["requests_served"] > 100
 
 
-@pytest.mark.usefixtures("shared_data")
 @pytest.mark.parametrize(
     "flag",
     ["--speed=0", "--duration=-1", "--short-notice-share=1.5", "--long-tokens=0", "--storm-rate=nan"],
