@@ -48,6 +48,7 @@ from agent.actuators.local import LocalActuator
 from agent.actuators.processes import listening_ports
 from agent.actuators.settings import LocalSettings
 from agent.bus import Bus
+from agent.core.capacity import rps_per_instance
 from agent.core.catalog import Catalog
 from agent.demo import (
     DEFAULT_SPOT,
@@ -305,6 +306,8 @@ class Seen:
     last_plan: AllocationPlan | None = None
     reports: list[MigrationReport] = field(default_factory=list)
     samples: list[dict[str, float]] = field(default_factory=list)
+    plan_log: list[dict[str, Any]] = field(default_factory=list)
+    """Each plan: when (simulated hours), why, its node counts by tier, the demand it planned for."""
 
 
 def agent_settings_toml(opts: DynamoDemoOptions, dynamo: LocalDynamo, state_dir: Path) -> str:
@@ -453,9 +456,23 @@ async def _observe(bus: Bus, seen: Seen) -> None:
     reports = msgspec.json.Decoder(MigrationReport)
 
     async def on_plan(msg: Msg) -> None:
+        plan = plans.decode(msg.data)
         seen.plans += 1
         seen.plans_after_restart += seen.agent_restarted
-        seen.last_plan = plans.decode(msg.data)
+        seen.last_plan = plan
+        tiers = dict.fromkeys(("reserved", "spot", "ondemand"), 0)
+        for target in plan.targets:
+            tiers[target.tier] += target.count
+        seen.plan_log.append(
+            {
+                "sent_at": plan.sent_at,
+                "reason": plan.reason,
+                **tiers,
+                "demand_now_rps": plan.demand_now_rps,
+                "demand_next_rps": plan.demand_next_rps,
+                "detail": plan.detail,
+            }
+        )
 
     async def on_report(msg: Msg) -> None:
         seen.reports.append(reports.decode(msg.data))
@@ -651,6 +668,19 @@ def _summary(
         for n in market.nodes.values()
     )
     agent_cost = report.total_cost if report is not None else None
+    # What the demand needed: each simulated minute's trace demand in main-type nodes at the SLO's
+    # utilisation (the same capacity model the agent plans with), summed.
+    setup = scenario.setup
+    step_h = setup.sim.step_s / 3600
+    first = step_index(setup, scenario.t0)
+    needed = (
+        sum(
+            d.rps / rps_per_instance(setup.catalog.main_type, d.prompt_tokens, d.output_tokens, setup.sim.slo)
+            for d in setup.demand[first : first + max(1, round(hours / step_h))]
+            if d.rps > 0
+        )
+        * step_h
+    )
     short = sum(1 for p in market.preemptions if p.deadline - p.at <= opts.short_notice_s + 1e-6)
     summary: dict[str, Any] = {
         "engine": "dynamo",
@@ -680,6 +710,8 @@ def _summary(
         "plans_after_restart": seen.plans_after_restart,
         "workers_max": market.max_running,
         "node_hours": round(node_hours, 3),
+        "demand_node_hours": round(needed, 3),
+        "plans_log": [{**p, "sent_at": round(scenario.hour(p["sent_at"]), 3)} for p in seen.plan_log],
         "agent_cost": None if agent_cost is None else round(agent_cost, 2),
         "cloud_bill": round(bill["total"], 2),
         "cloud_bill_by_tier": {k: round(v, 2) for k, v in bill.items() if k != "total"},
@@ -758,6 +790,11 @@ def print_dynamo_summary(summary: dict[str, Any]) -> None:
         "migration reports)"
     )
     print(f"plans: {s['plans']} (applied {s['plans_applied']}); Dynamo workers at most: {s['workers_max']}")
+    if s["demand_node_hours"] > 0:
+        print(
+            f"node-hours: {s['node_hours']:.2f} held where the demand needed {s['demand_node_hours']:.2f} "
+            f"({s['node_hours'] / s['demand_node_hours']:.2f}×)"
+        )
     if s["client_errors"]:
         print("first client errors: " + "; ".join(s["client_errors"][:3]))
     if s.get("plot"):
