@@ -24,6 +24,7 @@ import nats
 import pytest
 import pytest_asyncio
 from nats.aio.msg import Msg
+from prometheus_client.parser import text_string_to_metric_families
 
 from agent.actors.actuator import FRONTEND_POLICY, ActuatorActor
 from agent.actors.dynamo_source import DynamoSource
@@ -245,6 +246,16 @@ async def frontend_migrations(session: aiohttp.ClientSession, dynamo: LocalDynam
         return metric(await answer.text(), "dynamo_frontend_model_migration_total")
 
 
+def served_by(metrics_text: str) -> set[int]:
+    """The Dynamo instance ids the frontend has had a first token from."""
+    return {
+        int(sample.labels["worker_id"])
+        for family in text_string_to_metric_families(metrics_text)
+        for sample in family.samples
+        if sample.name == "dynamo_frontend_worker_last_time_to_first_token_seconds"
+    }
+
+
 def environment(pid: int) -> dict[str, str]:
     """A running process's environment (empty when it is gone)."""
     try:
@@ -278,6 +289,10 @@ async def test_plans_start_workers_that_register_and_serve_and_stop_them_with_no
 
         results = await asyncio.gather(*streams(session, dynamo.frontend_url, 6, SHORT_TOKENS))
         assert all(x.ok for x in results), results
+        # Both took traffic: the frontend has a time to first token from each.
+        async with session.get(f"{dynamo.frontend_url}/metrics") as answer:
+            served = served_by(await answer.text())
+        assert set(dynamo.registered_instances()) <= served
 
         # Fewer nodes while streams are running: the newest drains (SIGTERM), finishes them, and exits.
         running = streams(session, dynamo.frontend_url, 6, LONG_TOKENS // 3, first=100)
@@ -337,8 +352,11 @@ async def test_a_30s_notice_takes_the_node_out_of_routing_at_once_and_every_stre
     (report,) = r.reports
     assert report.instance_id == victim
     assert report.policy == FRONTEND_POLICY
-    assert report.counts.frontend_migrated >= 1
-    assert report.counts.frontend_migrated == migrated  # the frontend's own count, none missed
+    # The frontend's own count: the report sees it grow until it stays put (here 3 real s); on a loaded
+    # machine a stream can still be re-sent after that, so the report may count fewer, never more.
+    print(f"migrated {migrated}, reported {report.counts.frontend_migrated}")
+    assert 1 <= report.counts.frontend_migrated <= migrated
+    assert migrated >= 1
     assert report.lost == 0
 
 
