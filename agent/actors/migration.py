@@ -295,9 +295,12 @@ class MigrationCoordinatorActor(Actor):
     ) -> _WorkerDrain | None:
         """2. What is in flight on the worker, and where it could go; None when the worker cannot say."""
         deadline = order.deadline
+        # The read must give up while the fallback (the router requeues from the prompt) still has time
+        # before the node dies: by the deadline less the safety margin, not the deadline itself.
+        read_by = max(self.clock.now(), deadline - self.settings.safety_margin_seconds)
         try:
             inflight = await self._worker(
-                worker_id, "inflight", InflightQuery(**self.bus.envelope()), InflightList, deadline
+                worker_id, "inflight", InflightQuery(**self.bus.envelope()), InflightList, read_by
             )
         except CommandFailed as err:
             # Nothing can be read from this worker: the router requeues what it sent there, from the prompt.
