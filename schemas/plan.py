@@ -36,7 +36,7 @@ class AllocationPlan(Message, frozen=True, tag="plan.allocation.v1"):
         PlanReason,
         doc(
             "What triggered it: the timer, demand observed above what the latest plan covered (checked every "
-            "`[optimizer] surge_check_seconds` between ticks; `\"auto\"`: every minute while the demand is a "
+            '`[optimizer] surge_check_seconds` between ticks; `"auto"`: every minute while the demand is a '
             "frontend's arrivals, never with worker reports alone), a `plan.replan.v1`, a fleet change below "
             "plan, a preemption (a terminate/stop `spot.notice.v1`, a rebalance recommendation with "
             "`[spot_monitor] prelaunch_on_rebalance`, or a node whose workers all fell silent). When several "
