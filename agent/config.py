@@ -41,6 +41,7 @@ from agent.core.profiler import DemandProfiler
 from agent.core.validation import split_error
 from agent.providers.dynamo.event_plane import DYNAMO_NAME_PATTERN
 from agent.providers.dynamo.frontend_metrics import MAX_FRONTENDS
+from agent.runtime.bus_security import BusSecurity
 
 CATALOG_DIR = Path(__file__).parent / "catalogs"
 ENV_PREFIX = "COST_AGENT_"
@@ -247,8 +248,10 @@ class MigrationSettings(_Section, frozen=True):
     ] = 100
 
 
-class BusSettings(_Section, frozen=True):
-    """The rest is for `cost-agent run`, the service."""
+class BusSettings(BusSecurity, _Section, frozen=True, kw_only=True):
+    """The rest is for `cost-agent run`, the service. Credentials and TLS files are checked at start-up:
+    a pairing that cannot work or a missing file stops it with one line naming the field. Secrets are
+    better set in the environment (COST_AGENT_BUS__PASSWORD); they are never logged."""
 
     namespace: Annotated[
         str,

@@ -31,6 +31,7 @@ from agent.core.demand_bins import DemandBins
 from agent.core.fleet_state import FleetState
 from agent.core.workers import WorkerRegistry
 from agent.runtime.actor import Actor
+from agent.runtime.bus_security import redact_url
 from agent.runtime.clock import Clock, RealClock
 from agent.runtime.connection import connect, shut_down
 from agent.runtime.http import MetricsServer
@@ -202,9 +203,9 @@ async def serve(
     if not url:
         server = NatsServer()
         url = server.start()
-        log.info("nats_embedded", url=url, log_file=str(server.log_file))
+        log.info("nats_embedded", url=redact_url(url), log_file=str(server.log_file))
     try:
-        nc = await connect(url, settings.bus.source)
+        nc = await connect(url, settings.bus.source, settings.bus)
         agent = build_agent(nc, settings, catalog, clock or RealClock())
         with stop_on_signals(agent.stop_event):
             return await _serve_agent(agent, settings, catalog, url)
@@ -226,7 +227,7 @@ async def _serve_agent(agent: Agent, settings: Settings, catalog: Catalog, url: 
         await agent.start()
         log.info(
             "agent_started",
-            nats_url=url,
+            nats_url=redact_url(url),
             namespace=settings.bus.namespace,
             catalog=catalog.name,
             actors=[a.name for a in agent.actors],

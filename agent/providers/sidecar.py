@@ -65,6 +65,7 @@ from agent.providers.metadata import (
     parse_gcp_preempted,
     parse_instance_id,
 )
+from agent.runtime.bus_security import BusSecurity, redact_url
 from agent.runtime.clock import Clock, RealClock
 from agent.runtime.connection import connect, shut_down
 from agent.runtime.metrics import AgentMetrics
@@ -515,7 +516,7 @@ async def run_sidecar(
     clock = clock or RealClock()
     stop = stop or asyncio.Event()
     with stop_on_signals(stop, install=install_signals):
-        nc = await connect(config.nats_url, "cost-agent-sidecar")
+        nc = await connect(config.nats_url, "cost-agent-sidecar", BusSecurity.from_env())
         async with HttpClient(user_agent="cost-agent-sidecar") as http:
             sidecar = Sidecar(
                 make_watcher(config, clock, http),
@@ -531,7 +532,7 @@ async def run_sidecar(
                 "sidecar_starting",
                 provider=config.provider,
                 metadata_url=config.base_url,
-                nats_url=config.nats_url,
+                nats_url=redact_url(config.nats_url),
                 namespace=config.namespace,
             )
             poller = asyncio.create_task(sidecar.run(), name="poller")

@@ -5,8 +5,13 @@ through here. It imports nothing of the planning core, so a spot node's sidecar 
 scipy.
 
 Connect: :data:`STARTUP_CONNECT_ATTEMPTS` tries at start-up, so a wrong URL fails within seconds with a
-:class:`ConnectionError` naming it; after that the connection reconnects for ever. A lost connection is
-logged (``nats_disconnected``, then ``nats_reconnected``); our own drain or close is not.
+:class:`ConnectionError` naming it; after that the connection reconnects for ever. The credentials and TLS
+files are a :class:`BusSecurity` (the agent's ``[bus]`` settings extend it; the sidecar reads the same
+``COST_AGENT_BUS__*`` variables). A refused certificate or password fails start-up at once (a retry would
+be refused again), and the whole start-up connect is bounded by the connect timeout, so a server that never
+completes a handshake fails it too; the one line says what the server or TLS said. A URL reaches a log or
+an error only through :func:`redact_url`. A lost connection is logged (``nats_disconnected``, then
+``nats_reconnected``); our own drain or close is not.
 
 Shut down (:func:`shut_down`), after the caller has set its stop event:
 
@@ -23,15 +28,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections.abc import Iterable
 from typing import Any, Final
 
 import structlog
 from nats.aio.client import Client as NATS
 
+from agent.runtime.bus_security import (
+    RECONNECT_WAIT_SECONDS,
+    STARTUP_CONNECT_ATTEMPTS,
+    BusSecurity,
+    redact_text,
+    redact_url,
+)
+
 log = structlog.get_logger("agent.runtime.connection")
 
-STARTUP_CONNECT_ATTEMPTS: Final = 3
 MIN_DRAIN_SECONDS: Final = 0.5
 """The drain's time even when the work used up the grace period: a task that hung must not also cost the
 messages already published."""
@@ -39,12 +52,24 @@ CANCEL_WAIT_SECONDS: Final = 1.0
 """How long a cancelled task (or drain) gets to unwind before shutdown goes on without it."""
 
 
-async def connect(url: str, name: str) -> NATS:
-    """A connection to ``url`` that reconnects for ever once made; ConnectionError if it cannot be made."""
+async def connect(url: str, name: str, security: BusSecurity | None = None) -> NATS:
+    """A connection to ``url`` that reconnects for ever once made; ConnectionError if it cannot be made
+    within ``security``'s start-up bound."""
+    security = security or BusSecurity()
     nc = NATS()
 
+    startup_errors: list[str] = []
+    started = asyncio.Event()
+    refused = asyncio.Event()  # a retry cannot help: the server's certificate or our credentials
+
     async def on_error(err: Exception) -> None:
-        log.warning("nats_error", error=str(err))
+        text = redact_text(str(err) or type(err).__name__, url)
+        if started.is_set():
+            log.warning("nats_error", error=text)
+        else:  # start-up: its one-line failure tells the cause (nats-py's own error says only "no servers")
+            startup_errors.append(text)
+            if isinstance(err, ssl.SSLCertVerificationError) or "authorization violation" in text.lower():
+                refused.set()
 
     async def on_disconnect() -> None:
         # nats-py marks the connection closed before it calls back, so our own close is recognised here.
@@ -54,24 +79,45 @@ async def connect(url: str, name: str) -> NATS:
     async def on_reconnect() -> None:
         log.info("nats_reconnected")
 
-    try:
-        await nc.connect(
+    where = redact_url(url)
+    connecting = asyncio.ensure_future(
+        nc.connect(
             url,
             name=name,
-            connect_timeout=5,
             allow_reconnect=True,
             # nats-py retries a failed *first* connect as often as it would reconnect later; with -1 that
             # is for ever, and a wrong URL would hang start-up. Few tries first, then reconnect for ever.
             max_reconnect_attempts=STARTUP_CONNECT_ATTEMPTS,
-            reconnect_time_wait=1,
+            reconnect_time_wait=RECONNECT_WAIT_SECONDS,
             error_cb=on_error,
             disconnected_cb=on_disconnect,
             reconnected_cb=on_reconnect,
+            **security.connect_options(),
         )
-    except Exception as err:
-        raise ConnectionError(f"cannot connect to NATS at {url}: {err or type(err).__name__}") from None
-    nc.options["max_reconnect_attempts"] = -1
-    return nc
+    )
+    # nats-py bounds each attempt, but retries a refused certificate or password as it would a network
+    # error, and a TLS handshake that never completes has no bound: this bounds the whole.
+    gave_up = asyncio.ensure_future(refused.wait())
+    bound_s = security.startup_bound_seconds()
+    done, _ = await asyncio.wait({connecting, gave_up}, timeout=bound_s, return_when=asyncio.FIRST_COMPLETED)
+    gave_up.cancel()
+    if connecting in done and connecting.exception() is None:
+        nc.options["max_reconnect_attempts"] = -1
+        started.set()
+        return nc
+    # each distinct error once, in order: the cause (an authorization violation) and what followed
+    cause = "; ".join(dict.fromkeys(startup_errors))
+    if connecting in done:
+        err = connecting.exception()
+        cause = cause or redact_text(str(err) or type(err).__name__, url)
+    else:
+        connecting.cancel()
+        if not refused.is_set():
+            cause = f"no connection within {bound_s:g} s ({cause or 'no answer'})"
+    with contextlib.suppress(Exception):
+        await nc.close()
+    await asyncio.wait({connecting}, timeout=CANCEL_WAIT_SECONDS)
+    raise ConnectionError(f"cannot connect to NATS at {where}: {cause}")
 
 
 async def shut_down(nc: NATS, work: Iterable[asyncio.Task[Any]], grace_s: float) -> list[str]:

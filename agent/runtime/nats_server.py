@@ -34,9 +34,13 @@ def find_nats_server() -> Path:
 
 
 class NatsServer:
-    def __init__(self, *, jetstream: bool = False, binary: Path | None = None) -> None:
+    def __init__(
+        self, *, jetstream: bool = False, binary: Path | None = None, config_file: Path | None = None
+    ) -> None:
         self.binary = binary or find_nats_server()
         self.jetstream = jetstream
+        # Accounts, permissions, TLS (deploy/nats.conf); the address and port flags still win over it.
+        self.config_file = config_file
         self._dir = tempfile.TemporaryDirectory(prefix="cost-agent-nats-")
         self._proc: subprocess.Popen[bytes] | None = None
         self.url = ""
@@ -44,7 +48,8 @@ class NatsServer:
 
     def start(self, timeout_s: float = 10.0) -> str:
         workdir = Path(self._dir.name)
-        args = [str(self.binary), "-a", "127.0.0.1", "-p", "-1", "--ports_file_dir", str(workdir)]
+        args = [str(self.binary)] + (["-c", str(self.config_file)] if self.config_file else [])
+        args += ["-a", "127.0.0.1", "-p", "-1", "--ports_file_dir", str(workdir)]
         args += ["-l", str(self.log_file)]
         if self.jetstream:
             args += ["-js", "-sd", str(workdir / "js")]

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-import subprocess
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
 import aiohttp
 import pytest
+from certs import self_signed
 from fakes.kube_api import FakeKubeApi
 
 from agent.actuators.base import NodeChange
@@ -544,21 +544,6 @@ async def test_a_slot_no_service_maps_is_not_applied(kube: FakeKubeApi, actuator
 
 
 # -- TLS ----------------------------------------------------------------------------------------------------
-
-
-def self_signed(directory: Path) -> tuple[Path, Path]:
-    """A certificate for 127.0.0.1 and its key, made by the openssl command."""
-    cert, key = directory / "ca.crt", directory / "server.key"
-    subprocess.run(
-        [
-            *("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"),
-            *("-nodes", "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"),
-            *("-keyout", str(key), "-out", str(cert)),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return cert, key
 
 
 async def test_over_tls_the_server_is_trusted_through_ca_file_only(tmp_path: Path, token_file: Path) -> None:

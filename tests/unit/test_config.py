@@ -364,3 +364,51 @@ def test_a_frontend_scraped_less_often_than_demand_goes_stale_stops_start_up(tmp
 def test_without_frontends_the_scrape_interval_is_not_checked_against_the_profiler(tmp_path: Path) -> None:
     path = write(tmp_path, "[dynamo]\nscrape_interval_seconds = 120\n")
     assert load_settings(path, env=NO_ENV).dynamo.scrape_interval_seconds == 120
+
+
+# --- [bus]: credentials and TLS ------------------------------------------------------------------------
+
+
+def bus_file(tmp_path: Path, body: str) -> Path:
+    path = tmp_path / "agent.toml"
+    path.write_text(f"[bus]\n{body}\n")
+    return path
+
+
+def test_bus_credentials_come_from_the_file_and_the_password_from_the_environment(tmp_path: Path) -> None:
+    path = bus_file(tmp_path, 'user = "agent"')
+    bus = load_settings(path, env={"COST_AGENT_BUS__PASSWORD": "s3cret"}).bus
+    assert (bus.user, bus.password) == ("agent", "s3cret")
+    assert bus.connect_options() == {"connect_timeout": 5.0, "user": "agent", "password": "s3cret"}
+
+
+@pytest.mark.parametrize(
+    ("body", "named"),
+    [
+        ('password = "x"', "password: a password needs a user"),
+        ('user = "agent"', "user: a user needs a password"),
+        ('user = "a"\npassword = "b"\ntoken = "t"', "token: give one of"),
+        ('tls_key_file = "KEY"', "tls_key_file: needs tls_cert_file too"),
+        ('tls_cert_file = "KEY"', "tls_cert_file: needs tls_key_file too"),
+        ('creds_file = "/nonexistent/agent.creds"', "creds_file: no such file: /nonexistent/agent.creds"),
+        ('tls_ca_file = "/nonexistent/ca.pem"', "tls_ca_file: no such file"),
+        ("connect_timeout_seconds = 0", "connect_timeout_seconds"),
+        ("connect_timeout_seconds = 1e9", "connect_timeout_seconds"),
+    ],
+)
+def test_bus_security_that_cannot_work_stops_start_up_in_one_line_naming_the_field(
+    tmp_path: Path, body: str, named: str
+) -> None:
+    (tmp_path / "KEY").write_text("")
+    body = body.replace('"KEY"', f'"{tmp_path / "KEY"}"')
+    with pytest.raises(ConfigError) as caught:
+        load_settings(bus_file(tmp_path, body), env={})
+    assert named in str(caught.value)
+    assert "\n" not in str(caught.value)
+    assert str(caught.value).startswith(f"config {tmp_path / 'agent.toml'}: field 'bus")
+
+
+def test_the_bus_password_is_not_part_of_a_settings_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(bus_file(tmp_path, 'password = "hunter2-secret"'), env={})
+    assert "hunter2-secret" not in str(caught.value)
