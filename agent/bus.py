@@ -8,6 +8,7 @@
   Any other exception from a handler is a bug: the subscription stops handling and ``on_crash`` is called,
   so the owning actor fails and its supervisor restarts it.
 - ``request`` sends a request and decodes the reply, with a timeout.
+- ``link`` says whether the connection is up and since when (:class:`~agent.runtime.link.Link`).
 
 Handlers run on nats-py's per-subscription task, one message at a time, in arrival order.
 """
@@ -25,6 +26,7 @@ from nats.aio.subscription import Subscription
 
 from agent.core.validation import split_error
 from agent.runtime.clock import Clock
+from agent.runtime.link import Link
 from agent.runtime.metrics import AgentMetrics
 from agent.subjects import Subjects
 from schemas import Envelope, ErrorReply, Message, new_msg_id, tag_of
@@ -86,6 +88,8 @@ class Bus:
         self.source = source
         self.clock = clock
         self.metrics = metrics
+        self.link = Link.watch(nc, clock)
+        """Whether the connection is up, and since when (silence and plans depend on it)."""
         self._encoder = msgspec.json.Encoder()
         self._decoders: dict[Any, msgspec.json.Decoder[Any]] = {}
         self._logged: set[tuple[str, str, str]] = set()

@@ -75,13 +75,16 @@ class SloSettings(_Section, frozen=True):
 
 
 _Seconds = Annotated[float, msgspec.Meta(ge=0, le=86_400)]  # up to a day: beyond, the profile knows better
+# A timer's period or a positive duration: below 50 ms a timer busies the event loop (1e-300 hung the agent,
+# SIGTERM ignored), beyond a day it never ticks (inf); NaN and infinities are refused by the same bounds.
+_Interval = Annotated[float, msgspec.Meta(ge=0.05, le=86_400)]
 
 
 class OptimizerSettings(OptimizerConfig, _Section, frozen=True, kw_only=True):
     """The optimizer's fields (defined once, in agent/core/optimizer_config.py), then what only the
     service reads: when to plan, and how it reads demand and prices."""
 
-    interval_seconds: Annotated[float, msgspec.Meta(gt=0, description="the tick")] = 300.0
+    interval_seconds: Annotated[_Interval, msgspec.Meta(description="the tick")] = 300.0
     # Each of the next three: seconds, or "auto" (agent.core.demand_policy: by the kind of demand seen).
     base_window_seconds: Annotated[
         _Seconds | Auto,
@@ -118,8 +121,8 @@ class OptimizerSettings(OptimizerConfig, _Section, frozen=True, kw_only=True):
         ),
     ] = AUTO
     spot_price_max_age_seconds: Annotated[
-        float,
-        msgspec.Meta(gt=0, description="a price older than this is ignored (the catalog's price is used)"),
+        _Interval,
+        msgspec.Meta(description="a price older than this is ignored (the catalog's price is used)"),
     ] = 1800.0
 
     def __post_init__(self) -> None:
@@ -152,12 +155,12 @@ class ProfilerSettings(_Section, frozen=True):
         bool, msgspec.Meta(description="widen P75/P95 by the spread of the history's own forecast errors")
     ] = True
     close_delay_seconds: Annotated[
-        float,
-        msgspec.Meta(ge=0, description="a bin is recorded this long after it ends (late worker reports)"),
+        _Seconds,
+        msgspec.Meta(description="a bin is recorded this long after it ends (late worker reports)"),
     ] = 15.0
     stale_after_seconds: Annotated[
-        float,
-        msgspec.Meta(gt=0, description="a worker silent this long no longer counts towards current demand"),
+        _Interval,
+        msgspec.Meta(description="a worker silent this long no longer counts towards current demand"),
     ] = 60.0
 
     def build(self) -> DemandProfiler:
@@ -200,7 +203,7 @@ class PlannerSettings(_Section, frozen=True):
 
 class SpotMonitorSettings(_Section, frozen=True):
     health_check_seconds: Annotated[
-        float, msgspec.Meta(gt=0, description="how often workers are checked for silence")
+        _Interval, msgspec.Meta(description="how often workers are checked for silence")
     ] = 10.0
     missed_intervals: Annotated[
         float,
@@ -219,10 +222,8 @@ class MigrationSettings(_Section, frozen=True):
         msgspec.Meta(description="deadline (default), or the seed's migrate_top_n / let_short_finish"),
     ] = "deadline"
     safety_margin_seconds: Annotated[
-        float,
-        msgspec.Meta(
-            ge=0, description="whatever needs the reclaimed node is done this long before its deadline"
-        ),
+        _Seconds,
+        msgspec.Meta(description="whatever needs the reclaimed node is done this long before its deadline"),
     ] = 5.0
     same_node_gbytes_per_s: Annotated[
         float, msgspec.Meta(gt=0, description="KV transfer rate between GPUs of one node")
@@ -241,7 +242,7 @@ class MigrationSettings(_Section, frozen=True):
         int, msgspec.Meta(ge=1, description="migration commands in flight at once, per drained node")
     ] = 32
     command_timeout_seconds: Annotated[
-        float, msgspec.Meta(gt=0, description="per worker or router command (never past the deadline)")
+        _Interval, msgspec.Meta(description="per worker or router command (never past the deadline)")
     ] = 2.0
     hot_blocks: Annotated[
         int, msgspec.Meta(ge=0, description="hot prefix blocks copied to survivors with the time left")
@@ -282,7 +283,7 @@ class MetricsSettings(_Section, frozen=True):
 
 class ReporterSettings(_Section, frozen=True):
     interval_seconds: Annotated[
-        float, msgspec.Meta(gt=0, description="a cost report is published this often")
+        _Interval, msgspec.Meta(description="a cost report is published this often")
     ] = 60.0
 
 
@@ -296,11 +297,9 @@ class SupervisorSettings(_Section, frozen=True):
             ),
         ),
     ] = 5
-    window_seconds: Annotated[float, msgspec.Meta(gt=0, description="the window max_restarts counts in")] = (
-        60.0
-    )
+    window_seconds: Annotated[_Interval, msgspec.Meta(description="the window max_restarts counts in")] = 60.0
     shutdown_grace_seconds: Annotated[
-        float, msgspec.Meta(gt=0, description="on SIGTERM: drain, then cancel what is left after this long")
+        _Interval, msgspec.Meta(description="on SIGTERM: drain, then cancel what is left after this long")
     ] = 4.0
 
 
@@ -428,6 +427,8 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
             raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
         except OSError as exc:
             raise ConfigError(f"{where}: cannot read: {exc.strerror or exc}") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{where}: not UTF-8 text: invalid byte at offset {exc.start}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{where}: not valid TOML: {exc}") from None
     overrides, sources = _env_overrides(env)

@@ -7,6 +7,9 @@ Guarantees:
 - Each trigger (a timer tick, a request's ``msg_id``, a fleet event's ``msg_id``) is planned for at most
   once: a redelivered request is ignored. Triggers that arrive while a plan is being made are answered
   together by the next plan, which lists all their ids.
+- While the agent's own NATS link is down (``bus.link``), triggers (the timer's ticks) are held, not
+  planned: the first timer wake once the link is back answers all of them with one plan, instead of a
+  burst of stale plans buffered by the client and delivered at the reconnection.
 - A fleet change triggers a plan only when it takes the fleet below the latest plan (a launched or ready
   node the plan wanted starts draining or is gone); the changes the plan itself asked for do not, nor
   does the termination of a node already draining.
@@ -121,6 +124,9 @@ class OptimizerTickActor(Actor):
             self._tick_due = _next_due(self._tick_due, now, interval)
             await self.trigger("tick", f"tick-{new_msg_id()}")
             return
+        if self._pending and not self._planning and self.bus.link.connected:
+            await self._plan_pending()  # what was held while the link was down: one plan for all of it
+            return
         # The timer runs at the finest period any kind of demand may ask for; the kind seen now says
         # which of sampling and the surge check are due.
         sample, check = [
@@ -157,9 +163,15 @@ class OptimizerTickActor(Actor):
             await self.trigger("fleet", event.msg_id)
 
     async def capacity_lost(
-        self, instance_id: str, trigger_id: str, described: tuple[str, str, str] | None
+        self, lost: Sequence[tuple[str, tuple[str, str, str] | None]], trigger_id: str
     ) -> None:
-        """A node is going (a preemption notice, or its workers fell silent): plan without it, now."""
+        """Nodes are going (a preemption notice, or their workers fell silent; each with its (type, pool,
+        tier) when known): plan without them, now, in one plan however many went at once."""
+        for instance_id, described in lost:
+            self._take_out(instance_id, described)
+        await self.trigger("preemption", trigger_id)
+
+    def _take_out(self, instance_id: str, described: tuple[str, str, str] | None) -> None:
         before = self.fleet.state(instance_id)
         if before in ("launched", "ready"):
             inst = next(i for i in self.fleet.instances() if i.instance_id == instance_id)
@@ -172,7 +184,6 @@ class OptimizerTickActor(Actor):
                 # Not a catalog node (ValueError): there is nothing to take out of the plan's fleet.
                 with contextlib.suppress(ValueError):
                     self.fleet.apply(instance_id, name, pool, tier, "draining", self.clock.now())  # type: ignore[arg-type]
-        await self.trigger("preemption", trigger_id)
 
     async def on_price(self, quote: SpotPrice, _raw: Msg) -> None:
         self.prices.offer(*received_quote(self.fleet, quote, self.clock.now()))
@@ -199,9 +210,18 @@ class OptimizerTickActor(Actor):
         self._seen[trigger_id] = None
         if len(self._seen) > _REMEMBER_TRIGGERS:
             self._seen.popitem(last=False)
+        if not self.bus.link.connected:
+            # One held trigger per reason: an outage of hours must not pile up a tick per interval.
+            self._pending = [(r, t) for r, t in self._pending if r != reason]
         self._pending.append((reason, trigger_id))
-        if self._planning:
-            return True  # the plan in progress picks it up when it is done
+        if self._planning or not self.bus.link.connected:
+            # The plan in progress picks it up when it is done; while the link is down, the first timer
+            # wake after it is back does (a plan made now would reach nobody, then arrive stale).
+            return True
+        await self._plan_pending()
+        return True
+
+    async def _plan_pending(self) -> None:
         self._planning = True
         try:
             while self._pending:
@@ -209,7 +229,6 @@ class OptimizerTickActor(Actor):
                 await self._plan(batch)
         finally:
             self._planning = False
-        return True
 
     def _follow_demand(self, now: float) -> DemandPolicy:
         """The policy for the kind of demand the bins hold now; its windows apply from this observation."""

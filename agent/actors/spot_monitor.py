@@ -14,8 +14,13 @@ Guarantees:
   the node counted as leaving, so a replacement is launched before any notice.
 - A worker of an active instance that misses ``missed_intervals`` reports is declared lost: a DrainOrder
   with reason ``lost`` (the coordinator has the router requeue its requests from the prompt) and the
-  optimizer is woken to replace the node.
+  optimizer is woken to replace the node: once per health check, for every node lost at that check.
+- Silence counts only while the agent itself is connected to NATS (``bus.link``): an outage of the agent's
+  own link declares nobody lost, and after a reconnection every worker has a full silence window to be
+  heard again (``agent.core.workers.counted_silence``).
 - After its deadline a draining instance is gone and forgotten.
+- Work and memory per report are O(1) whatever ids a client invents: the registry holds a bounded number
+  of workers and instances, forgetting the least recently heard (``costagent_registry_evicted_total``).
 """
 
 from __future__ import annotations
@@ -33,8 +38,8 @@ from agent.runtime.clock import Clock
 from schemas import DrainOrder, InstanceEvent, PreemptionNotice, WorkerMetrics
 from schemas.preemption import DrainReason
 
-# (instance id, trigger id) → the optimizer plans without that instance's capacity.
-CapacityLost = Callable[[str, str, tuple[str, str, str] | None], Awaitable[None]]
+# ([(instance id, (type, pool, tier) if known)], trigger id) → the optimizer plans once without them.
+CapacityLost = Callable[[Sequence[tuple[str, tuple[str, str, str] | None]], str], Awaitable[None]]
 
 
 class SpotMonitorActor(Actor):
@@ -55,6 +60,7 @@ class SpotMonitorActor(Actor):
         self.capacity_lost = capacity_lost
         self._deadlines: dict[str, float] = {}
         self.drains = 0
+        self._evicted_counted = registry.evicted
         self._log = structlog.get_logger("agent.spot_monitor").bind(actor=self.name)
 
     def subscriptions(self) -> Sequence[Listen]:
@@ -69,6 +75,7 @@ class SpotMonitorActor(Actor):
         self.registry.observe(
             m.worker_id, m.instance_id, m.instance_type, m.pool, m.tier, self.clock.now(), m.interval_s
         )
+        self._count_evicted()
 
     async def on_instance(self, event: InstanceEvent, _raw: Msg) -> None:
         if event.state == "terminated":
@@ -77,6 +84,14 @@ class SpotMonitorActor(Actor):
                 self._deadlines.pop(event.instance_id, None)
         else:
             self.registry.add_instance(event.instance_id, event.instance_type, event.pool, event.tier)
+            self._count_evicted()
+
+    def _count_evicted(self) -> None:
+        """Into the metric: what the registry forgot to stay within its bound since the last count."""
+        new = self.registry.evicted - self._evicted_counted
+        if new:
+            self.bus.metrics.registry_evicted.inc(new)
+            self._evicted_counted = self.registry.evicted
 
     async def on_notice(self, notice: PreemptionNotice, _raw: Msg) -> None:
         life = self.registry.life(notice.instance_id)
@@ -86,9 +101,7 @@ class SpotMonitorActor(Actor):
         if notice.kind == "rebalance":
             log.info("rebalance_recommendation", prelaunch=self.settings.prelaunch_on_rebalance)
             if self.settings.prelaunch_on_rebalance and life == "active":
-                await self.capacity_lost(
-                    notice.instance_id, notice.msg_id, self.registry.describe(notice.instance_id)
-                )
+                await self._lost_one(notice.instance_id, notice.msg_id)
             return
         if life != "active":
             return  # already draining or gone: a repeat
@@ -96,9 +109,10 @@ class SpotMonitorActor(Actor):
         self._deadlines[notice.instance_id] = notice.deadline
         await self._drain(notice.instance_id, notice.deadline, "notice", notice.msg_id)
         log.info("drain_ordered", deadline_in_s=round(notice.deadline - self.clock.now(), 3))
-        await self.capacity_lost(
-            notice.instance_id, notice.msg_id, self.registry.describe(notice.instance_id)
-        )
+        await self._lost_one(notice.instance_id, notice.msg_id)
+
+    async def _lost_one(self, instance_id: str, cause: str) -> None:
+        await self.capacity_lost([(instance_id, self.registry.describe(instance_id))], cause)
 
     async def _drain(self, instance_id: str, deadline: float, reason: DrainReason, cause: str) -> None:
         workers = [w.worker_id for w in self.registry.workers_of(instance_id)]
@@ -118,10 +132,13 @@ class SpotMonitorActor(Actor):
             if now >= deadline:
                 del self._deadlines[instance_id]
                 self.registry.set_life(instance_id, "gone")
-        silent = self.registry.newly_silent(now, self.settings.missed_intervals)
+        silent = self.registry.newly_silent(
+            now, self.settings.missed_intervals, self.bus.link.connected_since
+        )
         by_instance: dict[str, list[str]] = {}
         for info in silent:
             by_instance.setdefault(info.instance_id, []).append(info.worker_id)
+        gone: list[tuple[str, tuple[str, str, str] | None]] = []
         for instance_id, workers in by_instance.items():
             cause = f"lost-{instance_id}-{now:.3f}"
             self._log.warning("workers_lost", instance_id=instance_id, workers=workers)
@@ -135,4 +152,8 @@ class SpotMonitorActor(Actor):
             await self.bus.publish(self.bus.subjects.spot_drain(instance_id), order)
             self.drains += 1
             if not any(not w.lost for w in self.registry.workers_of(instance_id)):
-                await self.capacity_lost(instance_id, cause, self.registry.describe(instance_id))
+                gone.append((instance_id, self.registry.describe(instance_id)))
+        if gone:
+            # One plan for every node that fell silent at this check (a zone, or a flood of made-up ids),
+            # not one per node.
+            await self.capacity_lost(gone, f"lost-{now:.3f}")

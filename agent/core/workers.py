@@ -6,15 +6,35 @@ then declares it lost without notice. Instances move ``active → draining → g
 instances are routable targets and only they are checked for silence (a draining node's workers stop at its
 deadline, which is expected, not news).
 
-Memory is bounded by the live fleet: a gone instance's workers are forgotten.
+Silence counts only while the agent itself is connected (:func:`counted_silence`): when the agent's own
+link to NATS was down, no report could reach it, so that time says nothing about the workers. Reports are
+counted from the reconnection on, which also gives every worker one full silence window to be heard again.
+
+Memory and work per report are O(1) whatever ids a client invents: at most ``max_instances`` instances
+and ``max_workers`` workers are held; beyond, the one that reported least recently is forgotten (counted
+in :attr:`WorkerRegistry.evicted`). A gone instance's workers are forgotten at once.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Literal
+from typing import Final, Literal
 
 InstanceLife = Literal["active", "draining", "gone"]
+
+MAX_WORKERS: Final = 10_000
+"""Far above a fleet's real workers (a thousand 8-GPU nodes with a worker per GPU is 8,000)."""
+MAX_INSTANCES: Final = 10_000
+
+
+def counted_silence(now: float, last_seen: float, connected_since: float | None) -> float:
+    """How long a worker has been silent *while the agent could have heard it*: 0 while the agent is
+    disconnected (``connected_since`` None), else the time since its last report or since the agent
+    (re)connected, whichever is later."""
+    if connected_since is None:
+        return 0.0
+    return max(now - max(last_seen, connected_since), 0.0)
 
 
 @dataclass(slots=True)
@@ -30,10 +50,24 @@ class WorkerInfo:
 
 
 class WorkerRegistry:
-    def __init__(self) -> None:
-        self._workers: dict[str, WorkerInfo] = {}
-        self._life: dict[str, InstanceLife] = {}
+    def __init__(self, max_workers: int = MAX_WORKERS, max_instances: int = MAX_INSTANCES) -> None:
+        if max_workers < 1 or max_instances < 1:
+            raise ValueError(f"max_workers, max_instances: must be ≥ 1, got {max_workers}, {max_instances}")
+        self.max_workers = max_workers
+        self.max_instances = max_instances
+        # Least recently reported first: the next to evict is at the front.
+        self._workers: OrderedDict[str, WorkerInfo] = OrderedDict()
+        self._by_instance: dict[str, dict[str, WorkerInfo]] = {}
+        self._life: OrderedDict[str, InstanceLife] = OrderedDict()
         self._types: dict[str, tuple[str, str, str]] = {}  # instance → (type, pool, tier)
+        self.evicted = 0
+        """Workers and instances forgotten to stay within the bounds."""
+
+    def __len__(self) -> int:
+        return len(self._workers)
+
+    def instances(self) -> int:
+        return len(self._life)
 
     def observe(
         self,
@@ -47,19 +81,31 @@ class WorkerRegistry:
     ) -> None:
         if self._life.get(instance_id) == "gone":
             return  # a report delayed past the node's end
+        self.add_instance(instance_id, instance_type, pool, tier)
         info = self._workers.get(worker_id)
         if info is None or info.instance_id != instance_id:
-            self._workers[worker_id] = WorkerInfo(
-                worker_id, instance_id, instance_type, pool, tier, t, interval_s
-            )
+            if info is not None:
+                self._forget_worker(info)
+            info = WorkerInfo(worker_id, instance_id, instance_type, pool, tier, t, interval_s)
+            self._workers[worker_id] = info
+            self._by_instance.setdefault(instance_id, {})[worker_id] = info
+            while len(self._workers) > self.max_workers:
+                self._forget_worker(next(iter(self._workers.values())))
+                self.evicted += 1
         elif t >= info.last_seen:
             info.last_seen = t
             info.interval_s = interval_s
             info.lost = False
-        self.add_instance(instance_id, instance_type, pool, tier)
+            self._workers.move_to_end(worker_id)
 
     def add_instance(self, instance_id: str, instance_type: str, pool: str, tier: str) -> None:
-        self._life.setdefault(instance_id, "active")
+        if instance_id in self._life:
+            self._life.move_to_end(instance_id)
+        else:
+            self._life[instance_id] = "active"
+            while len(self._life) > self.max_instances:
+                self._forget_instance(next(iter(self._life)))
+                self.evicted += 1
         self._types[instance_id] = (instance_type, pool, tier)
 
     def knows(self, instance_id: str) -> bool:
@@ -73,13 +119,15 @@ class WorkerRegistry:
         return self._types.get(instance_id)
 
     def set_life(self, instance_id: str, life: InstanceLife) -> None:
+        if instance_id not in self._life:
+            return  # forgotten (evicted): nothing left to change
         self._life[instance_id] = life
         if life == "gone":
-            for worker_id in [w for w, info in self._workers.items() if info.instance_id == instance_id]:
-                del self._workers[worker_id]
+            for info in list(self._by_instance.get(instance_id, {}).values()):
+                self._forget_worker(info)
 
     def workers_of(self, instance_id: str) -> list[WorkerInfo]:
-        return [info for info in self._workers.values() if info.instance_id == instance_id]
+        return list(self._by_instance.get(instance_id, {}).values())
 
     def routable(self, exclude_instance: str | None = None) -> list[WorkerInfo]:
         """Workers that can take requests: on active instances, not lost."""
@@ -91,14 +139,31 @@ class WorkerRegistry:
             and self._life.get(info.instance_id) == "active"
         ]
 
-    def newly_silent(self, now: float, missed_intervals: float) -> list[WorkerInfo]:
-        """Workers of active instances silent for ``missed_intervals`` of their intervals; each is
-        returned once (it is marked lost; a new report revives it)."""
+    def newly_silent(
+        self, now: float, missed_intervals: float, connected_since: float | None = float("-inf")
+    ) -> list[WorkerInfo]:
+        """Workers of active instances silent for ``missed_intervals`` of their intervals, counted only
+        while connected (:func:`counted_silence`); each is returned once (it is marked lost; a new
+        report revives it)."""
         silent = []
         for info in self._workers.values():
             if info.lost or self._life.get(info.instance_id) != "active":
                 continue
-            if now - info.last_seen > missed_intervals * info.interval_s:
+            if counted_silence(now, info.last_seen, connected_since) > missed_intervals * info.interval_s:
                 info.lost = True
                 silent.append(info)
         return silent
+
+    def _forget_worker(self, info: WorkerInfo) -> None:
+        del self._workers[info.worker_id]
+        peers = self._by_instance.get(info.instance_id)
+        if peers is not None:
+            peers.pop(info.worker_id, None)
+            if not peers:
+                del self._by_instance[info.instance_id]
+
+    def _forget_instance(self, instance_id: str) -> None:
+        for info in list(self._by_instance.get(instance_id, {}).values()):
+            self._forget_worker(info)
+        del self._life[instance_id]
+        self._types.pop(instance_id, None)

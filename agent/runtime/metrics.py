@@ -124,3 +124,9 @@ class AgentMetrics:
             "Dynamo workers (worker id × DP rank) heard from recently on the event plane.",
             registry=r,
         )
+        self.registry_evicted = Counter(
+            "costagent_registry_evicted",
+            "Workers and instances the spot monitor forgot to stay within its bound (least recently heard "
+            "first): many means made-up ids, or a fleet above the bound.",
+            registry=r,
+        )

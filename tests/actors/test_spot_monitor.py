@@ -3,8 +3,9 @@ workers are declared lost; repeats and strangers change nothing."""
 
 from __future__ import annotations
 
+import msgspec
 import pytest
-from harness import START, Inbox, Peer, handled, rejected
+from harness import START, Inbox, Peer, counter, eventually, handled, rejected
 
 from agent.service import Agent
 from schemas import AllocationPlan, DrainOrder, InstanceEvent, PreemptionNotice, WorkerMetrics
@@ -158,7 +159,43 @@ async def test_after_its_deadline_a_drained_instance_is_forgotten(
     await handled(agent, "spot_monitor", "evt.spot.notice.*", 1)
     assert agent.spot_monitor.registry.life("node-a") == "draining"
     peer.clock.advance(30)
-    from harness import eventually
-
     await eventually(lambda: agent.spot_monitor.registry.life("node-a") == "gone")
     assert agent.spot_monitor.registry.workers_of("node-a") == []
+
+
+async def test_twenty_thousand_made_up_worker_ids_keep_the_registry_bounded_and_make_one_plan(
+    running: tuple[Agent, Peer],
+) -> None:
+    agent, peer = running
+    registry = agent.spot_monitor.registry
+    flood = 20_000
+    for i in range(flood):
+        m = WorkerMetrics(
+            **peer.env("flood"),
+            worker_id=f"fake-{i}",
+            instance_id=f"fake-node-{i}",
+            instance_type="h100_8x",
+            pool="default",
+            tier="spot",
+            interval_s=5.0,
+            requests_completed=1,
+            prompt_tokens=100,
+            output_tokens=10,
+        )
+        await peer.nc.publish(peer.subjects.worker_metrics(f"fake-{i}"), msgspec.json.encode(m))
+    await peer.nc.flush()
+    # A generous bound for 20,000 messages (about 1 s here); quadratic work took minutes.
+    labels = {"actor": "spot_monitor", "subject": "evt.worker.metrics.*", "type": "worker.metrics.v1"}
+    await eventually(
+        lambda: counter(agent, "costagent_messages_handled_total", **labels) >= flood, timeout_s=120
+    )
+    assert len(registry) == registry.max_workers
+    assert registry.instances() == registry.max_instances
+    assert counter(agent, "costagent_registry_evicted_total") == flood - registry.max_instances
+
+    # Every held worker falls silent at one health check: a drain order each, and one plan for all.
+    plans = agent.optimizer.plans
+    peer.clock.advance(20)
+    await eventually(lambda: agent.spot_monitor.drains == registry.max_workers, timeout_s=120)
+    await eventually(lambda: agent.optimizer.plans == plans + 1)
+    assert counter(agent, "costagent_plans_published_total", reason="preemption") == 1

@@ -412,3 +412,40 @@ def test_the_bus_password_is_not_part_of_a_settings_error(tmp_path: Path) -> Non
     with pytest.raises(ConfigError) as caught:
         load_settings(bus_file(tmp_path, 'password = "hunter2-secret"'), env={})
     assert "hunter2-secret" not in str(caught.value)
+
+
+_TIMERS_AND_DURATIONS = [
+    "optimizer.interval_seconds",
+    "optimizer.spot_price_max_age_seconds",
+    "profiler.stale_after_seconds",
+    "spot_monitor.health_check_seconds",
+    "migration.command_timeout_seconds",
+    "reporter.interval_seconds",
+    "supervisor.window_seconds",
+    "supervisor.shutdown_grace_seconds",
+]
+
+
+@pytest.mark.parametrize("field", _TIMERS_AND_DURATIONS)
+@pytest.mark.parametrize("value", ["1e-300", "0.04", "inf", "nan", "86401"])
+def test_a_timer_or_duration_outside_50_ms_to_a_day_is_refused_naming_it(
+    tmp_path: Path, field: str, value: str
+) -> None:
+    section, name = field.split(".")
+    message = config_error(write(tmp_path, f"[{section}]\n{name} = {value}\n"))
+    assert f"'{field}'" in message
+
+
+@pytest.mark.parametrize("field", _TIMERS_AND_DURATIONS)
+def test_a_timer_or_duration_at_either_end_of_its_range_is_accepted(tmp_path: Path, field: str) -> None:
+    section, name = field.split(".")
+    for value in ("0.05", "86400"):
+        # Cross-section rules (the frontends' scrape against the profiler's staleness) need no frontend.
+        load_settings(write(tmp_path, f"[{section}]\n{name} = {value}\n"), env=NO_ENV)
+
+
+def test_a_settings_file_that_is_not_utf8_is_one_line_naming_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_bytes(b"[slo]\n# caf\xe9\n")
+    message = config_error(path)
+    assert "not UTF-8 text: invalid byte at offset 11" in message
