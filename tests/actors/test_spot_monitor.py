@@ -3,9 +3,9 @@ workers are declared lost; repeats and strangers change nothing."""
 
 from __future__ import annotations
 
-import msgspec
 import pytest
 from harness import START, Inbox, Peer, counter, eventually, handled, rejected
+from made_up_workers import flood_made_up_workers
 
 from agent.service import Agent
 from schemas import AllocationPlan, DrainOrder, InstanceEvent, PreemptionNotice, WorkerMetrics
@@ -169,26 +169,8 @@ async def test_twenty_thousand_made_up_worker_ids_keep_the_registry_bounded_and_
     agent, peer = running
     registry = agent.spot_monitor.registry
     flood = 20_000
-    for i in range(flood):
-        m = WorkerMetrics(
-            **peer.env("flood"),
-            worker_id=f"fake-{i}",
-            instance_id=f"fake-node-{i}",
-            instance_type="h100_8x",
-            pool="default",
-            tier="spot",
-            interval_s=5.0,
-            requests_completed=1,
-            prompt_tokens=100,
-            output_tokens=10,
-        )
-        await peer.nc.publish(peer.subjects.worker_metrics(f"fake-{i}"), msgspec.json.encode(m))
-    await peer.nc.flush()
-    # A generous bound for 20,000 messages (about 1 s here); quadratic work took minutes.
-    labels = {"actor": "spot_monitor", "subject": "evt.worker.metrics.*", "type": "worker.metrics.v1"}
-    await eventually(
-        lambda: counter(agent, "costagent_messages_handled_total", **labels) >= flood, timeout_s=120
-    )
+    # A generous bound for 20,000 messages (about 1 s here); the quadratic check took minutes.
+    await flood_made_up_workers(agent, peer, flood, timeout_s=120)
     assert len(registry) == registry.max_workers
     assert registry.instances() == registry.max_instances
     assert counter(agent, "costagent_registry_evicted_total") == flood - registry.max_instances
