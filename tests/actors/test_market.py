@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import msgspec
@@ -52,6 +53,7 @@ class Rig:
         await eventually(lambda: self.market.ticks > ticks)
 
 
+@asynccontextmanager
 async def make_rig(nats_url: str, config: MarketConfig) -> AsyncIterator[Rig]:
     nc = await nats.connect(nats_url)
     clock = FakeClock(START)
@@ -79,7 +81,7 @@ async def make_rig(nats_url: str, config: MarketConfig) -> AsyncIterator[Rig]:
 
 @pytest.fixture
 async def rig(nats_url: str) -> AsyncIterator[Rig]:
-    async for r in make_rig(nats_url, MarketConfig(short_share=0.0, seed=1)):
+    async with make_rig(nats_url, MarketConfig(short_share=0.0, seed=1)) as r:
         yield r
 
 
@@ -103,6 +105,7 @@ async def test_quotes_say_what_the_market_allows_at_once_when_it_changes(rig: Ri
     quotes = await Inbox.open(rig.bus.nc, rig.bus.subjects.spot_price_all, SpotPrice)
     rig.available[(NAME, POOL)] = 0
     await rig.check()
+    await settle(rig.bus.nc)  # the quotes published at the check have been delivered
     seen = [q for q in await quotes.take_pending() if (q.instance_type, q.pool) == (NAME, POOL)]
     assert [q.available for q in seen] == [0]
     assert seen[0].price_hourly == SEED.types[NAME].spot_hourly
@@ -112,7 +115,7 @@ async def test_a_storm_hits_busy_nodes_with_a_seeded_share_of_short_notices(nats
     config = MarketConfig(
         short_share=0.5, storm_start_s=0.0, storm_duration_s=3600.0, storm_rate_per_hour=1.0, seed=3
     )
-    async for r in make_rig(nats_url, config):
+    async with make_rig(nats_url, config) as r:
         notices = await Inbox.open(r.bus.nc, r.bus.subjects.spot_notice_all, PreemptionNotice)
         for i in range(8):
             await r.event(f"s{i}", "launched")
@@ -121,6 +124,7 @@ async def test_a_storm_hits_busy_nodes_with_a_seeded_share_of_short_notices(nats
         await r.check(60.0)
         assert notices.pending == 0  # ready for less than storm_min_uptime_s (600 s): not running work yet
         await r.check(600.0)
+        await eventually(lambda: notices.pending >= 8)  # published by the market, delivered by the server
         hit = await notices.take_pending()
         assert {n.instance_id for n in hit} == {f"s{i}" for i in range(8)}  # rate 1: every busy node
         lengths = sorted(round(n.deadline - n.received_at) for n in hit)
