@@ -128,7 +128,7 @@ def wait_for_children(pid: int, *needles: str, timeout_s: float) -> dict[int, st
         found = children(pid)
         if all(any(n in cmd for cmd in found.values()) for n in needles):
             return found
-        time.sleep(0.1)
+        time.sleep(0.1)  # a poll of /proc: a child process's start has no event to wait on from outside
     raise AssertionError(f"no children matching {needles} after {timeout_s} s: {children(pid)}")
 
 
@@ -155,7 +155,7 @@ def wait_noting_children(proc: subprocess.Popen[str], started: dict[int, str], t
     deadline = time.monotonic() + timeout_s
     while proc.poll() is None and time.monotonic() < deadline:
         started.update(children(proc.pid))
-        time.sleep(0.1)
+        time.sleep(0.1)  # a poll: every child must be seen while it lives, and /proc has no event for it
     _out, err = proc.communicate(timeout=5)
     return err
 

@@ -248,7 +248,7 @@ async def test_pods_turning_ready_on_their_own_are_seen_by_polling(
         seen += states(await actuator.poll(T0 + 1))
         if seen:
             break
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)  # a poll: the fake marks the pod Ready after a delay, read only by polling
     assert seen == [(launched.instance_id, "ready")]
 
 
