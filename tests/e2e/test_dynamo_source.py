@@ -24,6 +24,7 @@ import pytest_asyncio
 import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from waits import eventually as wait_until
 
 from agent.actors.dynamo_source import EVENT_TAG, DynamoSource, bins_key
 from agent.bus import Bus
@@ -132,12 +133,7 @@ async def running_source(
 
 
 async def eventually(condition: Callable[[], bool], what: str, timeout_s: float = WAIT_S) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while not condition():
-        if loop.time() > deadline:
-            raise AssertionError(f"{what}: not within {timeout_s:g} s")
-        await asyncio.sleep(0.01)  # a poll: the conditions are the actor's state, with no event to await
+    await wait_until(condition, what, timeout_s)
 
 
 def sample(bus: Bus, name: str, **labels: str) -> float:

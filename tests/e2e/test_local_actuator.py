@@ -25,6 +25,7 @@ import pytest
 import pytest_asyncio
 from nats.aio.msg import Msg
 from prometheus_client.parser import text_string_to_metric_families
+from waits import eventually as wait_until
 
 from agent.actors.actuator import FRONTEND_POLICY, ActuatorActor
 from agent.actors.dynamo_source import DynamoSource
@@ -222,12 +223,7 @@ async def rig(
 
 
 async def eventually(condition: Callable[[], bool], what: str, timeout_s: float = WAIT_S) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while not condition():
-        if loop.time() > deadline:
-            raise AssertionError(f"{what}: not within {timeout_s:g} s")
-        await asyncio.sleep(0.01)  # a poll: the conditions are processes and published events
+    await wait_until(condition, what, timeout_s)
 
 
 def streams(
