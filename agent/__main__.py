@@ -418,6 +418,12 @@ def _sidecar_arguments(sidecar: argparse.ArgumentParser) -> None:
         help="GCP: seconds from the preemption notice to shutdown (default 30; 120 for Spot VMs "
         "created with a 120 s preemption notice)",
     )
+    sidecar.add_argument(
+        "--grace-seconds",
+        type=float,
+        help="on SIGTERM: how long a notice NATS has not confirmed yet may wait for NATS (default 10; "
+        "a normal stop ends at once)",
+    )
     _log_options(sidecar)
 
 
@@ -432,6 +438,7 @@ def _sidecar(args: argparse.Namespace) -> int:
         "namespace": args.namespace,
         "poll_s": args.poll_seconds,
         "gcp_notice_s": args.gcp_notice_seconds,
+        "grace_s": args.grace_seconds,
     }
     try:
         config = SidecarConfig(

@@ -10,6 +10,11 @@ Contract:
   (:meth:`Subjects.spot_notice`), ``source`` ``sidecar:{instance_id}``, ``deadline`` absolute, once per
   distinct notice: a notice read again is not sent again; a changed one is (AWS rebalance, then
   terminate; a new Azure event or ``NotBefore``). A publish that fails is retried at the next poll.
+- A notice is logged ``notice_published`` only once the server has it (a flush answered after it). While
+  NATS is down it waits in the client's buffer (``notice_buffered``) and is confirmed, or sent again with the
+  same ``msg_id`` if the connection it was written to died, once NATS is back; the agent treats a repeated
+  notice as one. Stopping with a notice still unconfirmed waits for NATS up to the grace period, and a notice
+  that never got through is logged ``notice_unsent`` (an error) and counted in ``sidecar_stopped``.
 - Polls every ``poll_s`` seconds on a drift-free schedule (AWS, Azure); GCP long-polls with
   ``wait_for_change``, so its notice is published as soon as the metadata server changes.
 - Never crashes on the metadata service: a malformed answer (bad JSON, bad date, unexpected status) is
@@ -86,6 +91,8 @@ AZURE_FIRST_CALL_TIMEOUT_SECONDS: Final = 130.0
 """Azure: "expect a delayed response in your first call of up to two minutes" (it enables the service)."""
 _AWS_TOKEN_MARGIN_SECONDS: Final = 60.0
 _MAX_LOGGED_KINDS: Final = 1000
+MAX_GRACE_SECONDS: Final = 600.0
+"""Longer than any cloud's notice: a sidecar still stopping after that has nothing left to save."""
 
 log = structlog.get_logger("agent.providers.sidecar")
 
@@ -105,7 +112,9 @@ class SidecarConfig:
     request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_SECONDS
     long_poll_s: int = GCP_LONG_POLL_SECONDS
     max_backoff_s: float = DEFAULT_MAX_BACKOFF_SECONDS
-    grace_s: float = 2.0
+    grace_s: float = 10.0
+    """On stop: how long the poller gets to finish; an unconfirmed notice waits for NATS for most of it.
+    Ends at once when nothing is pending, so a longer grace costs nothing on a normal stop."""
 
     def __post_init__(self) -> None:
         if self.provider not in PROVIDERS:
@@ -123,11 +132,13 @@ class SidecarConfig:
             "--poll-seconds": self.poll_s,
             "request_timeout_s": self.request_timeout_s,
             "max_backoff_s": self.max_backoff_s,
-            "grace_s": self.grace_s,
+            "--grace-seconds": self.grace_s,
         }
         for name, value in positive.items():
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name}: must be a number > 0, got {value!r}")
+        if self.grace_s > MAX_GRACE_SECONDS:
+            raise ValueError(f"--grace-seconds: must be at most {MAX_GRACE_SECONDS:g}, got {self.grace_s!r}")
         if not (math.isfinite(self.gcp_notice_s) and self.gcp_notice_s >= 0):
             raise ValueError(f"--gcp-notice-seconds: must be a number ≥ 0, got {self.gcp_notice_s!r}")
         if self.long_poll_s < 1:
@@ -322,6 +333,22 @@ class _Stopped(Exception):
     pass
 
 
+CONFIRM_TIMEOUT_SECONDS: Final = 1
+"""How long a flush may wait for the server's answer before the notice counts as still buffered."""
+UNSENT_RETRY_SECONDS: Final = 0.2
+"""While stopping with a notice unconfirmed: how often to try NATS again within the grace period."""
+
+
+@dataclass(slots=True)
+class _Buffered:
+    """A notice handed to the client but not yet confirmed by the server."""
+
+    subject: str
+    message: PreemptionNotice
+    reconnects: int
+    """The connection's reconnect count when it was written: a later reconnection may have lost it."""
+
+
 class Sidecar:
     """The polling loop and the publisher, on one NATS connection; :meth:`run` returns when ``stop`` is
     set."""
@@ -337,6 +364,7 @@ class Sidecar:
         instance_id: str = "",
         poll_s: float = DEFAULT_POLL_SECONDS,
         max_backoff_s: float = DEFAULT_MAX_BACKOFF_SECONDS,
+        deliver_s: float = 0.0,
         metrics: AgentMetrics | None = None,
     ) -> None:
         self.watcher = watcher
@@ -347,12 +375,16 @@ class Sidecar:
         self.instance_id = instance_id
         self.poll_s = poll_s
         self.max_backoff_s = max(max_backoff_s, poll_s)
+        self.deliver_s = deliver_s
+        """After the stop event: how long to keep trying to get unconfirmed notices to NATS."""
         self.metrics = metrics or AgentMetrics()
         self.started = asyncio.Event()
         """Set once the instance id is known and polling begins."""
         self.stats: Counter[str] = Counter()
-        """``rounds``, ``published``, ``bad_answers``, ``unavailable``, ``publish_failed``, ``crashes``."""
+        """``rounds``, ``published``, ``bad_answers``, ``unavailable``, ``publish_failed``, ``crashes``,
+        ``unsent``."""
         self._published: set[str] = set()
+        self._buffered: dict[str, _Buffered] = {}
         self._logged: set[tuple[str, ...]] = set()
         self._failures = 0
         self.log = log.bind(provider=watcher.provider)
@@ -376,6 +408,7 @@ class Sidecar:
         self.started.set()
         next_at = self.clock.now()
         while not self.stop.is_set():
+            await self._confirm(bus)
             try:
                 found = await self._unless_stopped(self.watcher.check(self.instance_id))
             except _Stopped:
@@ -406,6 +439,7 @@ class Sidecar:
             next_at = max(next_at, self.clock.now())
             if await self.clock.wait_until(next_at, self.stop):
                 break
+        await self._deliver_before_exit(bus)
 
     async def _resolve_instance_id(self) -> str | None:
         while not self.stop.is_set():
@@ -482,26 +516,87 @@ class Sidecar:
             provider=self.watcher.provider,
             received_at=notice.received_at,
         )
+        if not await self._send(bus, subject, message):
+            return
+        self._published.add(notice.key)
+        self._buffered[notice.key] = _Buffered(subject, message, self._reconnects())
+        await self._confirm(bus)
+        if notice.key in self._buffered:
+            self.log.warning(
+                "notice_buffered",
+                subject=subject,
+                msg_id=message.msg_id,
+                kind=notice.kind,
+                deadline=notice.deadline,
+                detail="NATS has not confirmed it: it goes when the connection is back",
+            )
+
+    async def _send(self, bus: Bus, subject: str, message: PreemptionNotice) -> bool:
         try:
             await bus.publish(subject, message)
-        except Exception as err:  # closed or broken connection: try again at the next read
+        except Exception as err:  # closed connection or a full reconnect buffer: try again at the next read
             self.stats["publish_failed"] += 1
             if self._once(("publish_failed", type(err).__name__)):
                 error = f"{type(err).__name__}: {err}"
                 self.log.warning("notice_publish_failed", subject=subject, error=error)
+            return False
+        return True
+
+    def _reconnects(self) -> int:
+        return int(self.nc.stats.get("reconnects", 0))
+
+    async def _confirm(self, bus: Bus) -> None:
+        """Mark the buffered notices published once the server has answered a flush sent after them.
+
+        A notice written before a reconnection may have gone down with the old connection (a half-open
+        socket takes the bytes and drops them), so it is sent again first, with its own ``msg_id``.
+        """
+        if not self._buffered or not self.nc.is_connected:
             return
-        self._published.add(notice.key)
+        for pending in self._buffered.values():
+            if pending.reconnects != self._reconnects():
+                if not await self._send(bus, pending.subject, pending.message):
+                    return
+                pending.reconnects = self._reconnects()
+        try:
+            await self.nc.flush(timeout=CONFIRM_TIMEOUT_SECONDS)
+        except Exception:  # not answered (yet): still buffered, tried again at the next round
+            return
+        for pending in self._buffered.values():
+            self._confirmed(pending)
+        self._buffered.clear()
+
+    def _confirmed(self, pending: _Buffered) -> None:
+        message = pending.message
         self.stats["published"] += 1
         self.log.info(
             "notice_published",
-            subject=subject,
+            subject=pending.subject,
             msg_id=message.msg_id,
-            kind=notice.kind,
-            deadline=notice.deadline,
-            received_at=notice.received_at,
-            seconds_left=round(notice.deadline - notice.received_at, 3),
-            key=notice.key,
+            kind=message.kind,
+            deadline=message.deadline,
+            received_at=message.received_at,
+            seconds_left=round(message.deadline - message.received_at, 3),
         )
+
+    async def _deliver_before_exit(self, bus: Bus) -> None:
+        """On stop, keep trying NATS for the unconfirmed notices within the grace period, then say which
+        never got through: a notice lost in silence is the one failure this process exists to prevent."""
+        give_up_at = self.clock.now() + self.deliver_s
+        while self._buffered and self.clock.now() < give_up_at:
+            await self._confirm(bus)
+            if self._buffered:
+                await asyncio.sleep(UNSENT_RETRY_SECONDS)
+        for pending in self._buffered.values():
+            self.stats["unsent"] += 1
+            self.log.error(
+                "notice_unsent",
+                subject=pending.subject,
+                msg_id=pending.message.msg_id,
+                kind=pending.message.kind,
+                deadline=pending.message.deadline,
+                detail="NATS was unreachable until the sidecar stopped",
+            )
 
 
 async def run_sidecar(
@@ -527,6 +622,8 @@ async def run_sidecar(
                 instance_id=config.instance_id.strip(),
                 poll_s=config.poll_s,
                 max_backoff_s=config.max_backoff_s,
+                # within the grace shut_down gives the poller, leaving room for the connection's drain
+                deliver_s=config.grace_s * 0.75,
             )
             log.info(
                 "sidecar_starting",

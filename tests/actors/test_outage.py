@@ -7,45 +7,20 @@ the peer's connections reconnect by themselves.
 
 from __future__ import annotations
 
-import socket
-import subprocess
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 from harness import Inbox, Peer, counter, eventually, handled, start_agent, stop_agent
+from restartable_nats import RestartableServer
 from test_spot_monitor import fleet, report
 
 from agent.config import OptimizerSettings, Settings
-from agent.runtime.nats_server import find_nats_server
 from agent.service import Agent
 from schemas import AllocationPlan, DrainOrder
 
 RECONNECT_S = 30.0  # nats-py retries every 2 s by default: generous
-
-
-class RestartableServer:
-    """A nats-server that can be stopped and started again on the same port."""
-
-    def __init__(self, workdir: Path) -> None:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self.workdir = workdir
-        self.url = f"nats://127.0.0.1:{self.port}"
-        self._proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        args = [str(find_nats_server()), "-a", "127.0.0.1", "-p", str(self.port)]
-        args += ["-l", str(self.workdir / "nats-server.log")]
-        self._proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-    def stop(self) -> None:
-        if self._proc is not None:
-            self._proc.terminate()
-            self._proc.wait(timeout=10)
-            self._proc = None
 
 
 @pytest.fixture

@@ -15,9 +15,10 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,9 @@ import nats
 import pytest
 from cli import ROOT, LoggedProcess, run_cost_agent
 from nats.aio.client import Client as NATS
+from nats.js.client import JetStreamContext
+from restartable_nats import RestartableServer
+from waits import eventually
 
 from agent.subjects import Subjects
 from schemas import PreemptionNotice
@@ -243,7 +247,9 @@ async def launch(nats_url: str) -> AsyncIterator[Callable[..., Any]]:
     started: list[SidecarProcess] = []
     fakes: list[FakeMetadata] = []
 
-    async def start(provider: str, namespace: str, *extra: str) -> tuple[SidecarProcess, FakeMetadata]:
+    async def start(
+        provider: str, namespace: str, *extra: str, nats: str | None = None
+    ) -> tuple[SidecarProcess, FakeMetadata]:
         fake = FakeMetadata(provider)
         fakes.append(fake)
         url = await fake.start()
@@ -257,7 +263,7 @@ async def launch(nats_url: str) -> AsyncIterator[Callable[..., Any]]:
             "--metadata-url",
             url,
             "--nats-url",
-            nats_url,
+            nats or nats_url,
             "--namespace",
             namespace,
             "--poll-seconds",
@@ -406,6 +412,78 @@ async def test_azure_preempt_for_this_vm_after_an_outage_and_garbage(
     bad = sidecar.named("metadata_bad_answer")
     assert [b["field"] for b in bad] == ["scheduledevents.Events[1].NotBefore"]
     assert sidecar.named("sidecar_stopped")[0]["exit_code"] == 0
+
+
+@pytest.fixture
+def outage_server() -> Iterator[RestartableServer]:
+    """A nats-server of the test's own, with a stream recording every notice (kept across restarts)."""
+    with tempfile.TemporaryDirectory(prefix="cost-agent-sidecar-outage-") as workdir:
+        server = RestartableServer(Path(workdir), jetstream=True)
+        server.start()
+        try:
+            yield server
+        finally:
+            server.stop()
+
+
+async def record_notices(url: str, ns: str) -> tuple[NATS, JetStreamContext, str]:
+    nc = await nats.connect(url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+    js = nc.jetstream()
+    stream = f"notices_{ns}"
+    await js.add_stream(name=stream, subjects=[f"{ns}.evt.spot.notice.*"])
+    return nc, js, stream
+
+
+async def test_a_notice_made_while_nats_is_down_is_buffered_then_confirmed_when_it_is_back(
+    outage_server: RestartableServer, launch: Callable[..., Any]
+) -> None:
+    ns = f"e2e{uuid.uuid4().hex[:8]}"
+    nc, js, stream = await record_notices(outage_server.url, ns)
+    sidecar, fake = await launch("aws", ns, nats=outage_server.url)
+    await sidecar.wait_logged("sidecar_started")
+    outage_server.stop()
+    await sidecar.wait_logged("nats_disconnected")
+
+    fake.set_mode("terminate")  # AWS shows the rebalance recommendation with it: two notices
+    await eventually(lambda: len(sidecar.named("notice_buffered")) == 2, "two notices buffered", WAIT_S)
+    buffered = {b["kind"]: b["msg_id"] for b in sidecar.named("notice_buffered")}
+    assert set(buffered) == {"rebalance", "terminate"}
+    assert not sidecar.named("notice_published")  # the server does not have them: not "published"
+
+    outage_server.start()
+    await eventually(lambda: len(sidecar.named("notice_published")) == 2, "both confirmed", 30)
+    assert {p["kind"]: p["msg_id"] for p in sidecar.named("notice_published")} == buffered
+    stored = await js.get_last_msg(stream, Subjects(ns).spot_notice(AWS_ID))
+    notice = msgspec.json.decode(stored.data or b"", type=PreemptionNotice)
+    assert notice.msg_id == buffered["terminate"]
+    assert notice.deadline == fake.action_time.timestamp()
+
+    assert await sidecar.terminate() == 0
+    stopped = sidecar.named("sidecar_stopped")[0]
+    assert stopped["published"] == 2
+    assert "unsent" not in stopped
+    await nc.close()
+
+
+async def test_stopping_while_nats_is_down_waits_the_grace_then_names_the_unsent_notice(
+    outage_server: RestartableServer, launch: Callable[..., Any]
+) -> None:
+    ns = f"e2e{uuid.uuid4().hex[:8]}"
+    sidecar, fake = await launch("aws", ns, "--grace-seconds", "1", nats=outage_server.url)
+    await sidecar.wait_logged("sidecar_started")
+    outage_server.stop()
+    await sidecar.wait_logged("nats_disconnected")
+    fake.set_mode("terminate")
+    await eventually(lambda: len(sidecar.named("notice_buffered")) == 2, "two notices buffered", WAIT_S)
+    buffered = sorted(b["msg_id"] for b in sidecar.named("notice_buffered"))
+
+    assert await sidecar.terminate() == 0
+    unsent = sidecar.named("notice_unsent")
+    assert sorted(u["msg_id"] for u in unsent) == buffered
+    assert {u["level"] for u in unsent} == {"error"}
+    stopped = sidecar.named("sidecar_stopped")[0]
+    assert stopped["unsent"] == 2
+    assert stopped.get("published", 0) == 0
 
 
 def test_a_bad_option_stops_the_sidecar_with_one_line() -> None:
