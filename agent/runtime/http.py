@@ -7,7 +7,8 @@ too; any other method is 405, any other path 404.
 
 A connection that sends nothing for ``idle_timeout_s`` seconds, before its first request or between two,
 is closed, so idle or half-open connections cannot pile up; however many there are, each new request is
-answered on its own.
+answered on its own. A request trickled a header line at a time is cut off too: each line does not restart
+the timeout (aiohttp >= 3.14.4, pinned; tests/unit/test_metrics_endpoint.py checks both).
 """
 
 from __future__ import annotations

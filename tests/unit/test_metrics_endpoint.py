@@ -117,6 +117,35 @@ async def test_a_connection_that_sends_nothing_is_closed_after_the_idle_timeout(
         await writer.wait_closed()
 
 
+async def test_a_request_trickled_a_header_at_a_time_is_cut_off_at_the_timeout(
+    endpoint_with: Callable[[float], Endpoint],
+) -> None:
+    """A slow client (or a slowloris) that keeps sending a header line before the idle timeout ends does
+    not keep the connection: the timeout bounds reading the whole request, not each gap."""
+    endpoint = endpoint_with(0.5)
+    await endpoint.start()
+    reader, writer = await endpoint.connect()
+    writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+    began = time.monotonic()
+    closed_after: float | None = None
+    try:
+        for i in range(100):  # 10 s of trickling at most
+            # a header every 0.1 s, well within the idle timeout each time
+            await asyncio.sleep(0.1)  # the trickle's pace is the point of this test, not a wait
+            writer.write(b"X-Trickle-%d: y\r\n" % i)
+            await writer.drain()
+            if reader.at_eof():
+                closed_after = time.monotonic() - began
+                break
+    except ConnectionError:
+        closed_after = time.monotonic() - began
+    finally:
+        writer.close()
+        await asyncio.gather(writer.wait_closed(), return_exceptions=True)
+    assert closed_after is not None, "the server kept reading a request trickled for 10 s"
+    assert closed_after < 5.0
+
+
 async def test_two_thousand_idle_connections_do_not_stop_healthz_answering(
     endpoint_with: Callable[[float], Endpoint], http: HttpClient
 ) -> None:
