@@ -8,6 +8,11 @@ Events may arrive late or twice (NATS is at-most-once per subscriber, actuators 
 would move an instance backwards (``ready`` after ``draining``) is ignored, and ``terminated`` is final,
 remembered for the last ``remember_terminated`` instances. Unknown types, or spot/on-demand pools that
 the catalog does not list, raise ``ValueError`` naming the field; nothing is changed then.
+
+Memory is bounded whatever ids a client invents: at most ``max_live`` instances are held. A new one beyond
+that first evicts the instance that has been draining longest (it is leaving anyway, and a drain whose node
+never reports ``terminated`` would otherwise stay for ever), counted in :attr:`FleetState.evicted`; with
+none draining, the new instance is refused (``ValueError``): the nodes already known, and paid for, stay.
 """
 
 from __future__ import annotations
@@ -34,12 +39,17 @@ class Instance:
 
 
 class FleetState:
-    def __init__(self, catalog: Catalog, remember_terminated: int = 10_000) -> None:
+    def __init__(self, catalog: Catalog, remember_terminated: int = 10_000, max_live: int = 10_000) -> None:
         self.catalog = catalog
         self._live: dict[str, Instance] = {}
+        self._draining: dict[str, None] = {}
+        """Draining ids in the order they began draining: the first is evicted first."""
         self._gone: set[str] = set()
         self._gone_order: deque[str] = deque()
         self._remember = remember_terminated
+        self._max_live = max_live
+        self.evicted = 0
+        """Draining instances forgotten to stay within ``max_live``."""
 
     def check(self, instance_type: str, pool: str, tier: Tier) -> None:
         itype = self.catalog.types.get(instance_type)
@@ -65,6 +75,11 @@ class FleetState:
         previous = self._live.get(instance_id)
         if previous is not None and _ORDER[state] <= _ORDER[previous.state]:
             return False
+        if previous is None and state != "terminated":
+            self._make_room(instance_id)
+        self._draining.pop(instance_id, None)
+        if state == "draining":
+            self._draining[instance_id] = None
         if state == "terminated":
             self._live.pop(instance_id, None)
             self._gone.add(instance_id)
@@ -74,6 +89,23 @@ class FleetState:
         else:
             self._live[instance_id] = Instance(instance_id, instance_type, pool, tier, state, at)
         return True
+
+    def _make_room(self, instance_id: str) -> None:
+        if len(self._live) < self._max_live:
+            return
+        if not self._draining:
+            raise ValueError(
+                f"instance_id: {instance_id!r} refused: {self._max_live} instances are live already and none "
+                "is draining (made-up ids, or a fleet above the bound)"
+            )
+        oldest = next(iter(self._draining))
+        del self._draining[oldest]
+        del self._live[oldest]
+        self.evicted += 1
+
+    def get(self, instance_id: str) -> Instance | None:
+        """The live instance, or None when it is not live (never seen, or terminated)."""
+        return self._live.get(instance_id)
 
     def state(self, instance_id: str) -> InstanceState | None:
         """The instance's state, or None when it is not live (never seen, or terminated)."""

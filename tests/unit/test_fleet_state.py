@@ -120,6 +120,44 @@ def test_terminated_instances_are_remembered_only_up_to_the_bound() -> None:
     assert fleet.apply("i-1", "h100", "zone-a", "spot", "ready", 2.0) is True
 
 
+def test_beyond_its_bound_the_longest_draining_instance_is_forgotten_first() -> None:
+    fleet = FleetState(CATALOG, max_live=3)
+    fleet.apply("i-1", "h100", "zone-a", "spot", "draining", 0.0)  # a lost node nobody terminates
+    fleet.apply("i-2", "h100", "zone-a", "spot", "ready", 0.0)
+    fleet.apply("i-3", "h100", "zone-a", "spot", "launched", 0.0)
+    fleet.apply("i-3", "h100", "zone-a", "spot", "draining", 1.0)
+
+    assert fleet.apply("i-4", "h100", "zone-b", "spot", "ready", 2.0) is True
+    assert {i.instance_id for i in fleet.instances()} == {"i-2", "i-3", "i-4"}
+    assert fleet.evicted == 1
+    assert fleet.get("i-1") is None
+
+
+def test_beyond_its_bound_with_none_draining_a_new_instance_is_refused_and_the_known_ones_stay() -> None:
+    fleet = FleetState(CATALOG, max_live=2)
+    fleet.apply("i-1", "h100", "zone-a", "spot", "ready", 0.0)
+    fleet.apply("i-2", "a100", "zone-a", "ondemand", "ready", 0.0)
+
+    with pytest.raises(ValueError, match=r"^instance_id: 'made-up' refused: 2 instances are live"):
+        fleet.apply("made-up", "h100", "zone-a", "spot", "launched", 1.0)
+    assert fleet.paid_counts() == {("h100", "spot"): 1, ("a100", "ondemand"): 1}
+    # Known instances still move on; a termination frees room.
+    assert fleet.apply("i-1", "h100", "zone-a", "spot", "terminated", 2.0) is True
+    assert fleet.apply("i-3", "h100", "zone-a", "spot", "launched", 3.0) is True
+    assert fleet.evicted == 0
+
+
+def test_ten_thousand_made_up_draining_ids_keep_the_fleet_view_bounded() -> None:
+    fleet = FleetState(CATALOG)
+    fleet.apply("real", "h100", "zone-a", "reserved", "ready", 0.0)
+    for n in range(25_000):
+        fleet.apply(f"made-up-{n}", "h100", "zone-a", "spot", "draining", float(n))
+
+    assert len(fleet) == 10_000
+    assert fleet.get("real") is not None
+    assert fleet.evicted == 15_001
+
+
 # --- what is paid for, what may be kept -------------------------------------------------------------
 
 
