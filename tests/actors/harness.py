@@ -115,8 +115,14 @@ class Peer:
 
 
 async def start_agent(
-    nats_url: str, settings: Settings | None = None, clock: FakeClock | None = None
+    nats_url: str,
+    settings: Settings | None = None,
+    clock: FakeClock | None = None,
+    *,
+    peer_url: str | None = None,
 ) -> tuple[Agent, Peer]:
+    """An agent on ``nats_url`` and a peer (the test's workers, feeds, actuators) on ``peer_url``, the same
+    server by default."""
     ns = fresh_namespace()
     base = settings or Settings()
     settings = msgspec.structs.replace(base, bus=BusSettings(namespace=ns))
@@ -124,7 +130,7 @@ async def start_agent(
     agent_nc = await nats.connect(nats_url)
     agent = build_agent(agent_nc, settings, resolve_catalog(settings.catalog), clock)
     await agent.start()
-    peer_nc = await nats.connect(nats_url)
+    peer_nc = await nats.connect(peer_url or nats_url)
     return agent, Peer(peer_nc, agent.bus.subjects, clock)
 
 

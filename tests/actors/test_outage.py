@@ -26,7 +26,7 @@ RECONNECT_S = 30.0  # nats-py retries every 2 s by default: generous
 @pytest.fixture
 def server() -> Iterator[RestartableServer]:
     with tempfile.TemporaryDirectory(prefix="cost-agent-outage-") as workdir:
-        s = RestartableServer(Path(workdir))
+        s = RestartableServer(Path(workdir), jetstream=True)  # the agent keeps its state in JetStream
         s.start()
         try:
             yield s
