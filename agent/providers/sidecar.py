@@ -10,7 +10,7 @@ Contract:
   (:meth:`Subjects.spot_notice`), ``source`` ``sidecar:{instance_id}``, ``deadline`` absolute, once per
   distinct notice: a notice read again is not sent again; a changed one is (AWS rebalance, then
   terminate; a new Azure event or ``NotBefore``). A publish that fails is retried at the next poll.
-- A notice is logged ``notice_published`` only once the server has it (a flush answered after it). While
+- A notice is logged ``notice_published`` only once the server has it (an echo sent after it came back). While
   NATS is down it waits in the client's buffer (``notice_buffered``) and is confirmed, or sent again with the
   same ``msg_id`` if the connection it was written to died, once NATS is back; the agent treats a repeated
   notice as one. Stopping with a notice still unconfirmed waits for NATS up to the grace period, and a notice
@@ -333,8 +333,6 @@ class _Stopped(Exception):
     pass
 
 
-CONFIRM_TIMEOUT_SECONDS: Final = 1
-"""How long a flush may wait for the server's answer before the notice counts as still buffered."""
 UNSENT_RETRY_SECONDS: Final = 0.2
 """While stopping with a notice unconfirmed: how often to try NATS again within the grace period."""
 
@@ -558,10 +556,11 @@ class Sidecar:
                 if not await self._send(bus, pending.subject, pending.message):
                     return
                 pending.reconnects = self._reconnects()
-        try:
-            await self.nc.flush(timeout=CONFIRM_TIMEOUT_SECONDS)
-        except Exception:  # not answered (yet): still buffered, tried again at the next round
-            return
+        # An echo through the server, after the notices on the same connection (NATS keeps a connection's
+        # order), rather than nats-py's flush(): a flush that times out breaks its read loop when the late
+        # PONG comes (agent.runtime.link).
+        if await bus.link.answering() is None:
+            return  # not answered (yet): still buffered, tried again at the next round
         for pending in self._buffered.values():
             self._confirmed(pending)
         self._buffered.clear()
