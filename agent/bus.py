@@ -2,7 +2,9 @@
 
 - ``publish`` encodes a message (msgspec JSON) and counts it.
 - ``subscribe`` decodes every message into one type before the handler sees it. A message that does not
-  decode, or that the handler refuses by raising :class:`Rejected`, is counted
+  decode (wrong type, a number outside its physical range, larger than :data:`MAX_MESSAGE_BYTES`, nested
+  deeper than the decoder's recursion limit, not UTF-8), or that the handler refuses by raising
+  :class:`Rejected`, is counted
   (``costagent_messages_rejected``), logged once per kind (subject, reason, error text) and dropped; when
   it was a request, the requester gets an :class:`~schemas.ErrorReply` at once instead of a timeout.
   Any other exception from a handler is a bug: the subscription stops handling and ``on_crash`` is called,
@@ -39,6 +41,28 @@ Handler = Callable[[M, Msg], Awaitable[None]]
 
 # Distinct kinds of bad message logged before the log goes quiet (the counter keeps counting).
 _MAX_LOGGED_KINDS: Final = 1000
+MAX_MESSAGE_BYTES: Final = 256 * 1024
+"""The largest message a subscription decodes. Ours are a few kB (a plan of a 100-pool catalog is ~30 kB);
+the server's own limit (1 MiB by default) would let a sender make every actor parse a megabyte."""
+# The longest error text put in an ErrorReply (a decoder may quote a whole bad value back).
+_MAX_ERROR_CHARS: Final = 1024
+
+
+class Unreadable(msgspec.DecodeError):
+    """A message refused before or while decoding for a reason of ours (too large, nested too deep); the
+    text is the reason."""
+
+
+def decode_json(decoder: msgspec.json.Decoder[T], data: bytes, max_bytes: int | None = None) -> T:
+    """``decoder.decode(data)``, refusing a message over ``max_bytes`` unread and turning the decoder's
+    RecursionError (JSON nested ~1,000 deep: msgspec recurses per level, even into unknown fields it
+    skips) into an :class:`Unreadable`, so that callers handle one kind of error."""
+    if max_bytes is not None and len(data) > max_bytes:
+        raise Unreadable(f"too large: {len(data)} bytes, at most {max_bytes}")
+    try:
+        return decoder.decode(data)
+    except RecursionError:
+        raise Unreadable("nested too deep") from None
 
 
 class Rejected(Exception):
@@ -51,6 +75,8 @@ def describe_decode_error(err: Exception, data: bytes) -> str:
     Senders read this in error replies and operators in logs, so it must not change with the decoder's
     version (msgspec 0.23 reworded its invalid UTF-8 error): the classes we tell apart are checked here.
     """
+    if isinstance(err, Unreadable):
+        return str(err)
     if isinstance(err, msgspec.ValidationError):
         path, reason = split_error(err)
         return f"{path}: {reason}"
@@ -139,7 +165,7 @@ class Bus:
         self, subject: str, message: Message, reply_kind: type[R], wait_s: float = 2.0
     ) -> R | ErrorReply:
         raw = await self.nc.request(subject, self._encoder.encode(message), timeout=wait_s)
-        reply: R | ErrorReply = self.decoder(reply_kind | ErrorReply).decode(raw.data)
+        reply: R | ErrorReply = decode_json(self.decoder(reply_kind | ErrorReply), raw.data)
         return reply
 
     async def subscribe(
@@ -151,11 +177,17 @@ class Bus:
         actor: str,
         on_crash: Callable[[BaseException], None],
     ) -> Subscription:
+        decoder = self.decoder(kind)
+
+        def decode(data: bytes) -> M:
+            message: M = decode_json(decoder, data, MAX_MESSAGE_BYTES)
+            return message
+
         return await self._subscribe(
             subject,
             tag_of(kind),
-            self.decoder(kind).decode,
-            (msgspec.DecodeError, UnicodeDecodeError),  # ValidationError is a DecodeError
+            decode,
+            (msgspec.DecodeError, UnicodeDecodeError),  # ValidationError and Unreadable are DecodeErrors
             describe_decode_error,
             _msg_id,
             handler,
@@ -248,5 +280,7 @@ class Bus:
         if raw.reply:
             await self.respond(
                 raw,
-                ErrorReply(**self.envelope(correlation_id=msg_id), error=f"{tag}: {error}"),
+                ErrorReply(
+                    **self.envelope(correlation_id=msg_id), error=f"{tag}: {error}"[:_MAX_ERROR_CHARS]
+                ),
             )

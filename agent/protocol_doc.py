@@ -67,7 +67,28 @@ from schemas import (
     WorkerStatus,
     tag_of,
 )
-from schemas.envelope import Count, Key, Message, NonEmpty, NonNegative, Positive, Tier, Timestamp
+from schemas.envelope import (
+    Bytes,
+    Count,
+    Fraction,
+    Hours,
+    Interval,
+    Key,
+    KvBlocks,
+    Message,
+    Money,
+    Nodes,
+    NonEmpty,
+    Price,
+    Requests,
+    Rps,
+    SignedMoney,
+    Text,
+    Tier,
+    Timestamp,
+    Tokens,
+    Total,
+)
 
 _BLOCK = re.compile(r"(<!-- generated: (?P<what>[^>]*?) -->\n)(?P<body>.*?)(<!-- end generated -->)", re.S)
 
@@ -303,10 +324,22 @@ def subject_table(names: list[str] | None = None) -> str:
 _NAMED: tuple[tuple[str, Any, str, str], ...] = (
     ("*id*", Key, "string", "1–128 characters"),
     ("*text*", NonEmpty, "string", "1–256 characters"),
-    ("*count*", Count, "integer", "≥ 0"),
-    ("*number ≥ 0*", NonNegative, "number", "≥ 0"),
-    ("*number > 0*", Positive, "number", "> 0"),
-    ("*time*", Timestamp, "number", "≥ 0, UNIX seconds"),
+    ("*free text*", Text, "string", "0–16384 characters"),
+    ("*count*", Count, "integer", "0 … 10^15"),
+    ("*requests*", Requests, "integer", "0 … 10^9"),
+    ("*tokens*", Tokens, "integer", "0 … 10^12"),
+    ("*KV blocks*", KvBlocks, "integer", "0 … 10^9"),
+    ("*nodes*", Nodes, "integer", "0 … 100000"),
+    ("*total*", Total, "number", "≥ 0, finite (a running total)"),
+    ("*fraction*", Fraction, "number", "0 … 1"),
+    ("*interval*", Interval, "number", "0.001 … 86400 seconds"),
+    ("*price*", Price, "number", "> 0, ≤ 10000 $/h per node"),
+    ("*money*", Money, "number", "0 … 10^15 $"),
+    ("*signed money*", SignedMoney, "number", "−10^15 … 10^15 $"),
+    ("*hours*", Hours, "number", "0 … 10^10 hours"),
+    ("*rate*", Rps, "number", "0 … 10^18 per second"),
+    ("*bytes*", Bytes, "number", "0 … 10^16 bytes"),
+    ("*time*", Timestamp, "number", "UNIX seconds, 946684800 (2000-01-01) … 7258118400 (2200-01-01)"),
     ("*tier*", Tier, "string", ", ".join(f'`"{t}"`' for t in typing.get_args(Tier)) + " (lower case)"),
 )
 

@@ -6,15 +6,15 @@ from typing import Annotated
 
 import msgspec
 
-from schemas.envelope import Count, Message, NonNegative, Positive, Timestamp, doc
+from schemas.envelope import Count, Interval, Message, Rps, Timestamp, TokenMean, TokensPerS, doc
 
 
 class Band(msgspec.Struct, frozen=True, kw_only=True):
     """P50/P75/P95 of the request rate (requests per second)."""
 
-    p50_rps: Annotated[NonNegative, doc("Median request rate, requests/s.")]
-    p75_rps: Annotated[NonNegative, doc("75th percentile, requests/s.")]
-    p95_rps: Annotated[NonNegative, doc("95th percentile, requests/s.")]
+    p50_rps: Annotated[Rps, doc("Median request rate, requests/s.")]
+    p75_rps: Annotated[Rps, doc("75th percentile, requests/s.")]
+    p95_rps: Annotated[Rps, doc("95th percentile, requests/s.")]
 
 
 class DemandSnapshot(Message, frozen=True, tag="demand.snapshot.v1"):
@@ -25,11 +25,11 @@ class DemandSnapshot(Message, frozen=True, tag="demand.snapshot.v1"):
     """
 
     bin_start: Annotated[Timestamp, doc("Start of the bin, UNIX s (a multiple of `bin_seconds`).")]
-    bin_seconds: Annotated[Positive, doc("Bin length in seconds (`[profiler] bin_minutes` × 60).")]
-    rps: Annotated[NonNegative, doc("Requests completed in the bin / `bin_seconds`, requests/s.")]
-    tokens_per_s: Annotated[NonNegative, doc("Prompt + output tokens / `bin_seconds`, tokens/s.")]
-    prompt_tokens_mean: Annotated[NonNegative, doc("Prompt tokens per request (0 without requests).")]
-    output_tokens_mean: Annotated[NonNegative, doc("Output tokens per request (0 without requests).")]
+    bin_seconds: Annotated[Interval, doc("Bin length in seconds (`[profiler] bin_minutes` × 60).")]
+    rps: Annotated[Rps, doc("Requests completed in the bin / `bin_seconds`, requests/s.")]
+    tokens_per_s: Annotated[TokensPerS, doc("Prompt + output tokens / `bin_seconds`, tokens/s.")]
+    prompt_tokens_mean: Annotated[TokenMean, doc("Prompt tokens per request (0 without requests).")]
+    output_tokens_mean: Annotated[TokenMean, doc("Output tokens per request (0 without requests).")]
     workers: Annotated[Count, doc("Distinct workers that reported in the bin.")]
     reports: Annotated[Count, doc("Reports counted in the bin (late ones included).")]
     in_flight: Annotated[

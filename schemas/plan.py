@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from schemas.envelope import Count, Key, Message, NonNegative, Tier, doc
+from schemas.envelope import MAX_LIST, Key, Message, Money, Nodes, NonEmpty, Rps, Seconds, Text, Tier, doc
 
 PlanReason = Literal["tick", "demand", "preemption", "manual", "fleet"]
 PlanStatus = Literal["optimal", "relaxed", "fallback"]
@@ -16,7 +16,7 @@ class Target(msgspec.Struct, frozen=True, kw_only=True):
     instance_type: Annotated[Key, doc("Catalog type.")]
     pool: Annotated[Key, doc("Pool (zone).")]
     tier: Annotated[Tier, doc("Tier.")]
-    count: Annotated[Count, doc("Nodes wanted in this (type, pool, tier).")]
+    count: Annotated[Nodes, doc("Nodes wanted in this (type, pool, tier).")]
 
 
 class AllocationPlan(Message, frozen=True, tag="plan.allocation.v1"):
@@ -44,16 +44,18 @@ class AllocationPlan(Message, frozen=True, tag="plan.allocation.v1"):
         ),
     ]
     trigger_ids: Annotated[
-        list[str],
+        Annotated[list[NonEmpty], msgspec.Meta(max_length=MAX_LIST)],
         doc(
             "Every trigger this plan answers: `plan.replan.v1`, `fleet.instance.v1` and `spot.notice.v1` "
             "`msg_id`s, timer ticks (`tick-<hex>`), lost nodes (`lost-<instance_id>-<time>`). Each trigger "
             "is planned for once. `correlation_id` is the first of them."
         ),
     ]
-    targets: Annotated[list[Target], doc("Target node counts (Target).")]
+    targets: Annotated[
+        Annotated[list[Target], msgspec.Meta(max_length=MAX_LIST)], doc("Target node counts (Target).")
+    ]
     hourly_cost: Annotated[
-        NonNegative,
+        Money,
         doc(
             "Cost of the targets in $/h: reserved at the catalog's reserved price, spot at the fresh quote "
             "(else the catalog's), on-demand at the catalog's price."
@@ -70,7 +72,7 @@ class AllocationPlan(Message, frozen=True, tag="plan.allocation.v1"):
         ),
     ]
     binding: Annotated[
-        list[str],
+        Annotated[list[Text], msgspec.Meta(max_length=MAX_LIST)],
         doc(
             "Constraints that limit the plan: `cover_now`, `cover_next_hour`, `non_spot_min`, "
             "`non_spot_fraction`, `zone_loss:<zone>`, `pool_share:<type>/<pool>`, `quota:<type>`, "
@@ -79,34 +81,34 @@ class AllocationPlan(Message, frozen=True, tag="plan.allocation.v1"):
         ),
     ]
     detail: Annotated[
-        str, doc("Human-readable explanation, including where the demand figure came from. Do not parse.")
+        Text, doc("Human-readable explanation, including where the demand figure came from. Do not parse.")
     ]
     demand_now_rps: Annotated[
-        NonNegative,
+        Rps,
         doc(
             "Demand covered now, in requests/s: the larger of the profile's P75 for now and the observed "
             "current demand."
         ),
     ]
     demand_next_rps: Annotated[
-        NonNegative,
+        Rps,
         doc(
             "Demand covered within the hour, in requests/s: the profile's highest next-hour P95, never below "
             "`demand_now_rps`."
         ),
     ]
     capacity_now_rps: Annotated[
-        NonNegative,
+        Rps,
         doc(
             "Capacity of the targets for the current token mix, in requests/s (spot counted at `1 − "
             "reclaim_per_hour`)."
         ),
     ]
-    capacity_next_rps: Annotated[NonNegative, doc("The same for the next-hour mix, in requests/s.")]
-    solve_seconds: Annotated[NonNegative, doc("Optimizer wall time, in seconds.")]
+    capacity_next_rps: Annotated[Rps, doc("The same for the next-hour mix, in requests/s.")]
+    solve_seconds: Annotated[Seconds, doc("Optimizer wall time, in seconds.")]
 
 
 class ReplanRequest(Message, frozen=True, tag="plan.replan.v1"):
     """Ask for a plan now. Sent twice with the same ``msg_id``, it is planned for once."""
 
-    note: Annotated[str, doc("Free text for the logs (why).")] = ""
+    note: Annotated[Text, doc("Free text for the logs (why).")] = ""

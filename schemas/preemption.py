@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from schemas.envelope import Count, Key, Message, NonNegative, Timestamp, doc
+from schemas.envelope import MAX_LIST, Bytes, Key, KvBlocks, Message, Requests, Text, Timestamp, Total, doc
 
 NoticeKind = Literal["terminate", "stop", "rebalance"]
 Provider = Literal["aws", "gcp", "azure", "sim"]
@@ -62,7 +62,7 @@ class DrainOrder(Message, frozen=True, tag="spot.drain.v1"):
 
     instance_id: Annotated[Key, doc("The node; also the subject key.")]
     worker_ids: Annotated[
-        list[Key],
+        Annotated[list[Key], msgspec.Meta(max_length=MAX_LIST)],
         doc("The workers to drain (those known on the node; for `lost`, the silent ones). May be empty."),
     ]
     deadline: Annotated[
@@ -80,21 +80,21 @@ class DrainOrder(Message, frozen=True, tag="spot.drain.v1"):
 class MigrationCounts(msgspec.Struct, frozen=True, kw_only=True):
     """What became of a drained node's requests, one count per request (``failed`` aside)."""
 
-    finished_in_place: Annotated[Count, doc("Requests left to finish in place on the node.")] = 0
-    kv_moved: Annotated[Count, doc("Requests moved by `transfer_kv` then `resume`.")] = 0
-    reprefilled: Annotated[Count, doc("Requests cancelled and re-prefilled on another worker.")] = 0
+    finished_in_place: Annotated[Requests, doc("Requests left to finish in place on the node.")] = 0
+    kv_moved: Annotated[Requests, doc("Requests moved by `transfer_kv` then `resume`.")] = 0
+    reprefilled: Annotated[Requests, doc("Requests cancelled and re-prefilled on another worker.")] = 0
     requeued: Annotated[
-        Count, doc("Requests handed back to the router to serve again (`requeue`, or `worker_lost`).")
+        Requests, doc("Requests handed back to the router to serve again (`requeue`, or `worker_lost`).")
     ] = 0
     failed: Annotated[
-        Count,
+        Requests,
         doc(
             "Attempts that failed and were then handled another way (a failed transfer, a refused "
             "re-prefill; such a request is also counted once above)."
         ),
     ] = 0
     frontend_migrated: Annotated[
-        Count,
+        Requests,
         doc(
             "Requests a Dynamo frontend re-sent to a surviving worker after the node died "
             "(its `dynamo_frontend_model_migration_total`; policy `dynamo-frontend`)."
@@ -111,27 +111,27 @@ class MigrationReport(Message, frozen=True, tag="migration.report.v1"):
     """
 
     instance_id: Annotated[Key, doc("The drained node; also the subject key.")]
-    policy: Annotated[str, doc("The `[migration] policy` that planned it.")]
+    policy: Annotated[Text, doc("The `[migration] policy` that planned it.")]
     reason: Annotated[DrainReason, doc("The drain order's reason.")]
     requests: Annotated[
-        Count,
+        Requests,
         doc("Requests that were in flight on the node's workers (for `lost`: that the router requeued)."),
     ]
     counts: Annotated[MigrationCounts, doc("What became of them (MigrationCounts).")]
     lost: Annotated[
-        Count,
+        Requests,
         doc(
             "Requests the coordinator could not place: three `requeue` attempts failed (an error reply or no "
             "answer). Should be 0."
         ),
     ]
     bytes_moved: Annotated[
-        NonNegative, doc("KV cache bytes transferred (sum of the `transfer_kv` acks' `bytes_moved`).")
+        Bytes, doc("KV cache bytes transferred (sum of the `transfer_kv` acks' `bytes_moved`).")
     ]
     tokens_recomputed: Annotated[
-        NonNegative, doc("Prompt + generated tokens of the re-prefilled requests (requeues not counted).")
+        Total, doc("Prompt + generated tokens of the re-prefilled requests (requeues not counted).")
     ]
-    hot_blocks_moved: Annotated[Count, doc("Prefix blocks copied to a survivor.")]
+    hot_blocks_moved: Annotated[KvBlocks, doc("Prefix blocks copied to a survivor.")]
     notice_at: Annotated[Timestamp, doc("When the drain was ordered (the drain order's `sent_at`), UNIX s.")]
     first_commands_at: Annotated[
         Timestamp,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from schemas.envelope import Count, Key, Message, doc
+from schemas.envelope import Key, Message, Requests, Text, Tokens, doc
 
 
 class StopRouting(Message, frozen=True, tag="router.stop_routing.v1"):
@@ -33,7 +33,7 @@ class Requeue(Message, frozen=True, tag="router.requeue.v1"):
         ),
     ]
     generated_tokens: Annotated[
-        Count,
+        Tokens,
         doc(
             "Output tokens already generated (and streamed to the client): serve it again from the prompt "
             "plus these, and continue the client's stream after them (0: from the prompt alone)."
@@ -60,12 +60,12 @@ class RouterAck(Message, frozen=True, tag="router.ack.v1"):
     op: Annotated[Key, doc("The op answered: `stop_routing`, `requeue`, `worker_lost`.")]
     ok: Annotated[bool, doc("Done (or already done); false: not carried out, see `detail`.")]
     requests: Annotated[
-        Count,
+        Requests,
         doc(
             "Requests the command affected: 1 for a `requeue` that took the request back, the number "
             "requeued for `worker_lost` (a repeat returns the first answer's number)."
         ),
     ] = 0
     detail: Annotated[
-        str, doc('Free text for the logs (`"already completed"`, `"taken from vllm-worker-7"`).')
+        Text, doc('Free text for the logs (`"already completed"`, `"taken from vllm-worker-7"`).')
     ] = ""

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-import msgspec
-
-from schemas.envelope import Count, Key, Message, NonNegative, Positive, doc
+from schemas.envelope import Fraction, Key, Message, Nodes, Price, doc
 
 
 class SpotPrice(Message, frozen=True, tag="spot.price.v1"):
@@ -22,17 +20,17 @@ class SpotPrice(Message, frozen=True, tag="spot.price.v1"):
         Key, doc("The pool (zone), one of that type's pools in the catalog; also the subject key.")
     ]
     price_hourly: Annotated[
-        Positive,
+        Price,
         doc('The spot price, in $/h per node. There is no "no price" value: send nothing instead.'),
     ]
     available: Annotated[
-        Count | None,
+        Nodes | None,
         doc(
             "How many spot nodes of this type the pool can hold now in all (held ones included), when the "
             "feed knows it; null = unknown (no limit)."
         ),
     ] = None
     reclaim_per_hour: Annotated[
-        Annotated[NonNegative, msgspec.Meta(le=1)] | None,
+        Fraction | None,
         doc("Observed probability that a node is reclaimed within an hour; null = use the catalog's."),
     ] = None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from schemas.envelope import Count, Key, Message, Positive, Tier, doc
+from schemas.envelope import Interval, Key, KvBlocks, Message, Requests, Tier, Tokens, doc
 
 
 class WorkerMetrics(Message, frozen=True, tag="worker.metrics.v1"):
@@ -20,11 +20,11 @@ class WorkerMetrics(Message, frozen=True, tag="worker.metrics.v1"):
     instance_type: Annotated[Key, doc("The node's type (a catalog type).")]
     pool: Annotated[Key, doc("The node's pool (zone).")]
     tier: Annotated[Tier, doc("The node's tier.")]
-    interval_s: Annotated[Positive, doc("Length in seconds of the interval that ended at `sent_at`.")]
-    requests_completed: Annotated[Count, doc("Requests that finished in the interval.")]
-    prompt_tokens: Annotated[Count, doc("Prompt tokens of those requests, in total.")]
-    output_tokens: Annotated[Count, doc("Output tokens of those requests, in total.")]
-    in_flight: Annotated[Count, doc("Gauge at `sent_at`: requests being processed.")] = 0
-    queued: Annotated[Count, doc("Gauge at `sent_at`: requests waiting.")] = 0
-    kv_blocks_used: Annotated[Count, doc("Gauge at `sent_at`: KV-cache blocks in use.")] = 0
-    kv_blocks_total: Annotated[Count, doc("KV-cache blocks the worker has.")] = 0
+    interval_s: Annotated[Interval, doc("Length in seconds of the interval that ended at `sent_at`.")]
+    requests_completed: Annotated[Requests, doc("Requests that finished in the interval.")]
+    prompt_tokens: Annotated[Tokens, doc("Prompt tokens of those requests, in total.")]
+    output_tokens: Annotated[Tokens, doc("Output tokens of those requests, in total.")]
+    in_flight: Annotated[Requests, doc("Gauge at `sent_at`: requests being processed.")] = 0
+    queued: Annotated[Requests, doc("Gauge at `sent_at`: requests waiting.")] = 0
+    kv_blocks_used: Annotated[KvBlocks, doc("Gauge at `sent_at`: KV-cache blocks in use.")] = 0
+    kv_blocks_total: Annotated[KvBlocks, doc("KV-cache blocks the worker has.")] = 0

@@ -26,7 +26,21 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from schemas.envelope import Count, Key, Message, NonNegative, Positive, Timestamp, doc
+from schemas.envelope import (
+    MAX_LIST,
+    Bytes,
+    Key,
+    Message,
+    PositiveTokensPerS,
+    Requests,
+    Text,
+    Timestamp,
+    Tokens,
+    doc,
+)
+
+BlockHash = Annotated[str, msgspec.Meta(max_length=128)]
+BlockHashes = Annotated[list[BlockHash], msgspec.Meta(max_length=MAX_LIST)]
 
 _PREFIX_BLOCKS = "Its prompt's prefix blocks (block hashes), in order."
 
@@ -42,18 +56,20 @@ class WorkerStatus(Message, frozen=True, tag="worker.status.v1"):
     instance_id: Annotated[Key, doc("Its node.")]
     instance_type: Annotated[Key, doc("The node's type (a catalog type).")]
     accepting: Annotated[bool, doc("False: do not send it requests (it is draining, or shutting down).")]
-    max_batch: Annotated[Count, doc("Sequences it decodes at once at most.")]
-    active: Annotated[Count, doc("Sequences running now.")]
-    queued: Annotated[Count, doc("Requests waiting for a slot. Free slots = `max_batch − active − queued`.")]
-    prefill_tokens_per_s: Annotated[Positive, doc("Prefill throughput of the worker, tokens/s.")]
+    max_batch: Annotated[Requests, doc("Sequences it decodes at once at most.")]
+    active: Annotated[Requests, doc("Sequences running now.")]
+    queued: Annotated[
+        Requests, doc("Requests waiting for a slot. Free slots = `max_batch − active − queued`.")
+    ]
+    prefill_tokens_per_s: Annotated[PositiveTokensPerS, doc("Prefill throughput of the worker, tokens/s.")]
     decode_tokens_per_s: Annotated[
-        Positive,
+        PositiveTokensPerS,
         doc(
             "Decode throughput at full batch, tokens/s over all sequences (one sequence gets `/ max_batch`)."
         ),
     ]
     cached_blocks: Annotated[
-        list[str],
+        BlockHashes,
         doc(
             "Prefix blocks (block hashes) held in its KV cache, most recently used first; bounded, so that "
             "the reply stays well under the NATS payload limit (1 MB by default)."
@@ -69,13 +85,13 @@ class InflightRequest(msgspec.Struct, frozen=True, kw_only=True):
     """One request on a worker, in an InflightList."""
 
     request_id: Annotated[Key, doc("The router's request id.")]
-    prompt_tokens: Annotated[Count, doc("Prompt length, tokens.")]
-    generated_tokens: Annotated[Count, doc("Output tokens generated so far.")]
+    prompt_tokens: Annotated[Tokens, doc("Prompt length, tokens.")]
+    generated_tokens: Annotated[Tokens, doc("Output tokens generated so far.")]
     expected_remaining_tokens: Annotated[
-        Count, doc("Output tokens still expected (from `max_tokens`, or the engine's estimate).")
+        Tokens, doc("Output tokens still expected (from `max_tokens`, or the engine's estimate).")
     ]
-    kv_bytes: Annotated[NonNegative, doc("Size of its KV cache now, bytes (0 while queued).")]
-    prefix_blocks: Annotated[list[str], doc(_PREFIX_BLOCKS)] = msgspec.field(default_factory=list)
+    kv_bytes: Annotated[Bytes, doc("Size of its KV cache now, bytes (0 while queued).")]
+    prefix_blocks: Annotated[BlockHashes, doc(_PREFIX_BLOCKS)] = msgspec.field(default_factory=list)
 
 
 class InflightList(Message, frozen=True, tag="worker.inflight.v1"):
@@ -83,10 +99,11 @@ class InflightList(Message, frozen=True, tag="worker.inflight.v1"):
 
     worker_id: Annotated[Key, doc("This worker.")]
     instance_id: Annotated[Key, doc("Its node.")]
-    decode_tokens_per_s: Annotated[Positive, doc("As in WorkerStatus, tokens/s.")]
-    max_batch: Annotated[Count, doc("As in WorkerStatus.")]
+    decode_tokens_per_s: Annotated[PositiveTokensPerS, doc("As in WorkerStatus, tokens/s.")]
+    max_batch: Annotated[Requests, doc("As in WorkerStatus.")]
     requests: Annotated[
-        list[InflightRequest], doc("Every request here (InflightRequest; an empty list when idle).")
+        Annotated[list[InflightRequest], msgspec.Meta(max_length=MAX_LIST)],
+        doc("Every request here (InflightRequest; an empty list when idle)."),
     ]
 
 
@@ -108,11 +125,11 @@ class Resume(Message, frozen=True, tag="worker.resume.v1"):
 
     request_id: Annotated[Key, doc("The request.")]
     source_worker_id: Annotated[Key, doc("Where the KV cache came from.")]
-    prompt_tokens: Annotated[Count, doc("Prompt length, tokens.")]
-    generated_tokens: Annotated[Count, doc("Output tokens generated so far (the transfer ack's).")]
-    expected_remaining_tokens: Annotated[Count, doc("Output tokens still expected.")]
+    prompt_tokens: Annotated[Tokens, doc("Prompt length, tokens.")]
+    generated_tokens: Annotated[Tokens, doc("Output tokens generated so far (the transfer ack's).")]
+    expected_remaining_tokens: Annotated[Tokens, doc("Output tokens still expected.")]
     prefix_blocks: Annotated[
-        list[str], doc("Its prompt's prefix blocks (block hashes; they join the target's prefix cache).")
+        BlockHashes, doc("Its prompt's prefix blocks (block hashes; they join the target's prefix cache).")
     ] = msgspec.field(default_factory=list)
 
 
@@ -121,14 +138,14 @@ class Reprefill(Message, frozen=True, tag="worker.reprefill.v1"):
 
     request_id: Annotated[Key, doc("The request.")]
     source_worker_id: Annotated[Key, doc("The worker it was taken from.")]
-    prompt_tokens: Annotated[Count, doc("Prompt length, tokens.")]
+    prompt_tokens: Annotated[Tokens, doc("Prompt length, tokens.")]
     generated_tokens: Annotated[
-        Count, doc("Output tokens already generated (re-prefilled here; the router has the token ids).")
+        Tokens, doc("Output tokens already generated (re-prefilled here; the router has the token ids).")
     ]
-    expected_remaining_tokens: Annotated[Count, doc("Output tokens still expected.")]
+    expected_remaining_tokens: Annotated[Tokens, doc("Output tokens still expected.")]
     reply_by: Annotated[Timestamp, doc("Answer by then, UNIX s.")]
     prefix_blocks: Annotated[
-        list[str], doc("Its prompt's prefix blocks (block hashes: what may be cached here).")
+        BlockHashes, doc("Its prompt's prefix blocks (block hashes: what may be cached here).")
     ] = msgspec.field(default_factory=list)
 
 
@@ -141,31 +158,38 @@ class Cancel(Message, frozen=True, tag="worker.cancel.v1"):
 class HotBlocksQuery(Message, frozen=True, tag="worker.hot_blocks_query.v1"):
     """Op ``hot_blocks``: the worker's most used prefix blocks, most hits first."""
 
-    limit: Annotated[Count, doc("Blocks wanted at most (`[migration] hot_blocks`).")] = 100
+    limit: Annotated[
+        Annotated[int, msgspec.Meta(ge=0, le=MAX_LIST)],
+        doc("Blocks wanted at most (`[migration] hot_blocks`)."),
+    ] = 100
 
 
 class Block(msgspec.Struct, frozen=True, kw_only=True):
     """One prefix block of a worker's KV cache."""
 
     block_hash: Annotated[Key, doc("The block's hash.")]
-    size_bytes: Annotated[
-        NonNegative, doc("Its KV cache size in bytes (`block_tokens` × KV bytes per token).")
-    ]
-    hits: Annotated[Count, doc("Requests that found it in their cached prefix.")] = 0
+    size_bytes: Annotated[Bytes, doc("Its KV cache size in bytes (`block_tokens` × KV bytes per token).")]
+    hits: Annotated[Requests, doc("Requests that found it in their cached prefix.")] = 0
 
 
 class HotBlocks(Message, frozen=True, tag="worker.hot_blocks.v1"):
     """A worker's answer to ``hot_blocks``."""
 
     worker_id: Annotated[Key, doc("This worker.")]
-    blocks: Annotated[list[Block], doc("At most `limit` blocks (Block), most hits first.")]
+    blocks: Annotated[
+        Annotated[list[Block], msgspec.Meta(max_length=MAX_LIST)],
+        doc("At most `limit` blocks (Block), most hits first."),
+    ]
 
 
 class ReceiveBlocks(Message, frozen=True, tag="worker.receive_blocks.v1"):
     """Op ``receive_blocks``: copy these prefix blocks from ``source_worker_id`` into the prefix cache."""
 
     source_worker_id: Annotated[Key, doc("Where to copy them from.")]
-    blocks: Annotated[list[Block], doc("The blocks (Block, from the source's `hot_blocks`).")]
+    blocks: Annotated[
+        Annotated[list[Block], msgspec.Meta(max_length=MAX_LIST)],
+        doc("The blocks (Block, from the source's `hot_blocks`)."),
+    ]
     reply_by: Annotated[Timestamp, doc("Copied by then (the source's deadline), UNIX s, or refuse at once.")]
 
 
@@ -174,15 +198,15 @@ class Submit(Message, frozen=True, tag="worker.submit.v1"):
     generate, ``already_generated`` tokens to re-prefill as part of the prompt when requeued."""
 
     request_id: Annotated[Key, doc("The router's request id.")]
-    prompt_tokens: Annotated[Count, doc("Prompt length, tokens.")]
-    expected_output_tokens: Annotated[Count, doc("Output tokens expected in all.")]
+    prompt_tokens: Annotated[Tokens, doc("Prompt length, tokens.")]
+    expected_output_tokens: Annotated[Tokens, doc("Output tokens expected in all.")]
     already_generated: Annotated[
-        Count,
+        Tokens,
         doc(
             "Output tokens generated before a requeue: prefilled as part of the prompt, not generated again."
         ),
     ] = 0
-    prefix_blocks: Annotated[list[str], doc(_PREFIX_BLOCKS)] = msgspec.field(default_factory=list)
+    prefix_blocks: Annotated[BlockHashes, doc(_PREFIX_BLOCKS)] = msgspec.field(default_factory=list)
 
 
 class WorkerAck(Message, frozen=True, tag="worker.ack.v1"):
@@ -190,15 +214,17 @@ class WorkerAck(Message, frozen=True, tag="worker.ack.v1"):
     ``submit``; ``correlation_id`` is the request's ``msg_id``."""
 
     op: Annotated[Key, doc("The op answered.")]
-    request_id: Annotated[str, doc("The request (empty for `receive_blocks`).")] = ""
+    request_id: Annotated[
+        Annotated[str, msgspec.Meta(max_length=128)], doc("The request (empty for `receive_blocks`).")
+    ] = ""
     ok: Annotated[
         bool, doc("Done (or already done: a repeat); false: understood but not carried out, see `detail`.")
     ] = True
     generated_tokens: Annotated[
-        Count, doc("`transfer_kv`, `cancel`: output tokens the request had generated here.")
+        Tokens, doc("`transfer_kv`, `cancel`: output tokens the request had generated here.")
     ] = 0
-    bytes_moved: Annotated[NonNegative, doc("`transfer_kv`, `receive_blocks`: bytes sent.")] = 0.0
-    detail: Annotated[str, doc("Free text for the logs.")] = ""
+    bytes_moved: Annotated[Bytes, doc("`transfer_kv`, `receive_blocks`: bytes sent.")] = 0.0
+    detail: Annotated[Text, doc("Free text for the logs.")] = ""
 
 
 RequestState = Literal["started", "done", "moved_out", "lost"]
@@ -218,4 +244,4 @@ class RequestUpdate(Message, frozen=True, tag="request.update.v1"):
             "router sees the stream break)."
         ),
     ]
-    generated_tokens: Annotated[Count, doc("Output tokens generated so far.")] = 0
+    generated_tokens: Annotated[Tokens, doc("Output tokens generated so far.")] = 0

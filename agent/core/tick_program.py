@@ -30,6 +30,8 @@ TOLERANCE = 1e-6
 _TIE_BREAK_HOURS = 1e-4
 # Rows that define auxiliary columns rather than constrain the fleet: never reported as binding or broken.
 BOOKKEEPING = frozenset({"launch", "spot_total"})
+# Nodes of one (type, pool, tier) a plan may hold: schemas.envelope.MAX_NODES, the range of a plan's count.
+MAX_POOL_NODES = 100_000
 # Families measured in requests/s rather than nodes: binding means within one node's capacity.
 CAPACITY_FAMILIES = frozenset({"cover_now", "cover_next_hour", "non_spot_fraction", "zone_loss"})
 # The families the elastic program may leave short, each with how its shortfall reads in a fallback.
@@ -318,6 +320,9 @@ def build(
         upper[cols.spot] = spot_available(p)
     if not cfg.allow_ondemand:
         upper[cols.ondemand] = 0.0
+    # However large the demand reported, a plan's count must be one its readers accept (the wire's range).
+    upper[cols.spot] = np.minimum(upper[cols.spot], MAX_POOL_NODES)
+    upper[cols.ondemand] = np.minimum(upper[cols.ondemand], MAX_POOL_NODES)
     if not elastic:
         upper[cols.shortfalls] = 0.0
     integrality = np.zeros(cols.width)

@@ -197,11 +197,12 @@ def test_the_fleet_is_checked_like_the_plan() -> None:
 
 # A report as an agent wrote it before the plan fields were added.
 OLDER_REPORT = (
-    b'{"type":"cost.report.v1","period_start":0.0,"period_end":0.0,"hours":0.0,"total_cost":0.0,'
+    b'{"type":"cost.report.v1","period_start":1767225600.0,"period_end":1767225600.0,"hours":0.0,'
+    b'"total_cost":0.0,'
     b'"avg_hourly_cost":0.0,"monthly_cost":0.0,"tokens":0.0,"requests":0.0,"cost_per_mtok":null,'
     b'"cost_per_request":null,"instance_hours":{},"instance_hours_by_type":{},"cost_by_tier":{},'
     b'"cost_by_type":{},"spot_fraction":0.0,"ondemand_equivalent_cost":0.0,"savings":0.0,'
-    b'"savings_fraction":0.0,"intervals":0,"msg_id":"r-1","sent_at":0.0,"source":"agent"}'
+    b'"savings_fraction":0.0,"intervals":0,"msg_id":"r-1","sent_at":1767225600.0,"source":"agent"}'
 )
 
 

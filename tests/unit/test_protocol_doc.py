@@ -25,7 +25,7 @@ from agent.protocol_doc import (
     type_name,
 )
 from agent.subjects import Subjects
-from schemas import MESSAGE_TYPES, SpotPrice, WorkerAck, WorkerMetrics, tag_of
+from schemas import MESSAGE_TYPES, InflightRequest, SpotPrice, Target, WorkerAck, WorkerMetrics, tag_of
 from schemas.envelope import Message
 
 PAGE = (ROOT / PROTOCOL_DOC).read_text(encoding="utf-8")
@@ -117,18 +117,20 @@ def test_the_worker_protocol_subject_has_two_keys() -> None:
 def test_types_read_as_the_page_names_them_with_any_further_constraint_written_out() -> None:
     assert type_name(_field(WorkerMetrics, "worker_id").type) == "*id*"
     assert type_name(_field(WorkerMetrics, "tier").type) == "*tier*"
-    assert type_name(_field(WorkerMetrics, "interval_s").type) == "*number > 0*"
+    assert type_name(_field(WorkerMetrics, "interval_s").type) == "*interval*"
     assert type_name(_field(WorkerMetrics, "sent_at").type) == "*time*"
-    assert type_name(_field(SpotPrice, "available").type) == "*count* \\| null"
-    assert type_name(_field(SpotPrice, "reclaim_per_hour").type) == "*number ≥ 0*, ≤ 1 \\| null"
-    assert type_name(_field(WorkerAck, "detail").type) == "string"
+    assert type_name(_field(SpotPrice, "available").type) == "*nodes* \\| null"
+    assert type_name(_field(SpotPrice, "reclaim_per_hour").type) == "*fraction* \\| null"
+    assert type_name(_field(WorkerAck, "detail").type) == "*free text*"
+    assert type_name(_field(Target, "count").type) == "*nodes*"
+    assert type_name(_field(InflightRequest, "kv_bytes").type) == "*bytes*"
 
 
 def test_a_field_row_gives_type_default_and_the_structs_own_description() -> None:
     table = field_table(WorkerMetrics)
 
-    assert "| `in_flight` | *count* | `0` | Gauge at `sent_at`: requests being processed. |" in table
-    assert "| `interval_s` | *number > 0* | required | Length in seconds of the interval" in table
+    assert "| `in_flight` | *requests* | `0` | Gauge at `sent_at`: requests being processed. |" in table
+    assert "| `interval_s` | *interval* | required | Length in seconds of the interval" in table
     assert "`msg_id`" not in table  # the envelope has its own table
 
 
@@ -161,7 +163,7 @@ def test_a_table_for_a_new_message_is_filled_in_where_its_marker_is_placed() -> 
 
     assert rendered.startswith("Prose before.\n<!-- generated: fields spot.price.v1 -->\n| field |")
     assert rendered.endswith("<!-- end generated -->\nProse after.\n")
-    assert "| `price_hourly` | *number > 0* | required | The spot price, in $/h per node." in rendered
+    assert "| `price_hourly` | *price* | required | The spot price, in $/h per node." in rendered
 
 
 @pytest.mark.parametrize("what", ["fields spot.price.v9", "fields", "tables", "subjects no_such_subject"])
