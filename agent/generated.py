@@ -4,7 +4,10 @@
 - ``docs/protocol.md``: its field and subject tables, between marker comments (:mod:`agent.protocol_doc`);
   the prose around them is hand-written and kept;
 - ``deploy/agent.example.toml``: every setting with its default and description
-  (:mod:`agent.settings_example`).
+  (:mod:`agent.settings_example`);
+- ``deploy/kubernetes/nats-config.yaml`` and ``agent-config.yaml``: the ConfigMaps carrying
+  ``deploy/nats.conf`` and ``deploy/kubernetes/agent.toml``; ``sidecar-*.yaml``: the notice sidecar's
+  DaemonSet per cloud (:mod:`agent.deploy_manifests`).
 
 Each is checked in, so that a reader without the code has them; a test and CI's ``--check`` fail when one
 no longer matches the code, and ``cost-agent schemas`` rewrites them all. Paths are the source tree's
@@ -16,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.deploy_manifests import manifests
 from agent.protocol_doc import render_doc
 from agent.settings_example import example_toml
 from schemas.jsonschema_files import render, schema_documents
@@ -40,6 +44,7 @@ def generate(root: Path = ROOT) -> Generated:
     if page.is_file():
         expected[page] = render_doc(page.read_text(encoding="utf-8"))
     expected[root / SETTINGS_EXAMPLE] = example_toml()
+    expected |= manifests(root)
     stale = sorted(p for p in (root / SCHEMA_DIR).glob("*.json") if p not in expected)
     return Generated(expected, stale)
 

@@ -77,3 +77,16 @@ class LoggedProcess:
         code = await self.proc.wait()
         await self._reader
         return code
+
+
+async def start_cost_agent(*args: str) -> LoggedProcess:
+    """``cost-agent ARGS`` started as a user would, its JSON log lines read as they come."""
+    proc = await asyncio.create_subprocess_exec(
+        *cost_agent_command(*args, "--log-format", "json"),
+        cwd=ROOT,
+        env=cost_agent_env(),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    return LoggedProcess(proc)
