@@ -61,7 +61,8 @@ class Recorder(Actor):
 async def send(nc: NATS, subject: str, note: str) -> None:
     await nc.publish(
         subject,
-        b'{"type":"plan.replan.v1","msg_id":"m","sent_at":1,"source":"t","note":"%s"}' % note.encode(),
+        b'{"type":"plan.replan.v1","msg_id":"m","sent_at":1767225600,"source":"t","note":"%s"}'
+        % note.encode(),
     )
     await nc.flush()
 
@@ -84,7 +85,9 @@ async def test_a_malformed_message_is_counted_logged_once_and_the_actor_goes_on(
     with structlog.testing.capture_logs() as logs:
         for _ in range(3):
             await bus.nc.publish(subject, b"{not json")
-        await bus.nc.publish(subject, b'{"type":"plan.replan.v1","msg_id":"","sent_at":1,"source":"t"}')
+        await bus.nc.publish(
+            subject, b'{"type":"plan.replan.v1","msg_id":"","sent_at":1767225600,"source":"t"}'
+        )
         await send(bus.nc, subject, "hello")
         await eventually(lambda: actor.seen == ["hello"])
     labels = {"actor": "recorder", "subject": "cmd.plan.tick", "type": "plan.replan.v1"}
@@ -171,7 +174,7 @@ async def test_stopping_drains_the_connection_and_ends_every_actor(nats_url: str
     for k in range(50):
         await nc.publish(
             bus.subjects.plan_tick,
-            b'{"type":"plan.replan.v1","msg_id":"m","sent_at":1,"source":"t","note":"%d"}' % k,
+            b'{"type":"plan.replan.v1","msg_id":"m","sent_at":1767225600,"source":"t","note":"%d"}' % k,
         )
     stop.set()
     await nc.drain()  # every message already received is handled before the connection closes
@@ -194,7 +197,7 @@ async def test_invalid_utf8_inside_a_string_is_malformed_and_a_request_still_get
     stop = asyncio.Event()
     actor = Recorder(bus, FakeClock(START))
     task = await run_until_ready(actor, Supervisor([actor], stop, bus.metrics, FAST))
-    data = b'{"type":"plan.replan.v1","msg_id":"m","sent_at":1,"source":"t","note":"\xff"}'
+    data = b'{"type":"plan.replan.v1","msg_id":"m","sent_at":1767225600,"source":"t","note":"\xff"}'
     reply = await bus.nc.request(bus.subjects.plan_tick, data, timeout=5)
     error = bus.decoder(ErrorReply).decode(reply.data)
     assert "not UTF-8" in error.error
