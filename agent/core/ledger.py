@@ -18,6 +18,9 @@ Contract:
   spot price above on-demand is recorded as paid, and then savings can be negative.
 * Reserved instances are paid whether used or not. The ledger prices what it is told is held; the caller
   must pass the reserved count for every interval, busy or idle.
+* :meth:`CostLedger.state` and :meth:`CostLedger.restore` carry the running sums across a restart (a
+  :class:`LedgerState`, msgspec-encodable); a state from another catalog, or with an amount that is not
+  finite and non-negative, raises ``ValueError`` and leaves the ledger as it was.
 
 Pure and synchronous: no asyncio, nats or structlog here.
 """
@@ -29,6 +32,8 @@ import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+import msgspec
 
 from agent.core.catalog import HOURS_PER_MONTH, TIERS, Catalog, Tier
 
@@ -48,6 +53,23 @@ def _amount(field: str, value: object) -> float:
     if not math.isfinite(number) or number < 0:
         raise ValueError(f"{field}: must be a finite number >= 0, got {value!r}")
     return number
+
+
+class LedgerState(msgspec.Struct, frozen=True):
+    """The running sums of a :class:`CostLedger`, as saved across a restart."""
+
+    catalog: str
+    cost: float
+    ondemand_cost: float
+    hours: float
+    tokens: float
+    requests: float
+    intervals: int
+    start_h: float | None
+    end_h: float | None
+    instance_hours: list[tuple[str, str, float]]
+    """(type, tier, instance-hours), one per pair used."""
+    pair_cost: list[tuple[str, str, float]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,6 +258,48 @@ class CostLedger:
             self._start_h = start if self._start_h is None else self._start_h
             self._end_h = end if self._end_h is None else max(self._end_h, end)
         return cost
+
+    def state(self) -> LedgerState:
+        return LedgerState(
+            catalog=self._catalog.name,
+            cost=self._cost,
+            ondemand_cost=self._ondemand_cost,
+            hours=self._hours,
+            tokens=self._tokens,
+            requests=self._requests,
+            intervals=self._intervals,
+            start_h=self._start_h,
+            end_h=self._end_h,
+            instance_hours=[(n, t, h) for (n, t), h in self._instance_hours.items()],
+            pair_cost=[(n, t, c) for (n, t), c in self._pair_cost.items()],
+        )
+
+    def restore(self, state: LedgerState) -> None:
+        """Continue from ``state`` (see the module docstring); ``ValueError`` and no change when it does
+        not fit this ledger's catalog."""
+        if state.catalog != self._catalog.name:
+            raise ValueError(
+                f"catalog: saved for {state.catalog!r}, this ledger prices {self._catalog.name!r}"
+            )
+        sums = {
+            name: _amount(name, getattr(state, name))
+            for name in ("cost", "ondemand_cost", "hours", "tokens", "requests", "intervals")
+        }
+        for name, hours in (("start_h", state.start_h), ("end_h", state.end_h)):
+            if hours is not None:
+                _amount(name, hours)
+        per_pair: list[dict[tuple[str, Tier], float]] = []
+        for field, rows in (("instance_hours", state.instance_hours), ("pair_cost", state.pair_cost)):
+            per_pair.append(
+                {self._check_key((n, t)): _amount(f"{field}[{n!r}, {t!r}]", v) for n, t, v in rows}
+            )
+        if per_pair[0].keys() != per_pair[1].keys():
+            raise ValueError("instance_hours, pair_cost: not the same (type, tier) pairs")
+        self._cost, self._ondemand_cost, self._hours = sums["cost"], sums["ondemand_cost"], sums["hours"]
+        self._tokens, self._requests = sums["tokens"], sums["requests"]
+        self._intervals = int(sums["intervals"])
+        self._start_h, self._end_h = state.start_h, state.end_h
+        self._instance_hours, self._pair_cost = per_pair
 
     def report(self) -> CostReport:
         """The totals so far; O(catalog size), independent of how many intervals were recorded."""

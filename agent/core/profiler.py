@@ -27,7 +27,8 @@ Contract:
   The ratios are refitted lazily, by vectorised O(history) work, on the first ``predict`` after the
   history changed; otherwise ``predict`` is O(samples in the cell).
 - ``to_bytes``/``from_bytes`` round-trip the configuration and the samples exactly (msgpack, versioned);
-  the forecasts of the restored profiler are identical.
+  the forecasts of the restored profiler are identical. ``restore`` loads saved samples into this
+  profiler (which other readers share), if they were binned the same way.
 
 Pure and synchronous: no asyncio, nats or logging here.
 """
@@ -412,6 +413,20 @@ class DemandProfiler:
             residual_spread=self._residual_spread,
         )
         return _encoder.encode(state)
+
+    def restore(self, data: bytes) -> None:
+        """Replace the samples with those saved by :meth:`to_bytes`; ValueError, and no change, for
+        anything else or for a profile binned differently (bin width, zone or history length)."""
+        saved = DemandProfiler.from_bytes(data)
+        mine = (self._bin_minutes, self._timezone, self._history_days)
+        theirs = (saved._bin_minutes, saved._timezone, saved._history_days)
+        if mine != theirs:
+            raise ValueError(f"saved demand profile is binned as {theirs}, this profiler as {mine}")
+        self._samples = saved._samples
+        self._by_position = saved._by_position
+        self._newest_key = saved._newest_key
+        self._newest_time = saved._newest_time
+        self._spread_stale = True
 
     @classmethod
     def from_bytes(cls, data: bytes) -> DemandProfiler:

@@ -13,19 +13,31 @@ counted from the reconnection on, which also gives every worker one full silence
 Memory and work per report are O(1) whatever ids a client invents: at most ``max_instances`` instances
 and ``max_workers`` workers are held; beyond, the one that reported least recently is forgotten (counted
 in :attr:`WorkerRegistry.evicted`). A gone instance's workers are forgotten at once.
+
+:meth:`WorkerRegistry.snapshot` and :meth:`WorkerRegistry.restore` carry it across a restart, least
+recently heard first, so that a notice for a node known before the restart is still accepted.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Final, Literal, get_args
+
+import msgspec
 
 InstanceLife = Literal["active", "draining", "gone"]
 
 MAX_WORKERS: Final = 10_000
 """Far above a fleet's real workers (a thousand 8-GPU nodes with a worker per GPU is 8,000)."""
 MAX_INSTANCES: Final = 10_000
+
+
+class RegistrySnapshot(msgspec.Struct, frozen=True):
+    instances: list[tuple[str, str, str, str, str]]
+    """(instance id, life, type, pool, tier), least recently heard first."""
+    workers: list[tuple[str, str, float, float, bool]]
+    """(worker id, instance id, last seen, interval s, lost), least recently heard first."""
 
 
 def counted_silence(now: float, last_seen: float, connected_since: float | None) -> float:
@@ -153,6 +165,39 @@ class WorkerRegistry:
                 info.lost = True
                 silent.append(info)
         return silent
+
+    def snapshot(self) -> RegistrySnapshot:
+        return RegistrySnapshot(
+            instances=[(i, life, *self._types.get(i, ("", "", ""))) for i, life in self._life.items()],
+            workers=[
+                (w.worker_id, w.instance_id, w.last_seen, w.interval_s, w.lost)
+                for w in self._workers.values()
+            ],
+        )
+
+    def restore(self, snap: RegistrySnapshot) -> None:
+        """Replace what is held with ``snap`` (``ValueError``, and no change, when it is inconsistent);
+        beyond the bounds the least recently heard are left out."""
+        life: OrderedDict[str, InstanceLife] = OrderedDict()
+        types: dict[str, tuple[str, str, str]] = {}
+        for instance_id, state, name, pool, tier in snap.instances[-self.max_instances :]:
+            if state not in get_args(InstanceLife):
+                raise ValueError(f"instance {instance_id!r}: life {state!r} unknown")
+            life[instance_id] = state  # type: ignore[assignment]
+            types[instance_id] = (name, pool, tier)
+        workers: OrderedDict[str, WorkerInfo] = OrderedDict()
+        for worker_id, instance_id, last_seen, interval_s, lost in snap.workers[-self.max_workers :]:
+            if instance_id not in types:
+                raise ValueError(f"worker {worker_id!r}: instance {instance_id!r} is not in the snapshot")
+            if not interval_s > 0:
+                raise ValueError(f"worker {worker_id!r}: interval_s must be > 0, got {interval_s!r}")
+            workers[worker_id] = WorkerInfo(
+                worker_id, instance_id, *types[instance_id], last_seen, interval_s, lost
+            )
+        self._life, self._types, self._workers = life, types, workers
+        self._by_instance = {}
+        for info in workers.values():
+            self._by_instance.setdefault(info.instance_id, {})[info.worker_id] = info
 
     def _forget_worker(self, info: WorkerInfo) -> None:
         del self._workers[info.worker_id]

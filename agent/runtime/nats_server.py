@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -33,12 +34,33 @@ def find_nats_server() -> Path:
     )
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: on Linux, SIGTERM when the process that started it dies, even by
+    SIGKILL, so that a restarted agent does not find its old embedded server on the same store dir."""
+    if sys.platform != "linux":
+        return
+    import ctypes
+    import signal
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+
+
 class NatsServer:
+    """``jetstream`` (the default: the agent keeps its state there) stores in ``store_dir``, or in the
+    server's temporary directory (gone at :meth:`stop`) when none is given."""
+
     def __init__(
-        self, *, jetstream: bool = False, binary: Path | None = None, config_file: Path | None = None
+        self,
+        *,
+        jetstream: bool = True,
+        binary: Path | None = None,
+        config_file: Path | None = None,
+        store_dir: Path | None = None,
     ) -> None:
         self.binary = binary or find_nats_server()
         self.jetstream = jetstream
+        self.store_dir = store_dir
         # Accounts, permissions, TLS (deploy/nats.conf); the address and port flags still win over it.
         self.config_file = config_file
         self._dir = tempfile.TemporaryDirectory(prefix="cost-agent-nats-")
@@ -52,9 +74,14 @@ class NatsServer:
         args += ["-a", "127.0.0.1", "-p", "-1", "--ports_file_dir", str(workdir)]
         args += ["-l", str(self.log_file)]
         if self.jetstream:
-            args += ["-js", "-sd", str(workdir / "js")]
+            args += ["-js", "-sd", str(self.store_dir or workdir / "js")]
         self._proc = subprocess.Popen(
-            args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            # Only from the main thread: the signal follows the thread that started the server.
+            preexec_fn=_die_with_parent if threading.current_thread() is threading.main_thread() else None,
         )
         ports_file = workdir / f"{self.binary.name}_{self._proc.pid}.ports"
         deadline = time.monotonic() + timeout_s
