@@ -239,3 +239,18 @@ async def test_reports_at_the_edges_of_every_range_are_taken_in_and_plans_stay_i
 
 def test_the_optimizer_holds_a_pool_to_the_count_a_plan_can_carry() -> None:
     assert MAX_POOL_NODES == MAX_NODES
+
+
+@pytest.mark.parametrize("sent_at", [0.0, 1e300, 946_684_799.0, 7_258_118_400.5])
+async def test_a_request_sent_outside_the_years_2000_to_2200_is_answered_naming_the_field(
+    running: tuple[Agent, Peer], sent_at: float
+) -> None:
+    agent, peer = running
+    request = {"type": "cost.report_request.v1", **peer.env("cli"), "sent_at": sent_at}
+
+    reply = await peer.nc.request(peer.subjects.cost_report_request, json.dumps(request).encode(), timeout=5)
+
+    assert msgspec.json.decode(reply.data, type=ErrorReply).error.startswith(
+        "cost.report_request.v1: sent_at: "
+    )
+    await rejected(agent, "cost_reporter", "req.cost.report", "malformed", 1)
