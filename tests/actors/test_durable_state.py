@@ -14,7 +14,7 @@ from test_spot_monitor import fleet, notice, report
 from agent.config import BusSettings, Settings, SpotMonitorSettings, StateSettings
 from agent.runtime.clock import FakeClock
 from agent.runtime.nats_server import NatsServer
-from agent.runtime.state_store import JetStreamStore, StateStoreError, bucket_name
+from agent.runtime.state_store import JetStreamStore, StateStoreError, bucket_name, pack
 from agent.service import Agent, build_agent
 from schemas import AllocationPlan, CostReport, CostReportRequest, DrainOrder, ReplanRequest
 
@@ -88,12 +88,14 @@ async def test_a_corrupt_or_foreign_snapshot_is_logged_counted_and_ignored(nats_
     nc = await nats.connect(nats_url)
     store = JetStreamStore(nc, bucket_name(ns))
     await store.put("cost_reporter", b"\x00 not a snapshot")
-    await store.put("optimizer", msgspec.msgpack.encode({"kind": "optimizer.v9", "last_plan": None}))
+    foreign = msgspec.msgpack.encode({"kind": "optimizer.v9", "last_plan": None})  # a later version
+    await store.put("optimizer", pack(foreign))
     with capture_logs() as logs:
         agent, peer = await started(nats_url, ns, FakeClock(START))
     try:
-        rejected = {e["key"] for e in logs if e["event"] == "state_snapshot_rejected"}
-        assert rejected == {"cost_reporter", "optimizer"}
+        rejected = {e["key"]: e["error"] for e in logs if e["event"] == "state_snapshot_rejected"}
+        assert rejected.keys() == {"cost_reporter", "optimizer"}
+        assert "optimizer.v9" in rejected["optimizer"]
         metrics = agent.bus.metrics.registry
         for key in rejected:
             assert metrics.get_sample_value("costagent_state_snapshots_rejected_total", {"key": key}) == 1

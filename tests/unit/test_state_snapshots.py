@@ -14,7 +14,7 @@ from agent.core.fleet_state import FleetSnapshot, FleetState
 from agent.core.ledger import CostLedger, LedgerState
 from agent.core.profiler import DemandProfiler
 from agent.core.workers import RegistrySnapshot, WorkerRegistry
-from agent.runtime.state_store import bucket_name, decode_state, encode_state
+from agent.runtime.state_store import bucket_name, decode_state, encode_state, pack, unpack
 
 SEED = resolve_catalog("seed")
 GCP = resolve_catalog("gcp-2026-07")
@@ -137,3 +137,12 @@ def test_each_namespace_has_its_own_bucket_with_a_name_jetstream_accepts() -> No
     assert bucket_name("costagent") == "costagent-state-costagent"
     assert bucket_name("team.prod") == "costagent-state-team_prod"
     assert bucket_name("a") != bucket_name("b")
+
+
+def test_snapshots_are_stored_compressed_and_anything_else_is_refused() -> None:
+    data = encode_state(FleetState(SEED).snapshot()) * 100
+    assert unpack(pack(data)) == data
+    assert len(pack(data)) < len(data) / 10
+    for garbage in (b"", b"plain bytes", pack(data)[:-3]):
+        with pytest.raises(ValueError, match="not a compressed snapshot"):
+            unpack(garbage)
