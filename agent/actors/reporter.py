@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import msgspec
 from nats.aio.msg import Msg
 
-from agent.actors.spot_quotes import received_quote
+from agent.actors.spot_quotes import SavedQuote, received_quote, restore_quotes, saved_quotes
 from agent.bus import Bus, Rejected
 from agent.core.catalog import Catalog
 from agent.core.fleet_state import FleetSnapshot, FleetState
@@ -48,6 +48,8 @@ class ReporterState(msgspec.Struct, frozen=True, tag="cost_reporter.v1", tag_fie
     tokens: float
     requests: float
     plan: AllocationPlan | None
+    prices: list[SavedQuote] = msgspec.field(default_factory=list)
+    """The latest quote per spot pool: the gap is billed at the price that held."""
 
 
 class CostReporterActor(PersistentActor):
@@ -92,6 +94,7 @@ class CostReporterActor(PersistentActor):
                 tokens=self._tokens,
                 requests=self._requests,
                 plan=self.plan,
+                prices=saved_quotes(self.prices),
             )
         )
 
@@ -100,8 +103,11 @@ class CostReporterActor(PersistentActor):
         fleet, ledger = FleetState(self.catalog), CostLedger(self.catalog)
         fleet.restore(saved.fleet)
         ledger.restore(saved.ledger)
+        prices = SpotPriceBook(self.prices.max_age_s)
+        restore_quotes(prices, fleet, saved.prices)
         slots = self._slots(saved.plan) if saved.plan is not None else {}
         self.fleet, self.ledger, self.plan, self._plan_slots = fleet, ledger, saved.plan, slots
+        self.prices = prices
         self._since, self._tokens, self._requests = saved.since, saved.tokens, saved.requests
 
     def subscriptions(self) -> Sequence[Listen]:

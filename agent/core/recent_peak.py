@@ -44,6 +44,11 @@ class RecentPeak:
         self._seen.append((t, demand))
         self._drop_before(t - self.window_s)
 
+    def held(self) -> list[tuple[float, Demand]]:
+        """The observations that may still be the peak, oldest first: :meth:`add` them again, in this
+        order, to hold the same (a restart)."""
+        return list(self._seen)
+
     def peak(self, now: float) -> Demand | None:
         """The busiest observation of the last ``window_s`` seconds; None when there is none."""
         self._drop_before(now - self.window_s)

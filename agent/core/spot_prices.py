@@ -56,6 +56,10 @@ class SpotPriceBook:
         self._quotes[pool] = quote
         return True
 
+    def quotes(self) -> dict[Pool, SpotQuote]:
+        """Every pool's latest quote, fresh or not (what a restart takes back through :meth:`offer`)."""
+        return dict(self._quotes)
+
     def is_fresh(self, quote: SpotQuote, at: float) -> bool:
         return quote.at >= at - self.max_age_s
 

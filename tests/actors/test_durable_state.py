@@ -16,7 +16,7 @@ from agent.runtime.clock import FakeClock
 from agent.runtime.nats_server import NatsServer
 from agent.runtime.state_store import JetStreamStore, StateStoreError, bucket_name, pack
 from agent.service import Agent, build_agent
-from schemas import AllocationPlan, CostReport, CostReportRequest, DrainOrder, ReplanRequest
+from schemas import AllocationPlan, CostReport, CostReportRequest, DrainOrder, ReplanRequest, SpotPrice
 
 
 async def started(nats_url: str, ns: str, clock: FakeClock) -> tuple[Agent, Peer]:
@@ -54,6 +54,8 @@ async def test_a_stopped_agent_saves_what_it_knows_and_the_next_one_on_its_names
     await fleet(peer, "r-1", "reserved")
     await fleet(peer, "s-1", "spot")
     await report(peer, "w-1", "s-1")
+    quote = SpotPrice(**peer.env("feed"), instance_type="h100_8x", pool="default", price_hourly=7.5)
+    await peer.send(peer.subjects.spot_price("default"), quote)
     await settle(peer.nc)
     clock.advance(1800.0)  # half an hour of the fleet, and the optimizer's ticks
     request = ReplanRequest(**peer.env())
@@ -75,6 +77,8 @@ async def test_a_stopped_agent_saves_what_it_knows_and_the_next_one_on_its_names
         )
         assert after.plan_id == plan.plan_id
         assert agent.optimizer.last_plan == plan
+        for prices in (agent.optimizer.prices, agent.reporter.prices):  # spot quotes: the gap's price
+            assert prices.quotes()[("h100_8x", "default")].price_hourly == 7.5
         assert agent.spot_monitor.registry.describe("s-1") == ("h100_8x", "default", "spot")
         drains = await Inbox.open(peer.nc, peer.subjects.spot_drain_all, DrainOrder)
         await notice(peer, "s-1")
