@@ -25,6 +25,7 @@ import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.errors import TimeoutError as NatsTimeoutError
 
 from agent.core.validation import split_error
 from agent.runtime.clock import Clock
@@ -116,6 +117,10 @@ class Bus:
         self.metrics = metrics
         self.link = Link.watch(nc, clock)
         """Whether the connection is up, and since when (silence and plans depend on it)."""
+        self.silenced: Callable[[], bool] = _never
+        """True while this agent must say nothing: a replica whose leader lease is past its fence
+        (:mod:`agent.runtime.leadership`), which another replica may hold by now. Whatever it would
+        publish is dropped and counted (``costagent_messages_silenced``); a request fails as unanswered."""
         self._encoder = msgspec.json.Encoder()
         self._decoders: dict[Any, msgspec.json.Decoder[Any]] = {}
         self._logged: set[tuple[str, str, str]] = set()
@@ -152,18 +157,31 @@ class Bus:
         finally:
             await sub.unsubscribe()
 
+    def _hushed(self, message: Message) -> bool:
+        """Whether ``message`` must not be sent (:attr:`silenced`): then it is counted."""
+        if not self.silenced():
+            return False
+        self.metrics.messages_silenced.labels(tag_of(type(message))).inc()
+        return True
+
     async def publish(self, subject: str, message: Message) -> None:
+        if self._hushed(message):
+            return
         await self.nc.publish(subject, self._encoder.encode(message))
         self.metrics.messages_published.labels(tag_of(type(message))).inc()
 
     async def respond(self, raw: Msg, message: Message) -> None:
         if raw.reply:
+            if self._hushed(message):
+                return
             await self.nc.publish(raw.reply, self._encoder.encode(message))
             self.metrics.messages_published.labels(tag_of(type(message))).inc()
 
     async def request(
         self, subject: str, message: Message, reply_kind: type[R], wait_s: float = 2.0
     ) -> R | ErrorReply:
+        if self._hushed(message):
+            raise NatsTimeoutError
         raw = await self.nc.request(subject, self._encoder.encode(message), timeout=wait_s)
         reply: R | ErrorReply = decode_json(self.decoder(reply_kind | ErrorReply), raw.data)
         return reply
@@ -284,3 +302,7 @@ class Bus:
                     **self.envelope(correlation_id=msg_id), error=f"{tag}: {error}"[:_MAX_ERROR_CHARS]
                 ),
             )
+
+
+def _never() -> bool:
+    return False

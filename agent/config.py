@@ -2,7 +2,7 @@
 
 File sections: ``catalog`` (a built-in name or a path), ``[slo]``, ``[optimizer]``, ``[profiler]``,
 ``[planner]``, and for ``cost-agent run`` ``[bus]``, ``[metrics]``, ``[reporter]``, ``[supervisor]``,
-``[spot_monitor]``, ``[migration]`` and ``[dynamo]``;
+``[spot_monitor]``, ``[migration]``, ``[dynamo]`` and ``[leader]``;
 every field has a default a user can defend (see ``deploy/agent.example.toml``).
 Environment: ``COST_AGENT_CATALOG`` and ``COST_AGENT_<SECTION>__<FIELD>`` (for example
 ``COST_AGENT_OPTIMIZER__MAX_STEP_UP=3``), values read as TOML literals. Anything invalid raises
@@ -12,6 +12,7 @@ Environment: ``COST_AGENT_CATALOG`` and ``COST_AGENT_<SECTION>__<FIELD>`` (for e
 from __future__ import annotations
 
 import os
+import socket
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -29,6 +30,14 @@ from agent.core.demand_policy import (
     ROLLING_WINDOW_S,
     Auto,
     DemandPolicyConfig,
+)
+from agent.core.lease import (
+    MAX_LEASE_SECONDS,
+    MAX_REPLICA_ID_LENGTH,
+    MIN_LEASE_SECONDS,
+    REPLICA_ID_PATTERN,
+    LeaseTiming,
+    default_replica_id,
 )
 from agent.core.optimizer_config import (
     DiscountSpot,
@@ -303,6 +312,54 @@ class SupervisorSettings(_Section, frozen=True):
     ] = 4.0
 
 
+class LeaderSettings(_Section, frozen=True):
+    """Several `cost-agent run` replicas may share one namespace: one leads (only it plans, drains, commands
+    the router and answers requests), through a lease in a NATS JetStream key-value bucket named after
+    [bus] namespace; the others follow, serving /healthz (status "follower") and /metrics, and one takes
+    over when the leader stops renewing (killed: within lease_seconds and a second or two)."""
+
+    enabled: Annotated[
+        bool | Literal["auto"],
+        msgspec.Meta(
+            description=(
+                '"auto": on when [state] store = "jetstream" (a replica taking over resumes the saved '
+                "state); on, the NATS server must have JetStream; off: this agent acts alone, and a second "
+                "one on the namespace would double every plan"
+            )
+        ),
+    ] = "auto"
+    lease_seconds: Annotated[
+        float,
+        msgspec.Meta(
+            ge=MIN_LEASE_SECONDS,
+            le=MAX_LEASE_SECONDS,
+            description=(
+                "a follower takes over a lease it has itself seen unrenewed this long; the leader renews "
+                "every third of it and, unable to, stops its actors after two thirds, before anyone can "
+                "take over"
+            ),
+        ),
+    ] = 10.0
+    replica_id: Annotated[
+        str,
+        msgspec.Meta(
+            max_length=MAX_REPLICA_ID_LENGTH,
+            pattern=f"^({REPLICA_ID_PATTERN})?$",
+            description="this replica's name in the lease and the logs; empty: hostname-pid",
+        ),
+    ] = ""
+
+    def active(self, state_store: str) -> bool:
+        """Whether this agent campaigns for the lease, given [state] store."""
+        return self.enabled if isinstance(self.enabled, bool) else state_store == "jetstream"
+
+    def timing(self) -> LeaseTiming:
+        return LeaseTiming(self.lease_seconds)
+
+    def replica(self) -> str:
+        return self.replica_id or default_replica_id(socket.gethostname(), os.getpid())
+
+
 _FRONTEND_URL = r"^https?://[^\s/?#@]+(/[^\s?#]*)?$"
 FrontendUrl = Annotated[str, msgspec.Meta(pattern=_FRONTEND_URL)]
 DynamoName = Annotated[str, msgspec.Meta(pattern=DYNAMO_NAME_PATTERN)]
@@ -370,6 +427,7 @@ class Settings(_Section, frozen=True):
     migration: MigrationSettings = msgspec.field(default_factory=MigrationSettings)
     dynamo: DynamoSettings = msgspec.field(default_factory=DynamoSettings)
     actuator: ActuatorSettings = msgspec.field(default_factory=ActuatorSettings)
+    leader: LeaderSettings = msgspec.field(default_factory=LeaderSettings)
 
     def __post_init__(self) -> None:
         # The profiler forgets an entry that has not reported for stale_after_seconds: a frontend scraped

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import structlog
 from nats.aio.client import Client as NATS
+from prometheus_client import CollectorRegistry
 
 from agent.actors.actuator import ActuatorActor
 from agent.actors.dynamo_source import DynamoSource
@@ -34,7 +35,7 @@ from agent.runtime.actor import Actor
 from agent.runtime.bus_security import redact_url
 from agent.runtime.clock import Clock, RealClock
 from agent.runtime.connection import connect, shut_down
-from agent.runtime.http import MetricsServer
+from agent.runtime.http import Health, MetricsServer
 from agent.runtime.metrics import AgentMetrics
 from agent.runtime.nats_server import NatsServer
 from agent.runtime.signals import stop_on_signals
@@ -205,6 +206,10 @@ async def serve(
         url = server.start()
         log.info("nats_embedded", url=redact_url(url), log_file=str(server.log_file))
     try:
+        if settings.leader.active(settings.state.store):
+            from agent.replica import serve_replica  # it builds on this module's Agent
+
+            return await serve_replica(settings, catalog, url, clock or RealClock())
         nc = await connect(url, settings.bus.source, settings.bus)
         agent = build_agent(nc, settings, catalog, clock or RealClock())
         with stop_on_signals(agent.stop_event):
@@ -217,24 +222,33 @@ async def serve(
 async def _serve_agent(agent: Agent, settings: Settings, catalog: Catalog, url: str) -> int:
     """The metrics endpoint and the actors, until the stop event; the exit code."""
     async with contextlib.AsyncExitStack() as stack:
-        if settings.metrics.enabled:
-            http = MetricsServer(
-                agent.bus.metrics.registry, agent.health, settings.metrics.host, settings.metrics.port
-            )
-            port = await http.start()
-            stack.push_async_callback(http.stop)  # after the agent's own shutdown: /healthz says so
-            log.info("metrics_serving", url=f"http://{settings.metrics.host}:{port}/metrics", port=port)
+        await serve_metrics(stack, agent.bus.metrics.registry, agent.health, settings)
         await agent.start()
-        log.info(
-            "agent_started",
-            nats_url=redact_url(url),
-            namespace=settings.bus.namespace,
-            catalog=catalog.name,
-            actors=[a.name for a in agent.actors],
-        )
+        log_started(agent, settings, catalog, url)
         await agent.wait()
         log.info("agent_stopping", failed_actor=agent.supervisor.failed)
         await agent.stop()
     code = 1 if agent.supervisor.failed else 0
     log.info("agent_stopped", exit_code=code)
     return code
+
+
+async def serve_metrics(
+    stack: contextlib.AsyncExitStack, registry: CollectorRegistry, health: Health, settings: Settings
+) -> None:
+    """GET /metrics and /healthz as ``[metrics]`` says, until ``stack`` closes."""
+    if settings.metrics.enabled:
+        http = MetricsServer(registry, health, settings.metrics.host, settings.metrics.port)
+        port = await http.start()
+        stack.push_async_callback(http.stop)  # after the agent's own shutdown: /healthz says so
+        log.info("metrics_serving", url=f"http://{settings.metrics.host}:{port}/metrics", port=port)
+
+
+def log_started(agent: Agent, settings: Settings, catalog: Catalog, url: str) -> None:
+    log.info(
+        "agent_started",
+        nats_url=redact_url(url),
+        namespace=settings.bus.namespace,
+        catalog=catalog.name,
+        actors=[a.name for a in agent.actors],
+    )

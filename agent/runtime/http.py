@@ -2,8 +2,9 @@
 
 An aiohttp server rather than prometheus-client's threaded one, so it starts and stops with the agent's
 event loop and can report the agent's own health: 200 with ``{"status": "ok"}`` while NATS is connected
-and every actor runs, 503 with the reasons otherwise (``/health`` is the same). ``HEAD`` is answered
-too; any other method is 405, any other path 404.
+and every actor runs (or, for a replica that does not lead, ``{"status": "follower"}``), 503 with the
+reasons otherwise (``/health`` is the same). ``HEAD`` is answered too; any other method is 405, any other
+path 404.
 
 A connection that sends nothing for ``idle_timeout_s`` seconds, before its first request or between two,
 is closed, so idle or half-open connections cannot pile up; however many there are, each new request is
@@ -21,6 +22,9 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 Health = Callable[[], dict[str, object]]
+
+HEALTHY: Final = frozenset({"ok", "follower"})
+"""The statuses answered 200: a follower replica ([leader]) waiting to take over is healthy too."""
 
 DEFAULT_IDLE_TIMEOUT_SECONDS: Final = 15.0
 """Longer than Prometheus's default scrape timeout (10 s), so a slow scrape is never cut off."""
@@ -83,7 +87,7 @@ class MetricsServer:
     async def _healthz(self, _request: web.Request) -> web.Response:
         report = self.health()
         return web.Response(
-            status=200 if report.get("status") == "ok" else 503,
+            status=200 if report.get("status") in HEALTHY else 503,
             body=msgspec.json.encode(report) + b"\n",
             content_type="application/json",
         )

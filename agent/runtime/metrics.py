@@ -130,3 +130,20 @@ class AgentMetrics:
             "first): many means made-up ids, or a fleet above the bound.",
             registry=r,
         )
+        self.leader = Gauge(
+            "costagent_leader",
+            "1 while this replica holds the leader lease and runs the agent's actors, else 0 ([leader]).",
+            registry=r,
+        )
+        self.leader_changes = Counter(
+            "costagent_leader_changes",
+            "Times this replica became leader or stopped leading.",
+            registry=r,
+        )
+        self.messages_silenced = Counter(
+            "costagent_messages_silenced",
+            "Messages a replica did not send, per message type: its leader lease was past its fence, so "
+            "another replica may be leading ([leader]).",
+            ["type"],
+            registry=r,
+        )

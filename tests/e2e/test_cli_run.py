@@ -45,6 +45,38 @@ def check(tag: str, data: bytes) -> dict[str, Any]:
     return message  # type: ignore[no-any-return]
 
 
+def worker_report(w: int) -> bytes:
+    """Worker ``worker-{w}`` on an on-demand h100_8x node: 40 requests (1,500 tokens in, 500 out) in 5 s."""
+    return from_schema(
+        "worker.metrics.v1",
+        worker_id=f"worker-{w}",
+        instance_id=f"i-{w}",
+        instance_type="h100_8x",
+        pool="default",
+        tier="ondemand",
+        interval_s=5.0,
+        requests_completed=40,
+        prompt_tokens=40 * 1500,
+        output_tokens=40 * 500,
+        in_flight=12,
+        queued=0,
+        kv_blocks_used=9000,
+        kv_blocks_total=16000,
+    )
+
+
+def reserved_node_ready() -> bytes:
+    """Reserved node ``r-1`` (h100_8x) ready."""
+    return from_schema(
+        "fleet.instance.v1",
+        instance_id="r-1",
+        instance_type="h100_8x",
+        pool="default",
+        tier="reserved",
+        state="ready",
+    )
+
+
 @pytest.fixture
 async def agent_process() -> AsyncIterator[tuple[LoggedProcess, str]]:
     ns = f"e2e{uuid.uuid4().hex[:8]}"
@@ -90,36 +122,8 @@ async def test_the_agent_plans_reports_survives_garbage_and_stops_cleanly_on_sig
     await nc.flush()
 
     for w in range(4):
-        await nc.publish(
-            f"{ns}.evt.worker.metrics.worker-{w}",
-            from_schema(
-                "worker.metrics.v1",
-                worker_id=f"worker-{w}",
-                instance_id=f"i-{w}",
-                instance_type="h100_8x",
-                pool="default",
-                tier="ondemand",
-                interval_s=5.0,
-                requests_completed=40,
-                prompt_tokens=40 * 1500,
-                output_tokens=40 * 500,
-                in_flight=12,
-                queued=0,
-                kv_blocks_used=9000,
-                kv_blocks_total=16000,
-            ),
-        )
-    await nc.publish(
-        f"{ns}.evt.fleet.instance.r-1",
-        from_schema(
-            "fleet.instance.v1",
-            instance_id="r-1",
-            instance_type="h100_8x",
-            pool="default",
-            tier="reserved",
-            state="ready",
-        ),
-    )
+        await nc.publish(f"{ns}.evt.worker.metrics.worker-{w}", worker_report(w))
+    await nc.publish(f"{ns}.evt.fleet.instance.r-1", reserved_node_ready())
     await nc.publish(
         f"{ns}.evt.spot.price.default",
         from_schema("spot.price.v1", instance_type="a100_8x", pool="default", price_hourly=5.9, available=8),
