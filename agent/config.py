@@ -2,7 +2,7 @@
 
 File sections: ``catalog`` (a built-in name or a path), ``[slo]``, ``[optimizer]``, ``[profiler]``,
 ``[planner]``, and for ``cost-agent run`` ``[bus]``, ``[metrics]``, ``[reporter]``, ``[supervisor]``,
-``[spot_monitor]``, ``[migration]``, ``[dynamo]`` and ``[leader]``;
+``[spot_monitor]``, ``[migration]``, ``[dynamo]``, ``[state]`` and ``[leader]``;
 every field has a default a user can defend (see ``deploy/agent.example.toml``).
 Environment: ``COST_AGENT_CATALOG`` and ``COST_AGENT_<SECTION>__<FIELD>`` (for example
 ``COST_AGENT_OPTIMIZER__MAX_STEP_UP=3``), values read as TOML literals. Anything invalid raises
@@ -312,6 +312,47 @@ class SupervisorSettings(_Section, frozen=True):
     ] = 4.0
 
 
+class StateSettings(_Section, frozen=True):
+    """Durable state: what the actors know (demand profile, ledger, fleet, last plan, drains in progress)
+    is saved in a NATS JetStream key-value bucket named after [bus] namespace, so that a restarted agent,
+    or a replica taking over as leader, resumes it."""
+
+    store: Annotated[
+        Literal["jetstream", "none"],
+        msgspec.Meta(
+            description=(
+                'jetstream: saved in the NATS server\'s JetStream (it must have JetStream); "none": nothing '
+                "is saved, a restart starts from nothing"
+            )
+        ),
+    ] = "jetstream"
+    snapshot_seconds: Annotated[
+        _Interval,
+        msgspec.Meta(
+            description=(
+                "state that changed is saved this often (what kill -9 can lose); drains, notices, fleet "
+                "events and plans are saved at once"
+            )
+        ),
+    ] = 10.0
+    history: Annotated[
+        int, msgspec.Meta(ge=1, le=64, description="snapshots kept per key (JetStream allows up to 64)")
+    ] = 1
+    replicas: Annotated[
+        int, msgspec.Meta(ge=1, le=5, description="copies of the bucket in a JetStream cluster (1 to 5)")
+    ] = 1
+    store_dir: Annotated[
+        str,
+        msgspec.Meta(
+            description=(
+                "the embedded nats-server's JetStream directory (no [bus] url nor NATS_URL); empty: a "
+                "temporary one, gone when the agent stops. The same directory lets a restarted "
+                "cost-agent run resume"
+            )
+        ),
+    ] = ""
+
+
 class LeaderSettings(_Section, frozen=True):
     """Several `cost-agent run` replicas may share one namespace: one leads (only it plans, drains, commands
     the router and answers requests), through a lease in a NATS JetStream key-value bucket named after
@@ -427,6 +468,7 @@ class Settings(_Section, frozen=True):
     migration: MigrationSettings = msgspec.field(default_factory=MigrationSettings)
     dynamo: DynamoSettings = msgspec.field(default_factory=DynamoSettings)
     actuator: ActuatorSettings = msgspec.field(default_factory=ActuatorSettings)
+    state: StateSettings = msgspec.field(default_factory=StateSettings)
     leader: LeaderSettings = msgspec.field(default_factory=LeaderSettings)
 
     def __post_init__(self) -> None:

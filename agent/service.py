@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import structlog
 from nats.aio.client import Client as NATS
@@ -39,6 +40,7 @@ from agent.runtime.http import Health, MetricsServer
 from agent.runtime.metrics import AgentMetrics
 from agent.runtime.nats_server import NatsServer
 from agent.runtime.signals import stop_on_signals
+from agent.runtime.state_store import JetStreamStore, NoStore, Snapshots, StateStore, bucket_name
 from agent.runtime.supervisor import RestartPolicy, Supervisor
 from agent.subjects import Subjects
 
@@ -61,13 +63,16 @@ class Agent:
     _task: asyncio.Task[None] | None = field(default=None)
     dynamo_source: DynamoSource | None = field(default=None)
     actuator: ActuatorActor | None = field(default=None)
+    store: StateStore = field(default_factory=NoStore)
 
     @property
     def actors(self) -> list[Actor]:
         return list(self.supervisor.actors)
 
     async def start(self) -> None:
-        """Start every actor and return once each is subscribed and ready."""
+        """Start every actor and return once each is subscribed and ready (each has loaded its saved
+        state by then). A state store that cannot be used raises StateStoreError, before any actor runs."""
+        await self.store.open()
         self._task = asyncio.create_task(self.supervisor.run(), name="supervisor")
         waits = [asyncio.ensure_future(a.ready.wait()) for a in self.actors]
         done, _ = await asyncio.wait([self._task, *waits], return_when=asyncio.FIRST_COMPLETED)
@@ -94,11 +99,33 @@ class Agent:
         return {"status": "ok" if ok else "unavailable", "nats_connected": connected, "actors": running}
 
 
+def build_store(nc: NATS, settings: Settings) -> StateStore:
+    """The state store ``[state]`` asks for: one JetStream KV bucket per ``[bus] namespace``, or none."""
+    state = settings.state
+    if state.store == "none":
+        return NoStore()
+    bucket = bucket_name(settings.bus.namespace)
+    return JetStreamStore(nc, bucket, history=state.history, replicas=state.replicas)
+
+
 def build_agent(
-    nc: NATS, settings: Settings, catalog: Catalog, clock: Clock, metrics: AgentMetrics | None = None
+    nc: NATS,
+    settings: Settings,
+    catalog: Catalog,
+    clock: Clock,
+    metrics: AgentMetrics | None = None,
+    store: StateStore | None = None,
 ) -> Agent:
+    """Every actor on ``nc``; ``store`` (default: :func:`build_store`) keeps what they must not lose."""
     metrics = metrics or AgentMetrics()
     bus = Bus(nc, Subjects(settings.bus.namespace), source=settings.bus.source, clock=clock, metrics=metrics)
+    store = store if store is not None else build_store(nc, settings)
+
+    def snapshots(key: str, actor: str) -> Snapshots:
+        return Snapshots(
+            store, key, actor=actor, clock=clock, metrics=metrics, interval_s=settings.state.snapshot_seconds
+        )
+
     profiler = settings.profiler.build()
     bins = DemandBins(
         bin_seconds=settings.profiler.bin_minutes * 60.0,
@@ -106,7 +133,9 @@ def build_agent(
         stale_after_s=settings.profiler.stale_after_seconds,
     )
     stop = asyncio.Event()
-    profiler_actor = DemandProfilerActor(bus, clock, profiler, bins)
+    profiler_actor = DemandProfilerActor(
+        bus, clock, profiler, bins, snapshots=snapshots("demand_profile", DemandProfilerActor.name)
+    )
     optimizer = OptimizerTickActor(
         bus,
         clock,
@@ -116,6 +145,7 @@ def build_agent(
         profiler=profiler,
         bins=bins,
         fleet=FleetState(catalog),
+        snapshots=snapshots("optimizer", OptimizerTickActor.name),
     )
     reporter = CostReporterActor(
         bus,
@@ -124,10 +154,16 @@ def build_agent(
         fleet=FleetState(catalog),
         interval_s=settings.reporter.interval_seconds,
         price_max_age_s=settings.optimizer.spot_price_max_age_seconds,
+        snapshots=snapshots("cost_reporter", CostReporterActor.name),
     )
     registry = WorkerRegistry()
     spot_monitor = SpotMonitorActor(
-        bus, clock, settings=settings.spot_monitor, registry=registry, capacity_lost=optimizer.capacity_lost
+        bus,
+        clock,
+        settings=settings.spot_monitor,
+        registry=registry,
+        capacity_lost=optimizer.capacity_lost,
+        snapshots=snapshots("spot_monitor", SpotMonitorActor.name),
     )
     dynamo_source: DynamoSource | None = None
     if settings.dynamo.frontend_urls:
@@ -144,6 +180,12 @@ def build_agent(
         settings=settings.migration,
         registry=registry,
         drained_elsewhere=actuator.runs if actuator is not None else None,
+        snapshots=snapshots("migration", MigrationCoordinatorActor.name),
+        # Most of the shutdown grace: what is left reports the drains still running.
+        shutdown_wait_s=max(
+            settings.supervisor.shutdown_grace_seconds - 1.0, settings.supervisor.shutdown_grace_seconds / 2
+        ),
+        registry_ready=spot_monitor.ready,  # set once the spot monitor has loaded the registry
     )
     sup = settings.supervisor
     actors: list[Actor] = [profiler_actor, optimizer, reporter, spot_monitor, migration]
@@ -166,6 +208,7 @@ def build_agent(
         sup.shutdown_grace_seconds,
         dynamo_source=dynamo_source,
         actuator=actuator,
+        store=store,
     )
 
 
@@ -202,7 +245,8 @@ async def serve(
     url = nats_url or settings.bus.url or os.environ.get("NATS_URL", "")
     server: NatsServer | None = None
     if not url:
-        server = NatsServer()
+        store_dir = settings.state.store_dir
+        server = NatsServer(store_dir=Path(store_dir) if store_dir else None)  # JetStream: [state]
         url = server.start()
         log.info("nats_embedded", url=redact_url(url), log_file=str(server.log_file))
     try:
