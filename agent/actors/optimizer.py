@@ -24,6 +24,9 @@ Guarantees:
   and each plan (``agent.core.demand_policy``): a Dynamo frontend's arrivals get the backtest's rolling
   values, worker reports alone none. Every plan's ``detail`` says which applied; a change is logged
   (``demand_policy``).
+- Durable (``[state]``, key ``optimizer``): the last plan and the fleet it planned from are saved at each
+  plan and fleet change; a restarted agent holds them again (the step limits keep their reference, a
+  fleet change is judged against the last plan, the surge check against what it covered).
 """
 
 from __future__ import annotations
@@ -33,10 +36,11 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Final
 
+import msgspec
 import structlog
 from nats.aio.msg import Msg
 
-from agent.actors.spot_quotes import received_quote
+from agent.actors.spot_quotes import SavedQuote, received_quote, restore_quotes, saved_quotes
 from agent.bus import Bus, Rejected
 from agent.config import OptimizerSettings
 from agent.core.capacity import SloConfig
@@ -44,14 +48,16 @@ from agent.core.catalog import Catalog, Tier
 from agent.core.demand import Demand
 from agent.core.demand_bins import DemandBins
 from agent.core.demand_policy import DemandPolicy, demand_kind
-from agent.core.fleet_state import FleetState
+from agent.core.fleet_state import FleetSnapshot, FleetState
 from agent.core.optimizer import Allocation, SpotMarket, TickInput, optimize_tick
 from agent.core.profiler import DemandProfiler
 from agent.core.recent_peak import RecentMean, RecentPeak
 from agent.core.spot_prices import SpotPriceBook
 from agent.core.tick_demand import tick_demand
-from agent.runtime.actor import Actor, Listen
+from agent.runtime.actor import Listen
 from agent.runtime.clock import Clock
+from agent.runtime.persistent_actor import PersistentActor
+from agent.runtime.state_store import Snapshots, decode_state, encode_state
 from schemas import AllocationPlan, InstanceEvent, PlanReason, ReplanRequest, SpotPrice, Target, new_msg_id
 
 _EPSILON_S: Final = 1e-9  # a timer wake at a due time counts as on time despite float sums
@@ -67,8 +73,17 @@ _REMEMBER_TRIGGERS: Final = 4096
 _PRIORITY: Final[dict[str, int]] = {"tick": 0, "demand": 1, "fleet": 2, "manual": 3, "preemption": 4}
 
 
-class OptimizerTickActor(Actor):
+class OptimizerState(msgspec.Struct, frozen=True, tag="optimizer.v1", tag_field="kind"):
+    last_plan: AllocationPlan | None
+    fleet: FleetSnapshot
+    prices: list[SavedQuote] = msgspec.field(default_factory=list)
+    recent: list[tuple[float, float, float, float]] = msgspec.field(default_factory=list)
+    """The recent peak's observations: (time, rps, prompt tokens, output tokens)."""
+
+
+class OptimizerTickActor(PersistentActor):
     name = "optimizer_tick"
+    state_key = "optimizer"
 
     def __init__(
         self,
@@ -81,13 +96,16 @@ class OptimizerTickActor(Actor):
         profiler: DemandProfiler,
         bins: DemandBins,
         fleet: FleetState,
+        snapshots: Snapshots | None = None,
     ) -> None:
         self.demand_config = settings.demand_policy()
         fine_s = self.demand_config.timer_s()
         # One timer: the tick's, or a finer one for sampling demand and the surge check that also keeps
         # the tick's schedule.
         fine = 0 < fine_s < settings.interval_seconds
-        super().__init__(bus, clock, interval_s=fine_s if fine else settings.interval_seconds)
+        super().__init__(
+            bus, clock, interval_s=fine_s if fine else settings.interval_seconds, snapshots=snapshots
+        )
         self.catalog = catalog
         self.slo = slo
         self.settings = settings
@@ -108,6 +126,31 @@ class OptimizerTickActor(Actor):
         self._tick_due = clock.now() + settings.interval_seconds
         self._dues = [clock.now(), clock.now()]  # the next sample and surge check (DemandPolicy.periods)
         self._log = structlog.get_logger("agent.optimizer").bind(actor=self.name)
+
+    def encode_state(self) -> bytes:
+        recent = [(t, d.rps, d.prompt_tokens, d.output_tokens) for t, d in self._peak.held()]
+        return encode_state(
+            OptimizerState(self.last_plan, self.fleet.snapshot(), saved_quotes(self.prices), recent)
+        )
+
+    def restore_state(self, data: bytes) -> None:
+        saved = decode_state(OptimizerState, data)
+        if saved.last_plan is not None:
+            for i, t in enumerate(saved.last_plan.targets):
+                try:
+                    self.fleet.check(t.instance_type, t.pool, t.tier)
+                except ValueError as err:
+                    raise ValueError(f"last_plan.targets[{i}].{err}") from None
+        recent = [(at, Demand(rps, prompt, output)) for at, rps, prompt, output in saved.recent]
+        prices = SpotPriceBook(self.prices.max_age_s)
+        restore_quotes(prices, self.fleet, saved.prices)
+        self.fleet.restore(saved.fleet)
+        self.prices = prices
+        for at, demand in recent:
+            self._peak.add(at, demand)
+        self.last_plan = saved.last_plan
+        if saved.last_plan is not None:
+            self._covered_rps = saved.last_plan.demand_now_rps
 
     def subscriptions(self) -> Sequence[Listen]:
         s = self.bus.subjects
@@ -156,6 +199,8 @@ class OptimizerTickActor(Actor):
             )
         except ValueError as err:
             raise Rejected(str(err)) from None
+        if changed:
+            self.changed()
         # Capacity is lost when a serving (or booting) node starts draining or vanishes; a node that was
         # already draining, or never seen, takes nothing more away when it terminates.
         lost = before in ("launched", "ready") and event.state in ("draining", "terminated")
@@ -169,6 +214,7 @@ class OptimizerTickActor(Actor):
         tier) when known): plan without them, now, in one plan however many went at once."""
         for instance_id, described in lost:
             self._take_out(instance_id, described)
+        self.changed()
         await self.trigger("preemption", trigger_id)
 
     def _take_out(self, instance_id: str, described: tuple[str, str, str] | None) -> None:
@@ -316,6 +362,7 @@ class OptimizerTickActor(Actor):
             demand_kind=policy.kind,
             solve_ms=round(alloc.solve_seconds * 1000, 2),
         )
+        await self.save_now()  # with the fleet it planned from; last, so that the plan is not held up
 
     def _targets(self, alloc: Allocation) -> list[Target]:
         targets: list[Target] = []

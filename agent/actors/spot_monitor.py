@@ -19,6 +19,9 @@ Guarantees:
   own link declares nobody lost, and after a reconnection every worker has a full silence window to be
   heard again (``agent.core.workers.counted_silence``).
 - After its deadline a draining instance is gone and forgotten.
+- Durable (``[state]``, key ``spot_monitor``): the registry (which workers run on which instance, its
+  tier, which instances drain until when) is saved at each fleet event and drain, and every
+  ``snapshot_seconds`` otherwise; a restarted agent accepts a notice for a node it knew.
 - Work and memory per report are O(1) whatever ids a client invents: the registry holds a bounded number
   of workers and instances, forgetting the least recently heard (``costagent_registry_evicted_total``).
 """
@@ -27,14 +30,17 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 
+import msgspec
 import structlog
 from nats.aio.msg import Msg
 
 from agent.bus import Bus, Rejected
 from agent.config import SpotMonitorSettings
-from agent.core.workers import WorkerRegistry
-from agent.runtime.actor import Actor, Listen
+from agent.core.workers import RegistrySnapshot, WorkerRegistry
+from agent.runtime.actor import Listen
 from agent.runtime.clock import Clock
+from agent.runtime.persistent_actor import PersistentActor
+from agent.runtime.state_store import Snapshots, decode_state, encode_state
 from schemas import DrainOrder, InstanceEvent, PreemptionNotice, WorkerMetrics
 from schemas.preemption import DrainReason
 
@@ -42,8 +48,15 @@ from schemas.preemption import DrainReason
 CapacityLost = Callable[[Sequence[tuple[str, tuple[str, str, str] | None]], str], Awaitable[None]]
 
 
-class SpotMonitorActor(Actor):
+class SpotMonitorState(msgspec.Struct, frozen=True, tag="spot_monitor.v1", tag_field="kind"):
+    registry: RegistrySnapshot
+    deadlines: dict[str, float]
+    """Draining instances' deadlines: after one, the instance is gone."""
+
+
+class SpotMonitorActor(PersistentActor):
     name = "spot_monitor"
+    state_key = "spot_monitor"
 
     def __init__(
         self,
@@ -53,8 +66,9 @@ class SpotMonitorActor(Actor):
         settings: SpotMonitorSettings,
         registry: WorkerRegistry,
         capacity_lost: CapacityLost,
+        snapshots: Snapshots | None = None,
     ) -> None:
-        super().__init__(bus, clock, interval_s=settings.health_check_seconds)
+        super().__init__(bus, clock, interval_s=settings.health_check_seconds, snapshots=snapshots)
         self.settings = settings
         self.registry = registry
         self.capacity_lost = capacity_lost
@@ -71,11 +85,20 @@ class SpotMonitorActor(Actor):
             Listen(s.fleet_instance_all, InstanceEvent, self.on_instance),
         ]
 
+    def encode_state(self) -> bytes:
+        return encode_state(SpotMonitorState(self.registry.snapshot(), dict(self._deadlines)))
+
+    def restore_state(self, data: bytes) -> None:
+        saved = decode_state(SpotMonitorState, data)
+        self.registry.restore(saved.registry)  # the coordinator's too: it is the same registry
+        self._deadlines = dict(saved.deadlines)
+
     async def on_metrics(self, m: WorkerMetrics, _raw: Msg) -> None:
         self.registry.observe(
             m.worker_id, m.instance_id, m.instance_type, m.pool, m.tier, self.clock.now(), m.interval_s
         )
         self._count_evicted()
+        self.changed()
 
     async def on_instance(self, event: InstanceEvent, _raw: Msg) -> None:
         if event.state == "terminated":
@@ -85,6 +108,7 @@ class SpotMonitorActor(Actor):
         else:
             self.registry.add_instance(event.instance_id, event.instance_type, event.pool, event.tier)
             self._count_evicted()
+        await self.save_now()  # a notice for this node right after a restart must find it
 
     def _count_evicted(self) -> None:
         """Into the metric: what the registry forgot to stay within its bound since the last count."""
@@ -110,6 +134,7 @@ class SpotMonitorActor(Actor):
         await self._drain(notice.instance_id, notice.deadline, "notice", notice.msg_id)
         log.info("drain_ordered", deadline_in_s=round(notice.deadline - self.clock.now(), 3))
         await self._lost_one(notice.instance_id, notice.msg_id)
+        await self.save_now()  # the drain and its deadline: a restart must not order it again
 
     async def _lost_one(self, instance_id: str, cause: str) -> None:
         await self.capacity_lost([(instance_id, self.registry.describe(instance_id))], cause)
@@ -132,6 +157,7 @@ class SpotMonitorActor(Actor):
             if now >= deadline:
                 del self._deadlines[instance_id]
                 self.registry.set_life(instance_id, "gone")
+        self.changed()
         silent = self.registry.newly_silent(
             now, self.settings.missed_intervals, self.bus.link.connected_since
         )

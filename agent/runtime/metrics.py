@@ -130,6 +130,28 @@ class AgentMetrics:
             "first): many means made-up ids, or a fleet above the bound.",
             registry=r,
         )
+        self.state_snapshots_rejected = Counter(
+            "costagent_state_snapshots_rejected",
+            "Saved state ([state] store) that could not be read at start-up (corrupt, another version, "
+            "another catalog): ignored, the actor started empty. Per key.",
+            ["key"],
+            registry=r,
+        )
+        self.state_save_failures = Counter(
+            "costagent_state_save_failures",
+            "Snapshots the state store refused or did not answer (retried at the next save). Per key.",
+            ["key"],
+            registry=r,
+        )
+        self.state_saves = Counter(
+            "costagent_state_saves", "Snapshots saved in the state store, per key.", ["key"], registry=r
+        )
+        self.state_snapshot_bytes = Gauge(
+            "costagent_state_snapshot_bytes",
+            "Size of the last snapshot saved (compressed), per key.",
+            ["key"],
+            registry=r,
+        )
         self.leader = Gauge(
             "costagent_leader",
             "1 while this replica holds the leader lease and runs the agent's actors, else 0 ([leader]).",
