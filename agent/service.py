@@ -123,7 +123,13 @@ def build_agent(
 
     def snapshots(key: str, actor: str) -> Snapshots:
         return Snapshots(
-            store, key, actor=actor, clock=clock, metrics=metrics, interval_s=settings.state.snapshot_seconds
+            store,
+            key,
+            actor=actor,
+            clock=clock,
+            metrics=metrics,
+            interval_s=settings.state.snapshot_seconds,
+            silenced=lambda: bus.silenced(),  # read at each save: the leader's runner sets it later
         )
 
     profiler = settings.profiler.build()

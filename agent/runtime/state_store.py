@@ -202,6 +202,7 @@ class Snapshots:
         clock: Clock,
         metrics: AgentMetrics,
         interval_s: float,
+        silenced: Callable[[], bool] = lambda: False,
     ) -> None:
         self.store = store
         self.key = key
@@ -209,6 +210,9 @@ class Snapshots:
         self.clock = clock
         self.metrics = metrics
         self.interval_s = interval_s
+        self.silenced = silenced
+        """True while this replica's leader lease is past its fence (``Bus.silenced``): a replica that may
+        no longer lead must not write over what the new leader saves."""
         self.loaded = False
         self.saved_bytes = 0
         """Size of the last snapshot saved, compressed (``costagent_state_snapshot_bytes`` too)."""
@@ -247,6 +251,9 @@ class Snapshots:
     async def save(self, encode: Callable[[], bytes]) -> bool:
         """Save now; False (logged and counted) when the store refused it or could not be reached."""
         async with self._saving:
+            if self.silenced():
+                self._log.warning("state_save_fenced")
+                return False
             self._dirty = False
             data = pack(encode())
             try:
@@ -266,16 +273,6 @@ class Snapshots:
             self.metrics.state_saves.labels(self.key).inc()
             self.metrics.state_snapshot_bytes.labels(self.key).set(len(data))
             return True
-
-    async def forget(self) -> None:
-        """Delete the snapshot (its subject is over), logged and counted like a failed save if it fails."""
-        async with self._saving:
-            self._dirty = False
-            try:
-                await self.store.delete(self.key)
-            except (NatsError, TimeoutError) as err:
-                self._log.error("state_save_failed", error=type(err).__name__, operation="delete")
-                self.metrics.state_save_failures.labels(self.key).inc()
 
     def start(self, encode: Callable[[], bytes]) -> None:
         """Save every ``interval_s`` of the clock while something changed, until :meth:`close`."""

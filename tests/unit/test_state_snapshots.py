@@ -4,6 +4,7 @@ and the demand profile each round-trip through their msgspec snapshot, and refus
 
 from __future__ import annotations
 
+import asyncio
 import math
 
 import msgspec
@@ -14,7 +15,17 @@ from agent.core.fleet_state import FleetSnapshot, FleetState
 from agent.core.ledger import CostLedger, LedgerState
 from agent.core.profiler import DemandProfiler
 from agent.core.workers import RegistrySnapshot, WorkerRegistry
-from agent.runtime.state_store import bucket_name, decode_state, encode_state, pack, unpack
+from agent.runtime.clock import RealClock
+from agent.runtime.metrics import AgentMetrics
+from agent.runtime.state_store import (
+    NoStore,
+    Snapshots,
+    bucket_name,
+    decode_state,
+    encode_state,
+    pack,
+    unpack,
+)
 
 SEED = resolve_catalog("seed")
 GCP = resolve_catalog("gcp-2026-07")
@@ -146,3 +157,31 @@ def test_snapshots_are_stored_compressed_and_anything_else_is_refused() -> None:
     for garbage in (b"", b"plain bytes", pack(data)[:-3]):
         with pytest.raises(ValueError, match="not a compressed snapshot"):
             unpack(garbage)
+
+
+class Recorded(NoStore):
+    def __init__(self) -> None:
+        self.saved: dict[str, bytes] = {}
+
+    async def put(self, key: str, value: bytes) -> None:
+        self.saved[key] = value
+
+
+def test_a_replica_past_its_lease_fence_saves_nothing_over_the_new_leaders_state() -> None:
+    async def run() -> None:
+        store, fenced = Recorded(), [False]
+        snapshots = Snapshots(
+            store,
+            "k",
+            actor="a",
+            clock=RealClock(),
+            metrics=AgentMetrics(),
+            interval_s=60.0,
+            silenced=lambda: fenced[0],
+        )
+        assert await snapshots.save(lambda: b"mine")
+        fenced[0] = True
+        assert not await snapshots.save(lambda: b"stale")
+        assert unpack(store.saved["k"]) == b"mine"
+
+    asyncio.run(run())
