@@ -1,8 +1,8 @@
 """Settings: a TOML file, then environment overrides; and the instance catalogs by name or path.
 
-File sections: ``catalog`` (a built-in name or a path), ``[slo]``, ``[optimizer]``, ``[profiler]``,
-``[planner]``, and for ``cost-agent run`` ``[bus]``, ``[metrics]``, ``[reporter]``, ``[supervisor]``,
-``[spot_monitor]``, ``[migration]``, ``[dynamo]``, ``[state]`` and ``[leader]``;
+File sections: ``catalog`` (a built-in name or a path), ``[slo]``, ``[optimizer]``, ``[limits]``,
+``[profiler]``, ``[planner]``, and for ``cost-agent run`` ``[bus]``, ``[metrics]``, ``[reporter]``,
+``[supervisor]``, ``[spot_monitor]``, ``[migration]``, ``[dynamo]``, ``[state]`` and ``[leader]``;
 every field has a default a user can defend (see ``deploy/agent.example.toml``).
 Environment: ``COST_AGENT_CATALOG`` and ``COST_AGENT_<SECTION>__<FIELD>`` (for example
 ``COST_AGENT_OPTIMIZER__MAX_STEP_UP=3``), values read as TOML literals. Anything invalid raises
@@ -41,6 +41,7 @@ from agent.core.lease import (
 )
 from agent.core.optimizer_config import (
     DiscountSpot,
+    FleetLimits,
     NonSpotFraction,
     OptimizerConfig,
     PoolShare,
@@ -149,6 +150,13 @@ class OptimizerSettings(OptimizerConfig, _Section, frozen=True, kw_only=True):
         return OptimizerConfig(**{name: getattr(self, name) for name in OptimizerConfig.__struct_fields__})
 
 
+class LimitsSettings(FleetLimits, _Section, frozen=True, kw_only=True):
+    """Guardrails on every plan, whatever demand the bus reports: nodes per tier and in total, and dollars
+    per hour (the fields are defined once, in agent/core/optimizer_config.py). The defaults, the fields'
+    upper bounds, are no limit. A plan they clamp names them in its binding, is counted in
+    costagent_plan_limited_total and logged (plan_limited)."""
+
+
 class ProfilerSettings(_Section, frozen=True):
     bin_minutes: Annotated[
         int, msgspec.Meta(ge=1, le=1440, description="width of a demand bin; divides a day")
@@ -223,6 +231,34 @@ class SpotMonitorSettings(_Section, frozen=True):
     prelaunch_on_rebalance: Annotated[
         bool, msgspec.Meta(description="on a rebalance recommendation, plan a replacement before any notice")
     ] = False
+    max_notices_per_minute: Annotated[
+        int,
+        msgspec.Meta(
+            ge=1,
+            le=100_000,
+            description=(
+                "notices that become drains, per minute; a burst of this many is let through at once (a "
+                "zone-wide reclaim), more are held and released at this rate, the earliest deadline first"
+            ),
+        ),
+    ] = 120
+    max_held_notices: Annotated[
+        int,
+        msgspec.Meta(
+            ge=1, le=100_000, description="notices held above the rate (one per instance); beyond, dropped"
+        ),
+    ] = 10_000
+    notice_batch_seconds: Annotated[
+        float,
+        msgspec.Meta(
+            ge=0.05,
+            le=60,
+            description=(
+                "the nodes going (notices, silent workers) within this window are replanned in one plan, "
+                "not one per node; drains are ordered at once"
+            ),
+        ),
+    ] = 1.0
 
 
 class MigrationSettings(_Section, frozen=True):
@@ -457,6 +493,7 @@ class Settings(_Section, frozen=True):
     ] = "seed"
     slo: SloSettings = msgspec.field(default_factory=SloSettings)
     optimizer: OptimizerSettings = msgspec.field(default_factory=OptimizerSettings)
+    limits: LimitsSettings = msgspec.field(default_factory=LimitsSettings)
     profiler: ProfilerSettings = msgspec.field(default_factory=ProfilerSettings)
     backtest: BacktestSettings = msgspec.field(default_factory=BacktestSettings)
     planner: PlannerSettings = msgspec.field(default_factory=PlannerSettings)

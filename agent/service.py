@@ -151,6 +151,7 @@ def build_agent(
         profiler=profiler,
         bins=bins,
         fleet=FleetState(catalog),
+        limits=settings.limits,
         snapshots=snapshots("optimizer", OptimizerTickActor.name),
     )
     reporter = CostReporterActor(

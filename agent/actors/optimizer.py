@@ -49,7 +49,7 @@ from agent.core.demand import Demand
 from agent.core.demand_bins import DemandBins
 from agent.core.demand_policy import DemandPolicy, demand_kind
 from agent.core.fleet_state import FleetSnapshot, FleetState
-from agent.core.optimizer import Allocation, SpotMarket, TickInput, optimize_tick
+from agent.core.optimizer import Allocation, FleetLimits, SpotMarket, TickInput, optimize_tick
 from agent.core.profiler import DemandProfiler
 from agent.core.recent_peak import RecentMean, RecentPeak
 from agent.core.spot_prices import SpotPriceBook
@@ -96,8 +96,10 @@ class OptimizerTickActor(PersistentActor):
         profiler: DemandProfiler,
         bins: DemandBins,
         fleet: FleetState,
+        limits: FleetLimits | None = None,
         snapshots: Snapshots | None = None,
     ) -> None:
+        self.limits = limits or FleetLimits()
         self.demand_config = settings.demand_policy()
         fine_s = self.demand_config.timer_s()
         # One timer: the tick's, or a finer one for sampling demand and the surge check that also keeps
@@ -320,7 +322,7 @@ class OptimizerTickActor(PersistentActor):
         self._covered_rps = demand.now.rps
         fleet = self.fleet.fleet()
         inp = TickInput(demand.now, demand.next_hour, fleet, self.market(now))
-        alloc = optimize_tick(self.catalog, inp, self.slo, self.config)
+        alloc = optimize_tick(self.catalog, inp, self.slo, self.config, self.limits)
         reason = max((r for r, _ in batch), key=_PRIORITY.__getitem__)
         plan = AllocationPlan(
             **self.bus.envelope(correlation_id=batch[0][1]),
@@ -347,6 +349,8 @@ class OptimizerTickActor(PersistentActor):
         self.last_plan = plan
         self.plans += 1
         await self.bus.publish(self.bus.subjects.plan_allocation, plan)
+        if alloc.limited:
+            self._limited(plan, alloc)
         self._log.info(
             "plan_published",
             plan_id=plan.plan_id,
@@ -363,6 +367,23 @@ class OptimizerTickActor(PersistentActor):
             solve_ms=round(alloc.solve_seconds * 1000, 2),
         )
         await self.save_now()  # with the fleet it planned from; last, so that the plan is not held up
+
+    def _limited(self, plan: AllocationPlan, alloc: Allocation) -> None:
+        """Alert: the team's [limits] clamped this plan (demand asked for more than they allow)."""
+        for name in alloc.limited:
+            self.bus.metrics.plan_limited.labels(name.removeprefix("limit:")).inc()
+        unlimited = alloc.unlimited
+        self._log.warning(
+            "plan_limited",
+            plan_id=plan.plan_id,
+            limits=list(alloc.limited),
+            status=alloc.status,
+            hourly_cost=round(alloc.hourly_cost, 2),
+            instances=sum(t.count for t in plan.targets),
+            unlimited_hourly_cost=None if unlimited is None else round(unlimited.hourly_cost, 2),
+            unlimited_instances=None if unlimited is None else unlimited.instances,
+            demand_now_rps=round(plan.demand_now_rps, 3),
+        )
 
     def _targets(self, alloc: Allocation) -> list[Target]:
         targets: list[Target] = []

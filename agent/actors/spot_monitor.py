@@ -3,13 +3,22 @@
 Listens to: ``{ns}.evt.spot.notice.*`` (PreemptionNotice from node sidecars or the simulated cloud),
 ``{ns}.evt.worker.metrics.*`` (which workers run on which instance, and that they are alive),
 ``{ns}.evt.fleet.instance.*`` (which instances exist), and its health-check timer
-(``[spot_monitor] health_check_seconds``).
+(``[spot_monitor] health_check_seconds``, checked on a finer timer of ``notice_batch_seconds``).
 Publishes:  ``{ns}.evt.spot.drain.{instance_id}`` (DrainOrder) and wakes the optimizer in-process.
 Guarantees:
 - Each instance goes ``active → draining → gone``. The first terminate/stop notice for an active instance
-  orders a drain of all its workers and wakes the optimizer at once (reason ``preemption``), so that
-  replacement capacity is planned on the notice, not at the next tick. A repeated notice changes nothing.
-  A notice for an instance nobody has reported is refused (``invalid``) and counted.
+  orders a drain of all its workers at once, and wakes the optimizer (reason ``preemption``) within
+  ``notice_batch_seconds``, so that replacement capacity is planned on the notice, not at the next tick.
+  Every node going within that window (notices, silent workers) is replanned in ONE plan: a burst of 200
+  notices is one plan, not 200. A repeated notice changes nothing.
+- A notice is refused (``invalid``, counted, logged with the instance) for an instance nobody has
+  reported, and for one the registry knows as reserved or on-demand (from its workers' reports and the
+  fleet's events): only the spot market reclaims, so such a notice is forged or mistaken, and a healthy
+  node is never drained on it.
+- At most ``max_notices_per_minute`` notices become drains per minute, a burst of that many at once (a
+  zone-wide reclaim); the rest are held (at most ``max_held_notices``, one per instance, beyond that
+  dropped), counted and logged, and released at the rate, the earliest deadline first
+  (``agent.core.notice_gate``).
 - A rebalance recommendation is logged; with ``prelaunch_on_rebalance`` it also wakes the optimizer with
   the node counted as leaving, so a replacement is launched before any notice.
 - A worker of an active instance that misses ``missed_intervals`` reports is declared lost: a DrainOrder
@@ -36,6 +45,7 @@ from nats.aio.msg import Msg
 
 from agent.bus import Bus, Rejected
 from agent.config import SpotMonitorSettings
+from agent.core.notice_gate import NoticeGate
 from agent.core.workers import RegistrySnapshot, WorkerRegistry
 from agent.runtime.actor import Listen
 from agent.runtime.clock import Clock
@@ -68,12 +78,25 @@ class SpotMonitorActor(PersistentActor):
         capacity_lost: CapacityLost,
         snapshots: Snapshots | None = None,
     ) -> None:
-        super().__init__(bus, clock, interval_s=settings.health_check_seconds, snapshots=snapshots)
+        # One timer: the batch window's, which also keeps the health check's schedule.
+        super().__init__(
+            bus,
+            clock,
+            interval_s=min(settings.notice_batch_seconds, settings.health_check_seconds),
+            snapshots=snapshots,
+        )
         self.settings = settings
         self.registry = registry
         self.capacity_lost = capacity_lost
         self._deadlines: dict[str, float] = {}
         self.drains = 0
+        self.gate: NoticeGate[PreemptionNotice] = NoticeGate(
+            settings.max_notices_per_minute, settings.max_held_notices, clock.now()
+        )
+        self._health_due = clock.now() + settings.health_check_seconds
+        # Nodes going since the last plan, with the first trigger's id: replanned together at the next wake.
+        self._going: dict[str, tuple[str, str, str] | None] = {}
+        self._going_cause = ""
         self._evicted_counted = registry.evicted
         self._log = structlog.get_logger("agent.spot_monitor").bind(actor=self.name)
 
@@ -118,29 +141,73 @@ class SpotMonitorActor(PersistentActor):
             self._evicted_counted = self.registry.evicted
 
     async def on_notice(self, notice: PreemptionNotice, _raw: Msg) -> None:
-        life = self.registry.life(notice.instance_id)
+        instance_id = notice.instance_id
+        life = self.registry.life(instance_id)
         if life is None:
-            raise Rejected(f"instance_id: {notice.instance_id!r} is not an instance this agent knows")
-        log = self._log.bind(instance_id=notice.instance_id, msg_id=notice.msg_id, kind=notice.kind)
+            raise Rejected(f"instance_id: {instance_id!r} is not an instance this agent knows")
+        described = self.registry.describe(instance_id)
+        tier = described[2] if described is not None else "unknown"
+        if tier != "spot":
+            # Only the spot market reclaims: a notice for a reserved or on-demand node is forged or mistaken.
+            raise Rejected(f"instance_id: {instance_id!r} is a {tier} instance, not spot; not drained")
+        log = self._log.bind(instance_id=instance_id, msg_id=notice.msg_id, kind=notice.kind)
         if notice.kind == "rebalance":
             log.info("rebalance_recommendation", prelaunch=self.settings.prelaunch_on_rebalance)
             if self.settings.prelaunch_on_rebalance and life == "active":
-                await self._lost_one(notice.instance_id, notice.msg_id)
+                self._going_now(instance_id, notice.msg_id)
             return
         if life != "active":
             return  # already draining or gone: a repeat
-        self.registry.set_life(notice.instance_id, "draining")
-        self._deadlines[notice.instance_id] = notice.deadline
-        await self._drain(notice.instance_id, notice.deadline, "notice", notice.msg_id)
-        log.info("drain_ordered", deadline_in_s=round(notice.deadline - self.clock.now(), 3))
-        await self._lost_one(notice.instance_id, notice.msg_id)
+        admitted = self.gate.admit(self.clock.now(), instance_id, notice.deadline, notice)
+        if admitted == "now":
+            await self._drain_on_notice(notice)
+        elif admitted == "held":
+            self.bus.metrics.notices_held.inc()
+            if self.gate.held == 1:  # once per flood, not once per notice
+                log.warning("notices_held", per_minute=self.settings.max_notices_per_minute)
+        elif admitted == "dropped":
+            self.bus.metrics.notices_dropped.inc()
+            log.warning("notice_dropped", held=self.gate.held)
+
+    async def _drain_on_notice(self, notice: PreemptionNotice) -> None:
+        instance_id = notice.instance_id
+        self.registry.set_life(instance_id, "draining")
+        self._deadlines[instance_id] = notice.deadline
+        await self._drain(instance_id, notice.deadline, "notice", notice.msg_id)
+        self._log.info(
+            "drain_ordered",
+            instance_id=instance_id,
+            msg_id=notice.msg_id,
+            kind=notice.kind,
+            deadline_in_s=round(notice.deadline - self.clock.now(), 3),
+        )
+        self._going_now(instance_id, notice.msg_id)
         await self.save_now()  # the drain and its deadline: a restart must not order it again
 
-    async def _lost_one(self, instance_id: str, cause: str) -> None:
-        await self.capacity_lost([(instance_id, self.registry.describe(instance_id))], cause)
+    def _going_now(self, instance_id: str, cause: str) -> None:
+        """Count the node out of the fleet at the next wake, with every other node going by then."""
+        if not self._going:
+            self._going_cause = cause
+        self._going[instance_id] = self.registry.describe(instance_id)
 
-    async def _drain(self, instance_id: str, deadline: float, reason: DrainReason, cause: str) -> None:
-        workers = [w.worker_id for w in self.registry.workers_of(instance_id)]
+    async def _replan_going(self) -> None:
+        """One plan for every node going since the last (a burst of notices, a zone's silent workers)."""
+        if not self._going:
+            return
+        going, self._going = list(self._going.items()), {}
+        await self.capacity_lost(going, self._going_cause)
+
+    async def _drain(
+        self,
+        instance_id: str,
+        deadline: float,
+        reason: DrainReason,
+        cause: str,
+        workers: list[str] | None = None,
+    ) -> None:
+        """Order the drain of ``workers`` (default: every worker of the instance)."""
+        if workers is None:
+            workers = [w.worker_id for w in self.registry.workers_of(instance_id)]
         order = DrainOrder(
             **self.bus.envelope(correlation_id=cause),
             instance_id=instance_id,
@@ -153,6 +220,18 @@ class SpotMonitorActor(PersistentActor):
 
     async def on_timer(self) -> None:
         now = self.clock.now()
+        released = self.gate.release(now)
+        for notice in released:
+            if self.registry.life(notice.instance_id) == "active":
+                await self._drain_on_notice(notice)
+        if released:
+            self._log.info("held_notices_released", released=len(released), held=self.gate.held)
+        if now >= self._health_due:
+            self._health_due = now + self.settings.health_check_seconds
+            await self._health_check(now)
+        await self._replan_going()
+
+    async def _health_check(self, now: float) -> None:
         for instance_id, deadline in list(self._deadlines.items()):
             if now >= deadline:
                 del self._deadlines[instance_id]
@@ -164,22 +243,9 @@ class SpotMonitorActor(PersistentActor):
         by_instance: dict[str, list[str]] = {}
         for info in silent:
             by_instance.setdefault(info.instance_id, []).append(info.worker_id)
-        gone: list[tuple[str, tuple[str, str, str] | None]] = []
         for instance_id, workers in by_instance.items():
-            cause = f"lost-{instance_id}-{now:.3f}"
             self._log.warning("workers_lost", instance_id=instance_id, workers=workers)
-            order = DrainOrder(
-                **self.bus.envelope(correlation_id=cause),
-                instance_id=instance_id,
-                worker_ids=workers,
-                deadline=now,
-                reason="lost",
-            )
-            await self.bus.publish(self.bus.subjects.spot_drain(instance_id), order)
-            self.drains += 1
+            await self._drain(instance_id, now, "lost", f"lost-{instance_id}-{now:.3f}", workers)
             if not any(not w.lost for w in self.registry.workers_of(instance_id)):
-                gone.append((instance_id, self.registry.describe(instance_id)))
-        if gone:
-            # One plan for every node that fell silent at this check (a zone, or a flood of made-up ids),
-            # not one per node.
-            await self.capacity_lost(gone, f"lost-{now:.3f}")
+                # Replanned with every other node going now (a zone, or a flood of made-up ids).
+                self._going_now(instance_id, f"lost-{now:.3f}")

@@ -21,6 +21,7 @@ fall short, at a penalty far above any price, gives the allocation that covers t
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Mapping
@@ -35,13 +36,14 @@ from agent.core.capacity import SloConfig, rps_per_instance
 from agent.core.catalog import Catalog, Tier
 from agent.core.demand import Demand
 from agent.core.highs import solve_milp
-from agent.core.optimizer_config import OptimizerConfig
+from agent.core.optimizer_config import FleetLimits, OptimizerConfig
 from agent.core.tick_program import TOLERANCE, PoolKey, Problem, significant
 
 __all__ = [
     "Allocation",
     "AllocationStatus",
     "Fleet",
+    "FleetLimits",
     "OptimizerConfig",
     "PoolKey",
     "SpotMarket",
@@ -90,6 +92,15 @@ class TickInput:
 
 
 @dataclass(frozen=True, slots=True)
+class Unlimited:
+    """The plan the same tick would make without ``[limits]``: what the limits held back."""
+
+    instances: int
+    """Spot and on-demand nodes, reserved included."""
+    hourly_cost: float
+
+
+@dataclass(frozen=True, slots=True)
 class Allocation:
     reserved: dict[str, int]
     spot: dict[PoolKey, int]
@@ -101,6 +112,11 @@ class Allocation:
     capacity_now_rps: float
     capacity_next_rps: float
     solve_seconds: float = 0.0
+    limited: tuple[str, ...] = ()
+    """The ``[limits]`` that clamped this plan (``limit:<name>``): without them it would hold more nodes
+    or cost more (``unlimited``), or hold reserved nodes above their limit (``limit:reserved``)."""
+    unlimited: Unlimited | None = None
+    """What the plan would have been without the limits, when they clamped it."""
 
     def total(self, tier: Tier) -> int:
         if tier == "reserved":
@@ -119,7 +135,13 @@ class Allocation:
         return out
 
 
-def _problem(catalog: Catalog, inp: TickInput, slo: SloConfig, cfg: OptimizerConfig) -> Problem:
+def _problem(
+    catalog: Catalog,
+    inp: TickInput,
+    slo: SloConfig,
+    cfg: OptimizerConfig,
+    limits: FleetLimits | None = None,
+) -> Problem:
     pools = catalog.pools()
     for name in inp.fleet.reserved:
         catalog.type(name)  # raises on an unknown type
@@ -172,6 +194,8 @@ def _problem(catalog: Catalog, inp: TickInput, slo: SloConfig, cfg: OptimizerCon
         reserved_cap_next=reserved_cap_next,
         quotas=quotas,
         share_applies=cfg.max_pool_share < 1 and n >= 2,
+        reserved_n=float(reserved_n),
+        limits=limits or FleetLimits(),
     )
 
 
@@ -199,6 +223,8 @@ def _allocation(
     binding: tuple[str, ...],
     reason: str,
     started: float,
+    limited: tuple[str, ...] = (),
+    unlimited: Unlimited | None = None,
 ) -> Allocation:
     n = len(p.pools)
     cap_now = p.reserved_cap_now + float(np.sum(p.cap_now * (p.reliability * spot + od)))
@@ -215,6 +241,8 @@ def _allocation(
         capacity_now_rps=cap_now,
         capacity_next_rps=cap_next,
         solve_seconds=time.perf_counter() - started,
+        limited=limited,
+        unlimited=unlimited,
     )
 
 
@@ -227,12 +255,17 @@ def _hold_current(catalog: Catalog, inp: TickInput, p: Problem, reason: str, sta
 
 
 def optimize_tick(
-    catalog: Catalog, inp: TickInput, slo: SloConfig | None = None, cfg: OptimizerConfig | None = None
+    catalog: Catalog,
+    inp: TickInput,
+    slo: SloConfig | None = None,
+    cfg: OptimizerConfig | None = None,
+    limits: FleetLimits | None = None,
 ) -> Allocation:
-    """The least-cost integral spot/on-demand allocation for this tick (reserved unchanged)."""
+    """The least-cost integral spot/on-demand allocation for this tick (reserved unchanged), within the
+    team's ``limits`` (none by default)."""
     started = time.perf_counter()
     cfg = cfg or OptimizerConfig()
-    p = _problem(catalog, inp, slo or SloConfig(), cfg)
+    p = _problem(catalog, inp, slo or SloConfig(), cfg, limits)
     solved = _solve(p, cfg)
     if solved is None:
         reason = "solver found no allocation within quotas and step limits; holding the current fleet"
@@ -248,6 +281,9 @@ def optimize_tick(
         reason = _relaxed_reason(p, cfg, x[cols.spot], x[cols.ondemand])
     else:
         reason = "least-cost allocation covering current P75 and next-hour P95 demand"
+    limited, unlimited = _clamped_by(p, cfg, x[cols.spot], x[cols.ondemand], binding)
+    if limited:
+        reason += f"; clamped by [limits] ({', '.join(limited)})"
     return _allocation(
         catalog,
         inp,
@@ -258,7 +294,40 @@ def optimize_tick(
         binding=binding,
         reason=reason,
         started=started,
+        limited=limited,
+        unlimited=unlimited,
     )
+
+
+def _clamped_by(
+    p: Problem, cfg: OptimizerConfig, spot: np.ndarray, od: np.ndarray, binding: tuple[str, ...]
+) -> tuple[tuple[str, ...], Unlimited | None]:
+    """The limits that changed this plan, and the plan without them.
+
+    A limit row can be tight by chance (the least-cost fleet happens to sit at it): only when the same
+    tick without limits would hold more nodes or cost more did the limits clamp it. That second solve
+    runs only when a limit is tight, so a plan within its limits costs nothing more.
+    """
+    tight = tuple(name for name in binding if name.startswith("limit:") and name != "limit:reserved")
+    reserved = ("limit:reserved",) if "limit:reserved" in binding else ()
+    if not tight:
+        return reserved, None
+    free = dataclasses.replace(p, limits=FleetLimits())
+    solved = _solve(free, cfg)
+    if solved is None:
+        return reserved, None
+    _status, program, exact = solved
+    cols = program.cols
+    x = np.round(exact)
+    free_spot, free_od = x[cols.spot], x[cols.ondemand]
+    cost = float(p.spot_price @ spot + p.od_price @ od)
+    free_cost = float(p.spot_price @ free_spot + p.od_price @ free_od)
+    nodes = float(np.sum(spot) + np.sum(od))
+    free_nodes = float(np.sum(free_spot) + np.sum(free_od))
+    if free_cost <= cost + TOLERANCE and free_nodes <= nodes:
+        return reserved, None
+    unlimited = Unlimited(int(free_nodes + p.reserved_n), p.reserved_cost + free_cost)
+    return tight + reserved, unlimited
 
 
 def _solve(
@@ -277,6 +346,10 @@ def _solve(
     if relaxable:
         attempts += [(False, True, False), (False, False, False)]
     attempts.append((not relaxable, not relaxable, True))
+    if p.limits.any() and not relaxable:
+        # Limits are never lifted: if the fleet cannot shrink to them within the step-down limit, the step
+        # limits give way, not the team's guardrails.
+        attempts.append((False, False, True))
     for number, (up, down, elastic) in enumerate(attempts):
         program = tick_program.build(p, cfg, step_up=up, step_down=down, integral=True, elastic=elastic)
         res = solve_milp(
@@ -297,7 +370,7 @@ def _fallback_reason(cols: tick_program.Columns, x: np.ndarray, binding: tuple[s
     """What the elastic answer leaves short, and which limits keep it short."""
     shortfall = {family: float(x[cols.shortfall(family)]) for family in tick_program.SHORTFALLS}
     parts = tick_program.shortfall_reason(shortfall)
-    limits = [b for b in binding if b.startswith(("quota", "spot_available", "pool_share"))]
+    limits = [b for b in binding if b.startswith(("quota", "spot_available", "pool_share", "limit"))]
     return "infeasible: " + "; ".join(parts) + (f" (limited by {', '.join(limits)})" if limits else "")
 
 
@@ -356,10 +429,11 @@ def violations(
     cfg: OptimizerConfig | None = None,
     *,
     step_limits: bool = True,
+    limits: FleetLimits | None = None,
 ) -> list[str]:
     """Names of the tick's constraints that ``alloc`` breaks (empty when it satisfies all of them)."""
     cfg = cfg or OptimizerConfig()
-    p = _problem(catalog, inp, slo or SloConfig(), cfg)
+    p = _problem(catalog, inp, slo or SloConfig(), cfg, limits)
     broken: list[str] = []
     if alloc.reserved != {t: r for t, r in inp.fleet.reserved.items()}:
         broken.append("reserved_changed")

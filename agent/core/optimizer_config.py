@@ -118,6 +118,71 @@ class OptimizerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
         return self.max_step_down if self.step_limits else None
 
 
+# A fleet of a hundred thousand nodes or a million dollars an hour is beyond any team's: a larger figure is a
+# typo (or 2^64 - 1), not a limit. At these bounds (the defaults) a limit is off: the program leaves it out.
+NO_NODE_LIMIT = 100_000
+NO_COST_LIMIT = 1_000_000.0
+
+
+_Nodes = Annotated[int, msgspec.Meta(ge=0, le=NO_NODE_LIMIT)]
+_NO_LIMIT = f" ({NO_NODE_LIMIT}: no limit)"
+
+
+class FleetLimits(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Guardrails a team sets on every plan (the ``[limits]`` settings section); the defaults are no limit.
+
+    The tick optimizer never plans above them, whatever the demand says (a few made-up workers reporting
+    100 req/s took a plan from $19/h to $872/h); a plan they clamp names them in its ``binding``
+    (``limit:<name>``). Reserved nodes are a commitment the tick cannot change: they count towards
+    ``max_total_instances`` and ``max_hourly_cost``, and reserved nodes above ``max_reserved_instances``
+    are reported, not released.
+    """
+
+    max_reserved_instances: Annotated[
+        _Nodes,
+        msgspec.Meta(
+            description="reserved nodes a plan may hold; the tick only reports an excess" + _NO_LIMIT
+        ),
+    ] = NO_NODE_LIMIT
+    max_spot_instances: Annotated[
+        _Nodes, msgspec.Meta(description="spot nodes a plan may hold, all types and pools" + _NO_LIMIT)
+    ] = NO_NODE_LIMIT
+    max_ondemand_instances: Annotated[
+        _Nodes, msgspec.Meta(description="on-demand nodes a plan may hold, all types and pools" + _NO_LIMIT)
+    ] = NO_NODE_LIMIT
+    max_total_instances: Annotated[
+        _Nodes, msgspec.Meta(description="nodes a plan may hold, reserved included" + _NO_LIMIT)
+    ] = NO_NODE_LIMIT
+    max_hourly_cost: Annotated[
+        float,
+        msgspec.Meta(
+            gt=0,
+            le=NO_COST_LIMIT,
+            description=(
+                f"dollars per hour the planned fleet may cost, reserved included ({NO_COST_LIMIT:.0f}: no "
+                "limit)"
+            ),
+        ),
+    ] = NO_COST_LIMIT
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
+
+    def nodes(self, which: str) -> int | None:
+        """The node limit ``reserved``, ``spot``, ``ondemand`` or ``total`` (None: no limit)."""
+        most: int = getattr(self, f"max_{which}_instances")
+        return most if most < NO_NODE_LIMIT else None
+
+    def hourly_cost(self) -> float | None:
+        """The cost limit in dollars per hour (None: no limit)."""
+        return self.max_hourly_cost if self.max_hourly_cost < NO_COST_LIMIT else None
+
+    def any(self) -> bool:
+        return self.hourly_cost() is not None or any(
+            self.nodes(which) is not None for which in ("reserved", "spot", "ondemand", "total")
+        )
+
+
 def check_ranges(struct: msgspec.Struct) -> None:
     """Raise ValueError naming the first field outside the range its type declares.
 

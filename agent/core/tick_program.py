@@ -5,8 +5,9 @@ launches; the spot total; one shortfall column per coverage family, zero except 
 that finds the allocation covering the most when demand cannot be covered.
 
 Each constraint family below is one function named as its rows are reported in ``Allocation.binding``
-(``quota:<type>``, ``zone_loss:<zone>``: the key after the colon), and its docstring says what it
-guarantees. Reserved nodes are an input: their capacity is taken off what the families must cover.
+(``quota:<type>``, ``zone_loss:<zone>``, ``limit:<name>``: the key after the colon), and its docstring
+says what it guarantees. Reserved nodes are an input: their capacity is taken off what the families must
+cover.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import numpy as np
 from scipy.optimize import Bounds, LinearConstraint
 
 from agent.core.catalog import Tier
-from agent.core.optimizer_config import OptimizerConfig
+from agent.core.optimizer_config import FleetLimits, OptimizerConfig
 
 PoolKey = tuple[str, str]
 """(instance type name, pool name)."""
@@ -34,6 +35,8 @@ BOOKKEEPING = frozenset({"launch", "spot_total"})
 MAX_POOL_NODES = 100_000
 # Families measured in requests/s rather than nodes: binding means within one node's capacity.
 CAPACITY_FAMILIES = frozenset({"cover_now", "cover_next_hour", "non_spot_fraction", "zone_loss"})
+# The one row measured in dollars per hour: binding means no node, not even the cheapest, fits under it.
+COST_LIMIT = "limit:hourly_cost"
 # The families the elastic program may leave short, each with how its shortfall reads in a fallback.
 SHORTFALLS: Mapping[str, str] = {
     "cover_now": "current P75 demand short by {:.3g} rps",
@@ -69,6 +72,8 @@ class Problem:
     reserved_cap_next: float
     quotas: dict[str, float]
     share_applies: bool
+    reserved_n: float = 0.0
+    limits: FleetLimits = field(default_factory=FleetLimits)
 
     def current(self, tier: Tier) -> np.ndarray:
         return self.cur_spot if tier == "spot" else self.cur_od
@@ -235,6 +240,35 @@ def quota(rows: Rows, p: Problem, cols: Columns) -> None:
         rows.add(f"quota:{type_name}", [(cols.spot, of_type), (cols.ondemand, of_type)], hi=max(left, 0.0))
 
 
+def limit(rows: Rows, p: Problem, cols: Columns) -> None:
+    """``limit:<spot|ondemand|total|hourly_cost>``: the team's guardrails (``[limits]``), never lifted:
+    whatever demand the reports claim, the plan stays within them, and if it cannot cover demand there,
+    the elastic program gives the fleet within them that covers the most. Reserved nodes count towards
+    the total and the cost; if they alone exceed a limit, the plan holds no spot or on-demand node."""
+    lim = p.limits
+    spot = lim.nodes("spot")
+    if spot is not None:
+        rows.add("limit:spot", [(cols.spot_total, 1.0)], hi=float(spot))
+    ondemand = lim.nodes("ondemand")
+    if ondemand is not None:
+        rows.add("limit:ondemand", [(cols.ondemand, 1.0)], hi=float(ondemand))
+    total = lim.nodes("total")
+    if total is not None:
+        terms: list[Term] = [(cols.spot_total, 1.0), (cols.ondemand, 1.0)]
+        rows.add("limit:total", terms, hi=max(total - p.reserved_n, 0.0))
+    cost = lim.hourly_cost()
+    if cost is not None:
+        terms = [(cols.spot, p.spot_price), (cols.ondemand, p.od_price)]
+        rows.add("limit:hourly_cost", terms, hi=max(cost - p.reserved_cost, 0.0))
+
+
+def reserved_over_limit(p: Problem) -> float:
+    """Reserved nodes above ``max_reserved_instances``: the tick cannot release a commitment, so the
+    excess is reported (``limit:reserved``), not clamped."""
+    most = p.limits.nodes("reserved")
+    return max(p.reserved_n - most, 0.0) if most is not None else 0.0
+
+
 def step_floor(p: Problem, cfg: OptimizerConfig, tier: Tier) -> float:
     """The fewest nodes of the tier the step-down limit lets the tick keep (0: no floor). Spot nodes
     beyond what the market now allows are gone already, so their loss is not a voluntary release."""
@@ -309,6 +343,7 @@ def build(
     zone_loss(rows, p, cfg, cols)
     pool_share(rows, p, cfg, cols)
     quota(rows, p, cols)
+    limit(rows, p, cols)
     floors = {tier: step_floor(p, cfg, tier) if step_down else 0.0 for tier in TIERS}
     step_limits(rows, p, cfg, cols, floors, up=step_up)
     launch(rows, p, cols)
@@ -408,12 +443,14 @@ def binding(p: Problem, rows: Rows, x: np.ndarray) -> tuple[str, ...]:
         if p.pools
         else 1.0
     )
+    # The cost limit binds when not even the cheapest node would fit under it.
+    cheapest = float(np.min(np.concatenate([p.spot_price, p.od_price]), initial=1.0))
     names: list[str] = []
     for name, value, lo, hi in zip(rows.names, values, rows.lo, rows.hi, strict=True):
         family = name.split(":")[0]
         if family in BOOKKEEPING:
             continue
-        slack_unit = unit if family in CAPACITY_FAMILIES else 1.0
+        slack_unit = unit if family in CAPACITY_FAMILIES else cheapest if name == COST_LIMIT else 1.0
         slack = min(value - lo, hi - value)
         if slack < slack_unit - TOLERANCE and name not in names:
             names.append(name)
@@ -422,6 +459,8 @@ def binding(p: Problem, rows: Rows, x: np.ndarray) -> tuple[str, ...]:
         cap = spot_available(p)[i]
         if math.isfinite(cap) and x[cols.spot.start + i] >= cap - TOLERANCE:
             names.append(f"spot_available:{type_name}/{pool}")
+    if reserved_over_limit(p) > 0:
+        names.append("limit:reserved")
     return tuple(names)
 
 

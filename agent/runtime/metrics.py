@@ -124,6 +124,23 @@ class AgentMetrics:
             "Dynamo workers (worker id × DP rank) heard from recently on the event plane.",
             registry=r,
         )
+        self.plan_limited = Counter(
+            "costagent_plan_limited",
+            "Plans the [limits] clamped, per limit (spot, ondemand, total, hourly_cost; reserved: reserved "
+            "nodes above their limit): demand asked for more than the team allows.",
+            ["limit"],
+            registry=r,
+        )
+        self.notices_held = Counter(
+            "costagent_spot_notices_held",
+            "Preemption notices above [spot_monitor] max_notices_per_minute, held and released at that rate.",
+            registry=r,
+        )
+        self.notices_dropped = Counter(
+            "costagent_spot_notices_dropped",
+            "Held preemption notices dropped: the queue was full (max_held_notices).",
+            registry=r,
+        )
         self.registry_evicted = Counter(
             "costagent_registry_evicted",
             "Workers and instances the spot monitor forgot to stay within its bound (least recently heard "

@@ -56,7 +56,7 @@ async def fleet(peer: Peer, instance: str, tier: str, state: str = "ready") -> N
     )
 
 
-async def test_a_notice_orders_a_drain_of_every_worker_and_a_plan_at_once(
+async def test_a_notice_orders_a_drain_of_every_worker_at_once_and_a_plan_within_the_batch_window(
     running: tuple[Agent, Peer],
 ) -> None:
     agent, peer = running
@@ -78,7 +78,11 @@ async def test_a_notice_orders_a_drain_of_every_worker_and_a_plan_at_once(
     assert order.reason == "notice"
     assert order.correlation_id == sent.msg_id
 
-    # The optimizer plans on the notice, without the node that is going.
+    # The optimizer plans on the notice, without the node that is going, once the batch window (every
+    # node going within it in one plan) has passed.
+    await handled(agent, "spot_monitor", "evt.spot.notice.*", 1)
+    assert plans.pending == 0
+    peer.clock.advance(agent.spot_monitor.settings.notice_batch_seconds)
     plan = await plans.next()
     assert plan.reason == "preemption"
     assert plan.trigger_ids == [sent.msg_id]
