@@ -77,6 +77,7 @@ async def test_a_stopped_agent_saves_what_it_knows_and_the_next_one_on_its_names
         )
         assert after.plan_id == plan.plan_id
         assert agent.optimizer.last_plan == plan
+        assert agent.profiler.profiler.sample_count >= 1  # the bins closed in that half hour
         for prices in (agent.optimizer.prices, agent.reporter.prices):  # spot quotes: the gap's price
             assert prices.quotes()[("h100_8x", "default")].price_hourly == 7.5
         assert agent.spot_monitor.registry.describe("s-1") == ("h100_8x", "default", "spot")
