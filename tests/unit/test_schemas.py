@@ -281,7 +281,8 @@ GOLDEN: list[tuple[bytes, Message]] = [
         b'"frontend_migrated":0},'
         b'"lost":0,"bytes_moved":4128768000.0,"tokens_recomputed":3150.0,"hot_blocks_moved":100,'
         b'"notice_at":1767225600.25,"first_commands_at":1767225600.31,"completed_at":1767225625.0,'
-        b'"deadline":1767225630.1,"msg_id":"migration-17","sent_at":1767225625.0,"source":"agent",'
+        b'"deadline":1767225630.1,"interrupted_by":null,"msg_id":"migration-17","sent_at":1767225625.0,'
+        b'"source":"agent",'
         b'"correlation_id":"notice-17"}',
         MigrationReport(
             msg_id="migration-17",
