@@ -243,6 +243,9 @@ class AgentProcess:
         env |= {
             "COST_AGENT_BUS__NAMESPACE": self.ns,
             "COST_AGENT_METRICS__PORT": "0",
+            # The one agent, started again at once after its kill: no leader lease to wait out (a lease
+            # left by a killed leader holds for [leader] lease_seconds, 40 simulated minutes at 240×).
+            "COST_AGENT_LEADER__ENABLED": "false",
             # At 480× a 30 ms pause of this busy process is four simulated minutes: a worker is declared
             # lost only after two simulated minutes of silence (12 of its 10-second reports), not 15 s.
             "COST_AGENT_SPOT_MONITOR__MISSED_INTERVALS": "12",
