@@ -9,10 +9,11 @@ from collections.abc import AsyncIterator
 import msgspec
 import pytest
 from harness import Inbox, Peer, counter, eventually, handled, rejected, start_agent, stop_agent
+from spot_messages import instance_event, notice_message
 
 from agent.config import LimitsSettings, Settings
 from agent.service import Agent
-from schemas import AllocationPlan, DrainOrder, InstanceEvent, PreemptionNotice, ReplanRequest, WorkerMetrics
+from schemas import AllocationPlan, DrainOrder, ReplanRequest, WorkerMetrics
 
 
 async def worker_load(peer: Peer, worker: str, rps: float, tier: str = "ondemand") -> None:
@@ -88,28 +89,7 @@ async def test_limits_clamp_the_plan_made_up_workers_ask_for_and_say_so(limited:
 
 async def known(peer: Peer, instance: str, tier: str) -> None:
     """The actuator reports the instance ready: the registry knows it and its tier."""
-    await peer.send(
-        peer.subjects.fleet_instance(instance),
-        InstanceEvent(
-            **peer.env("actuator"),
-            instance_id=instance,
-            instance_type="h100_8x",
-            pool="default",
-            tier=tier,  # type: ignore[arg-type]
-            state="ready",
-        ),
-    )
-
-
-def notice(peer: Peer, instance: str, in_s: float = 120.0) -> PreemptionNotice:
-    return PreemptionNotice(
-        **peer.env("sidecar"),
-        instance_id=instance,
-        kind="terminate",
-        deadline=peer.clock.now() + in_s,
-        provider="aws",
-        received_at=peer.clock.now(),
-    )
+    await peer.send(peer.subjects.fleet_instance(instance), instance_event(peer, instance, tier))
 
 
 @pytest.mark.parametrize("tier", ["reserved", "ondemand"])
@@ -123,8 +103,8 @@ async def test_a_notice_for_a_healthy_node_that_is_not_spot_is_refused_and_never
     await handled(agent, "spot_monitor", "evt.worker.metrics.*", 1)
     await handled(agent, "spot_monitor", "evt.fleet.instance.*", 1)
 
-    await peer.send(peer.subjects.spot_notice("node-w0"), notice(peer, "node-w0"))
-    await peer.send(peer.subjects.spot_notice("node-b"), notice(peer, "node-b"))
+    await peer.send(peer.subjects.spot_notice("node-w0"), notice_message(peer, "node-w0"))
+    await peer.send(peer.subjects.spot_notice("node-b"), notice_message(peer, "node-b"))
     await rejected(agent, "spot_monitor", "evt.spot.notice.*", "invalid", 2)
     peer.clock.advance(agent.spot_monitor.settings.notice_batch_seconds)
     await eventually(lambda: agent.spot_monitor.ticks >= 1)
@@ -139,30 +119,20 @@ async def test_a_notice_for_a_healthy_node_that_is_not_spot_is_refused_and_never
 BURST = 200
 
 
-async def burst_of_notices(agent: Agent, peer: Peer) -> None:
-    """BURST spot nodes the agent knows, then a notice for each, published back to back."""
-    for i in range(BURST):
-        await peer.nc.publish(
-            peer.subjects.fleet_instance(f"spot-{i}"),
-            msgspec.json.encode(
-                InstanceEvent(
-                    **peer.env("actuator"),
-                    instance_id=f"spot-{i}",
-                    instance_type="h100_8x",
-                    pool="default",
-                    tier="spot",
-                    state="ready",
-                )
-            ),
-        )
+async def burst_of_notices(agent: Agent, peer: Peer, count: int = BURST) -> None:
+    """``count`` spot nodes the agent knows, then a notice for each, published back to back (also
+    ``bench/guardrails.py``)."""
+    for i in range(count):
+        event = instance_event(peer, f"spot-{i}", "spot")
+        await peer.nc.publish(peer.subjects.fleet_instance(f"spot-{i}"), msgspec.json.encode(event))
     await peer.nc.flush()
-    await handled(agent, "spot_monitor", "evt.fleet.instance.*", BURST)
-    await handled(agent, "optimizer_tick", "evt.fleet.instance.*", BURST)
-    for i in range(BURST):
-        sent = notice(peer, f"spot-{i}", in_s=120.0)
+    await handled(agent, "spot_monitor", "evt.fleet.instance.*", count)
+    await handled(agent, "optimizer_tick", "evt.fleet.instance.*", count)
+    for i in range(count):
+        sent = notice_message(peer, f"spot-{i}")
         await peer.nc.publish(peer.subjects.spot_notice(f"spot-{i}"), msgspec.json.encode(sent))
     await peer.nc.flush()
-    await handled(agent, "spot_monitor", "evt.spot.notice.*", BURST)
+    await handled(agent, "spot_monitor", "evt.spot.notice.*", count)
 
 
 async def test_a_burst_of_notices_drains_at_the_rate_holds_the_rest_and_makes_one_plan(

@@ -6,9 +6,10 @@ from __future__ import annotations
 import pytest
 from harness import START, Inbox, Peer, counter, eventually, handled, rejected
 from made_up_workers import flood_made_up_workers
+from spot_messages import instance_event, notice_message
 
 from agent.service import Agent
-from schemas import AllocationPlan, DrainOrder, InstanceEvent, PreemptionNotice, WorkerMetrics
+from schemas import AllocationPlan, DrainOrder, PreemptionNotice, WorkerMetrics
 
 
 async def report(peer: Peer, worker: str, instance: str, tier: str = "spot") -> None:
@@ -30,30 +31,13 @@ async def report(peer: Peer, worker: str, instance: str, tier: str = "spot") -> 
 
 
 async def notice(peer: Peer, instance: str, kind: str = "terminate", in_s: float = 120.0) -> PreemptionNotice:
-    message = PreemptionNotice(
-        **peer.env("sidecar"),
-        instance_id=instance,
-        kind=kind,  # type: ignore[arg-type]
-        deadline=peer.clock.now() + in_s,
-        provider="aws",
-        received_at=peer.clock.now(),
-    )
+    message = notice_message(peer, instance, kind, in_s)
     await peer.send(peer.subjects.spot_notice(instance), message)
     return message
 
 
 async def fleet(peer: Peer, instance: str, tier: str, state: str = "ready") -> None:
-    await peer.send(
-        peer.subjects.fleet_instance(instance),
-        InstanceEvent(
-            **peer.env("actuator"),
-            instance_id=instance,
-            instance_type="h100_8x",
-            pool="default",
-            tier=tier,  # type: ignore[arg-type]
-            state=state,  # type: ignore[arg-type]
-        ),
-    )
+    await peer.send(peer.subjects.fleet_instance(instance), instance_event(peer, instance, tier, state))
 
 
 async def test_a_notice_orders_a_drain_of_every_worker_at_once_and_a_plan_within_the_batch_window(
