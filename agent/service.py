@@ -263,6 +263,7 @@ async def serve(
             return await serve_replica(settings, catalog, url, clock or RealClock())
         nc = await connect(url, settings.bus.source, settings.bus)
         agent = build_agent(nc, settings, catalog, clock or RealClock())
+        agent.bus.metrics.leader.set(1)  # alone, without a lease: it leads all the same
         with stop_on_signals(agent.stop_event):
             return await _serve_agent(agent, settings, catalog, url)
     finally:

@@ -190,10 +190,13 @@ class Leadership:
         self._log = log.bind(replica=self.replica_id)
 
     def health(self) -> dict[str, object]:
-        """The term's health while leading; else a follower's (healthy while it can campaign)."""
+        """The term's health while leading (``starting`` until it runs); else a follower's (healthy while it
+        can campaign)."""
         if self.term is not None:
             return {**self.term.health(), "role": "leader", "replica": self.replica_id}
         connected = self.nc.is_connected
+        if self.held is not None:  # the lease won, the agent's actors loading their state
+            return {"status": "starting", "role": "leader", "replica": self.replica_id}
         return {
             "status": "follower" if connected else "unavailable",
             "role": "follower",
