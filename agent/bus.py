@@ -115,7 +115,7 @@ class Bus:
         self.source = source
         self.clock = clock
         self.metrics = metrics
-        self.link = Link.watch(nc, clock)
+        self.link = Link.watch(nc, clock, metrics)
         """Whether the connection is up, and since when (silence and plans depend on it)."""
         self.silenced: Callable[[], bool] = _never
         """True while this agent must say nothing: a replica whose leader lease is past its fence

@@ -5,7 +5,8 @@ File sections: ``catalog`` (a built-in name or a path), ``[slo]``, ``[optimizer]
 ``[supervisor]``, ``[spot_monitor]``, ``[migration]``, ``[dynamo]``, ``[state]`` and ``[leader]``;
 every field has a default a user can defend (see ``deploy/agent.example.toml``).
 Environment: ``COST_AGENT_CATALOG`` and ``COST_AGENT_<SECTION>__<FIELD>`` (for example
-``COST_AGENT_OPTIMIZER__MAX_STEP_UP=3``), values read as TOML literals. Anything invalid raises
+``COST_AGENT_OPTIMIZER__MAX_STEP_UP=3``), values read as TOML literals, except for text fields (a
+password, a URL, a name), which take the variable's text as it is. Anything invalid raises
 :class:`ConfigError` with one line naming the file (or variable) and the field.
 """
 
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import msgspec
+import msgspec.inspect
 
 from agent.actuators.settings import ActuatorSettings
 from agent.core.capacity import SloConfig
@@ -532,16 +534,36 @@ def _env_overrides(env: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, st
         if not key.startswith(ENV_PREFIX) or key == ENV_PREFIX + "DATA_DIR":
             continue
         path = key[len(ENV_PREFIX) :].lower().split("__")
-        try:
-            value: Any = tomllib.loads(f"v = {raw}")["v"]
-        except tomllib.TOMLDecodeError:
-            value = raw  # a bare word such as a catalog name or a time zone
+        value: Any = raw
+        if not _is_text_field(path):  # a password of digits stays the text it is
+            try:
+                value = tomllib.loads(f"v = {raw}")["v"]
+            except tomllib.TOMLDecodeError:
+                value = raw  # a bare word such as "auto"
         node = out
         for part in path[:-1]:
             node = node.setdefault(part, {})
         node[path[-1]] = value
         sources[".".join(path)] = key
     return out, sources
+
+
+def _is_text_field(path: list[str]) -> bool:
+    """Whether the settings field at ``path`` holds only text: its variable is taken as it is, not read as
+    a TOML literal (``COST_AGENT_BUS__PASSWORD=12345`` is the password "12345", not a number)."""
+    info: Any = msgspec.inspect.type_info(Settings)
+    for part in path:
+        if isinstance(info, msgspec.inspect.Metadata):
+            info = info.type
+        if not isinstance(info, msgspec.inspect.StructType):
+            return False
+        field = next((f for f in info.fields if f.name == part), None)
+        if field is None:
+            return False
+        info = field.type
+    if isinstance(info, msgspec.inspect.Metadata):
+        info = info.type
+    return isinstance(info, msgspec.inspect.StrType)
 
 
 def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:

@@ -115,6 +115,7 @@ class OptimizerTickActor(PersistentActor):
         self.profiler = profiler
         self.bins = bins
         self.fleet = fleet
+        self._evicted_counted = fleet.evicted
         self.last_plan: AllocationPlan | None = None
         self.plans = 0
         self.prices = SpotPriceBook(settings.spot_price_max_age_seconds)
@@ -201,6 +202,7 @@ class OptimizerTickActor(PersistentActor):
             )
         except ValueError as err:
             raise Rejected(str(err)) from None
+        self._count_evicted()
         if changed:
             self.changed()
         # Capacity is lost when a serving (or booting) node starts draining or vanishes; a node that was
@@ -216,13 +218,20 @@ class OptimizerTickActor(PersistentActor):
         tier) when known): plan without them, now, in one plan however many went at once."""
         for instance_id, described in lost:
             self._take_out(instance_id, described)
+        self._count_evicted()
         self.changed()
         await self.trigger("preemption", trigger_id)
 
+    def _count_evicted(self) -> None:
+        new = self.fleet.evicted - self._evicted_counted
+        if new:
+            self.bus.metrics.registry_evicted.inc(new)
+            self._evicted_counted = self.fleet.evicted
+
     def _take_out(self, instance_id: str, described: tuple[str, str, str] | None) -> None:
-        before = self.fleet.state(instance_id)
-        if before in ("launched", "ready"):
-            inst = next(i for i in self.fleet.instances() if i.instance_id == instance_id)
+        inst = self.fleet.get(instance_id)
+        before = inst.state if inst is not None else None
+        if inst is not None and before in ("launched", "ready"):
             self.fleet.apply(
                 instance_id, inst.instance_type, inst.pool, inst.tier, "draining", self.clock.now()
             )

@@ -24,8 +24,9 @@ Guarantees:
 - A worker of an active instance that misses ``missed_intervals`` reports is declared lost: a DrainOrder
   with reason ``lost`` (the coordinator has the router requeue its requests from the prompt) and the
   optimizer is woken to replace the node: once per health check, for every node lost at that check.
-- Silence counts only while the agent itself is connected to NATS (``bus.link``): an outage of the agent's
-  own link declares nobody lost, and after a reconnection every worker has a full silence window to be
+- Silence counts only while the agent itself is connected to NATS and the server answers a round trip at
+  the health check (``bus.link``): an outage of the agent's own link, or a half-open one, declares nobody
+  lost, and after a reconnection every worker has a full silence window to be
   heard again (``agent.core.workers.counted_silence``).
 - After its deadline a draining instance is gone and forgotten.
 - Durable (``[state]``, key ``spot_monitor``): the registry (which workers run on which instance, its
@@ -237,9 +238,9 @@ class SpotMonitorActor(PersistentActor):
                 del self._deadlines[instance_id]
                 self.registry.set_life(instance_id, "gone")
         self.changed()
-        silent = self.registry.newly_silent(
-            now, self.settings.missed_intervals, self.bus.link.connected_since
-        )
+        # Asked of the server now, not of nats-py's state: a half-open link says connected and hears nothing.
+        connected_since = await self.bus.link.answering()
+        silent = self.registry.newly_silent(now, self.settings.missed_intervals, connected_since)
         by_instance: dict[str, list[str]] = {}
         for info in silent:
             by_instance.setdefault(info.instance_id, []).append(info.worker_id)

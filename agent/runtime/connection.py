@@ -34,6 +34,7 @@ from typing import Any, Final
 
 import structlog
 from nats.aio.client import Client as NATS
+from nats.errors import SlowConsumerError
 
 from agent.runtime.bus_security import (
     RECONNECT_WAIT_SECONDS,
@@ -50,6 +51,8 @@ MIN_DRAIN_SECONDS: Final = 0.5
 messages already published."""
 CANCEL_WAIT_SECONDS: Final = 1.0
 """How long a cancelled task (or drain) gets to unwind before shutdown goes on without it."""
+MAX_SLOW_SUBJECTS_LOGGED: Final = 100
+"""Subscriptions whose first dropped message is logged; the agent has a dozen."""
 
 
 async def connect(url: str, name: str, security: BusSecurity | None = None) -> NATS:
@@ -62,7 +65,17 @@ async def connect(url: str, name: str, security: BusSecurity | None = None) -> N
     started = asyncio.Event()
     refused = asyncio.Event()  # a retry cannot help: the server's certificate or our credentials
 
+    slow_subjects: set[str] = set()
+
     async def on_error(err: Exception) -> None:
+        if isinstance(err, SlowConsumerError):
+            # nats-py reports each dropped message: one line per subscription, the metric counts them all
+            if err.sub.subject not in slow_subjects and len(slow_subjects) < MAX_SLOW_SUBJECTS_LOGGED:
+                slow_subjects.add(err.sub.subject)
+                log.warning(
+                    "nats_slow_consumer", subject=err.sub.subject, counted="costagent_messages_dropped"
+                )
+            return
         text = redact_text(str(err) or type(err).__name__, url)
         if started.is_set():
             log.warning("nats_error", error=text)

@@ -26,8 +26,10 @@ from typing import Final
 import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.errors import SlowConsumerError
 
 from agent.runtime.clock import Clock
+from agent.runtime.metrics import AgentMetrics
 
 _Callback = Callable[[], Awaitable[None]]
 
@@ -111,17 +113,28 @@ class Link:
             waiter.set_result(None)
 
     @classmethod
-    def watch(cls, nc: NATS, clock: Clock) -> Link:
-        """A link that follows ``nc``'s state from now on (the callbacks already set still run first)."""
+    def watch(cls, nc: NATS, clock: Clock, metrics: AgentMetrics | None = None) -> Link:
+        """A link that follows ``nc``'s state from now on (the callbacks already set still run first), and
+        counts into ``metrics`` its disconnections and the messages the client drops for a slow consumer."""
         link = cls(clock, connected=nc.is_connected)
         link._nc = nc
         on_disconnect: _Callback | None = nc._disconnected_cb
         on_reconnect: _Callback | None = nc._reconnected_cb
+        on_error: Callable[[Exception], Awaitable[None]] | None = nc._error_cb
 
         async def disconnected() -> None:
+            if metrics is not None and not (nc.is_closed or nc.is_draining):
+                metrics.nats_disconnections.inc()
             link.lost()
             if on_disconnect is not None:
                 await on_disconnect()
+
+        async def error(err: Exception) -> None:
+            if metrics is not None and isinstance(err, SlowConsumerError):
+                # the subscription's pattern, not the message's subject: a bounded label
+                metrics.messages_dropped.labels(err.sub.subject).inc()
+            if on_error is not None:
+                await on_error(err)
 
         async def reconnected() -> None:
             link._silent = False
@@ -130,5 +143,6 @@ class Link:
                 await on_reconnect()
 
         nc._disconnected_cb = disconnected
+        nc._error_cb = error
         nc._reconnected_cb = reconnected
         return link

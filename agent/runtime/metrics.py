@@ -55,6 +55,19 @@ class AgentMetrics:
             ["actor", "subject", "type", "reason"],
             registry=r,
         )
+        self.messages_dropped = Counter(
+            "costagent_messages_dropped",
+            "Messages the NATS client dropped before any handler saw them, because the subscription's queue "
+            "was full (a handler fell behind: a slow consumer), per subscription subject.",
+            ["subject"],
+            registry=r,
+        )
+        self.nats_disconnections = Counter(
+            "costagent_nats_disconnections",
+            "Times this process's NATS connection was lost: a server restart, a network failure, or the "
+            "server cutting off a slow consumer; what was sent to it meanwhile is lost (core NATS).",
+            registry=r,
+        )
         self.messages_published = Counter(
             "costagent_messages_published",
             "Messages published, per message type.",
@@ -143,8 +156,9 @@ class AgentMetrics:
         )
         self.registry_evicted = Counter(
             "costagent_registry_evicted",
-            "Workers and instances the spot monitor forgot to stay within its bound (least recently heard "
-            "first): many means made-up ids, or a fleet above the bound.",
+            "Workers and instances the agent forgot to stay within its bounds (the spot monitor's registry: "
+            "least recently heard first; the optimizer's fleet view: longest draining first): many means "
+            "made-up ids, or a fleet above the bound.",
             registry=r,
         )
         self.state_snapshots_rejected = Counter(

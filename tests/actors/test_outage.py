@@ -98,6 +98,7 @@ async def test_silence_while_the_agent_is_disconnected_declares_nobody_lost(
     agent, peer = outage_agent
     drains = await node_reporting_then_outage(server, agent, peer, ["a-0", "a-1"], 60)  # 4 windows
     assert agent.spot_monitor.drains == 0
+    assert counter(agent, "costagent_nats_disconnections_total") == 1  # the outage is counted instead
 
     # Both report again; then a-1 alone keeps reporting. Within a silence window of the reconnection
     # nobody is lost; past it, a-0 (really silent now) is.

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.config import load_settings
 from agent.runtime.bus_security import BusSecurity, redact_text, redact_url
 
 
@@ -54,3 +55,16 @@ def test_tls_files_make_an_ssl_context_that_trusts_only_the_given_ca(tmp_path: P
     with pytest.raises(ConnectionError, match="tls_ca_file"):
         BusSecurity(tls_ca_file=str(ca)).connect_options()
     assert "tls" not in BusSecurity().connect_options()
+
+
+@pytest.mark.parametrize("password", ["12345", "true", "1e3", '"quoted"', "a b = c"])
+def test_the_agent_takes_a_text_field_from_its_variable_as_it_is(password: str) -> None:
+    env = {"COST_AGENT_BUS__USER": "agent", "COST_AGENT_BUS__PASSWORD": password}
+    assert load_settings(env=env).bus.password == password
+
+
+def test_numbers_in_variables_are_still_read_as_numbers() -> None:
+    env = {"COST_AGENT_BUS__CONNECT_TIMEOUT_SECONDS": "2.5", "COST_AGENT_METRICS__PORT": "9000"}
+    settings = load_settings(env=env)
+    assert settings.bus.connect_timeout_seconds == 2.5
+    assert settings.metrics.port == 9000
