@@ -177,7 +177,7 @@ SUBJECTS: tuple[SubjectDoc, ...] = (
         "plan_allocation",
         (AllocationPlan,),
         "agent (optimizer tick)",
-        "— (the actuator subscribes)",
+        "cost reporter (the plan gap), the agent's actuator (`[actuator] mode`) or an external one",
         "every `[optimizer] interval_seconds` (300 s), and at once on a trigger",
     ),
     SubjectDoc(
