@@ -284,6 +284,8 @@ def optimize_tick(
     limited, unlimited = _clamped_by(p, cfg, x[cols.spot], x[cols.ondemand], binding)
     if limited:
         reason += f"; clamped by [limits] ({', '.join(limited)})"
+        if unlimited is not None:
+            reason += f": without them {unlimited.instances} nodes, ${unlimited.hourly_cost:.2f}/h"
     return _allocation(
         catalog,
         inp,

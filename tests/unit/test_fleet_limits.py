@@ -60,6 +60,8 @@ def test_a_plan_above_the_total_and_cost_limits_is_clamped_and_says_what_it_woul
     assert alloc.unlimited is not None
     assert alloc.unlimited.hourly_cost == pytest.approx(free.hourly_cost)
     assert alloc.unlimited.instances == free.total("spot") + free.total("ondemand")
+    without = f"without them {alloc.unlimited.instances} nodes, ${free.hourly_cost:.2f}/h"
+    assert without in alloc.reason
     # The SLO cannot be met within them: the best fleet within them, saying so.
     assert alloc.status == "fallback"
     assert alloc.reason.startswith("infeasible: ")
