@@ -263,7 +263,6 @@ class Leadership:
         lost = asyncio.Event()
         done = asyncio.Event()
         keeper = asyncio.create_task(self._keep(lost, done), name="lease-keeper")
-        reason = "stopped"
         try:
             self.term = await self._begin()
             if self.term is not None:
