@@ -207,6 +207,15 @@ async def start_agent(config: Path) -> LoggedProcess:
 
 
 @pytest.fixture
+async def rig(jetstream_url: str, tmp_path: Path) -> AsyncIterator[tuple[Bus, Path]]:
+    """The test's connection on a fresh namespace, and the settings file of the agent it runs there."""
+    ns = f"dur{uuid.uuid4().hex[:8]}"
+    bus = await Bus.open(jetstream_url, ns)
+    yield bus, agent_config(tmp_path, jetstream_url, ns)
+    await bus.nc.close()
+
+
+@pytest.fixture
 async def agents() -> AsyncIterator[list[LoggedProcess]]:
     """Every agent process a test starts; killed at the end if still running."""
     started: list[LoggedProcess] = []
@@ -237,11 +246,9 @@ async def kill_9(agent: LoggedProcess) -> None:
 
 
 async def test_after_kill_9_the_agent_bills_the_gap_accepts_a_notice_and_finishes_or_reports_its_drains(
-    jetstream_url: str, tmp_path: Path, agents: list[LoggedProcess]
+    rig: tuple[Bus, Path], agents: list[LoggedProcess]
 ) -> None:
-    ns = f"dur{uuid.uuid4().hex[:8]}"
-    bus = await Bus.open(jetstream_url, ns)
-    config = agent_config(tmp_path, jetstream_url, ns)
+    bus, config = rig
     agents.append(first := await start_agent(config))
 
     await bus.node("r-1", "reserved")
@@ -307,15 +314,12 @@ async def test_after_kill_9_the_agent_bills_the_gap_accepts_a_notice_and_finishe
 
     second.proc.send_signal(signal.SIGTERM)
     assert await asyncio.wait_for(second.finish(), timeout=30) == 0
-    await bus.nc.close()
 
 
 async def test_sigterm_during_a_drain_reports_it_and_a_restart_finishes_it(
-    jetstream_url: str, tmp_path: Path, agents: list[LoggedProcess]
+    rig: tuple[Bus, Path], agents: list[LoggedProcess]
 ) -> None:
-    ns = f"dur{uuid.uuid4().hex[:8]}"
-    bus = await Bus.open(jetstream_url, ns)
-    config = agent_config(tmp_path, jetstream_url, ns)
+    bus, config = rig
     agents.append(first := await start_agent(config))
     await bus.node("s-1", "spot")
     await bus.notice("s-1", time.time() + 120)
@@ -336,7 +340,6 @@ async def test_sigterm_during_a_drain_reports_it_and_a_restart_finishes_it(
     assert second.named("drain_resumed")
     second.proc.send_signal(signal.SIGTERM)
     assert await asyncio.wait_for(second.finish(), timeout=30) == 0
-    await bus.nc.close()
 
 
 async def test_the_embedded_server_keeps_the_state_in_store_dir_for_the_next_cost_agent_run(
