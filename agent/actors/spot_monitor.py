@@ -130,7 +130,9 @@ class SpotMonitorActor(PersistentActor):
                 self.registry.set_life(event.instance_id, "gone")
                 self._deadlines.pop(event.instance_id, None)
         else:
-            self.registry.add_instance(event.instance_id, event.instance_type, event.pool, event.tier)
+            self.registry.add_instance(
+                event.instance_id, event.instance_type, event.pool, event.tier, from_fleet=True
+            )
             self._count_evicted()
         await self.save_now()  # a notice for this node right after a restart must find it
 

@@ -72,6 +72,10 @@ class WorkerRegistry:
         self._by_instance: dict[str, dict[str, WorkerInfo]] = {}
         self._life: OrderedDict[str, InstanceLife] = OrderedDict()
         self._types: dict[str, tuple[str, str, str]] = {}  # instance → (type, pool, tier)
+        # Instances whose type, pool and tier the fleet (the actuator) stated: a worker's report, which
+        # anyone on the bus can forge, does not relabel them (a reserved node reported as spot would let a
+        # forged notice drain it). Not saved: after a restart, until the fleet's next word.
+        self._from_fleet: set[str] = set()
         self.evicted = 0
         """Workers and instances forgotten to stay within the bounds."""
 
@@ -110,7 +114,11 @@ class WorkerRegistry:
             info.lost = False
             self._workers.move_to_end(worker_id)
 
-    def add_instance(self, instance_id: str, instance_type: str, pool: str, tier: str) -> None:
+    def add_instance(
+        self, instance_id: str, instance_type: str, pool: str, tier: str, *, from_fleet: bool = False
+    ) -> None:
+        """Know the instance (active until told otherwise); ``from_fleet``: the actuator's word on its type,
+        pool and tier, which later worker reports do not change."""
         if instance_id in self._life:
             self._life.move_to_end(instance_id)
         else:
@@ -118,6 +126,10 @@ class WorkerRegistry:
             while len(self._life) > self.max_instances:
                 self._forget_instance(next(iter(self._life)))
                 self.evicted += 1
+        if from_fleet:
+            self._from_fleet.add(instance_id)
+        elif instance_id in self._from_fleet:
+            return
         self._types[instance_id] = (instance_type, pool, tier)
 
     def knows(self, instance_id: str) -> bool:
@@ -195,6 +207,7 @@ class WorkerRegistry:
                 worker_id, instance_id, *types[instance_id], last_seen, interval_s, lost
             )
         self._life, self._types, self._workers = life, types, workers
+        self._from_fleet = set()
         self._by_instance = {}
         for info in workers.values():
             self._by_instance.setdefault(info.instance_id, {})[info.worker_id] = info
@@ -212,3 +225,4 @@ class WorkerRegistry:
             self._forget_worker(info)
         del self._life[instance_id]
         self._types.pop(instance_id, None)
+        self._from_fleet.discard(instance_id)

@@ -116,6 +116,20 @@ async def test_a_notice_for_a_healthy_node_that_is_not_spot_is_refused_and_never
     assert agent.optimizer.plans == 0
 
 
+async def test_a_forged_worker_report_cannot_relabel_a_reserved_node_as_spot_to_drain_it(
+    running: tuple[Agent, Peer],
+) -> None:
+    agent, peer = running
+    await known(peer, "node-w0", "reserved")  # the actuator's word
+    await handled(agent, "spot_monitor", "evt.fleet.instance.*", 1)
+    await worker_load(peer, "w0", 2.0, tier="spot")  # a forged report: node-w0 "is spot"
+    await handled(agent, "spot_monitor", "evt.worker.metrics.*", 1)
+    await peer.send(peer.subjects.spot_notice("node-w0"), notice_message(peer, "node-w0"))
+    await rejected(agent, "spot_monitor", "evt.spot.notice.*", "invalid", 1)
+    assert agent.spot_monitor.drains == 0
+    assert agent.spot_monitor.registry.life("node-w0") == "active"
+
+
 BURST = 200
 
 
