@@ -652,7 +652,10 @@ def _schemas(args: argparse.Namespace) -> int:
             print(f"cost-agent: generated files out of date: {', '.join(stale)}", file=sys.stderr)
             print("run `cost-agent schemas` and commit the result", file=sys.stderr)
             return 1
-        print("generated files (JSON Schemas, docs/protocol.md tables, example settings) match the code")
+        print(
+            "generated files (JSON Schemas, docs/protocol.md tables, example settings, Kubernetes manifests) "
+            "match the code"
+        )
         return 0
     for path in write():
         print(f"wrote {path}")
@@ -683,7 +686,8 @@ _COMMANDS: Final[dict[str, _Command]] = {
         "the whole system on one machine: agent, simulated cloud, workers, traffic", _demo_arguments, _demo
     ),
     "schemas": _Command(
-        "write the generated files: wire JSON Schemas, docs/protocol.md tables, example settings",
+        "write the generated files: wire JSON Schemas, docs/protocol.md tables, example settings, "
+        "Kubernetes manifests",
         _schemas_arguments,
         _schemas,
     ),
