@@ -174,10 +174,6 @@ def build_agent(
     )
     dynamo_source: DynamoSource | None = None
     if settings.dynamo.frontend_urls:
-        if settings.dynamo.nats_url:
-            raise ConfigError(
-                "[dynamo] nats_url: a second NATS connection is not supported yet; leave it empty"
-            )
         dynamo_source = DynamoSource(bus, clock, settings.dynamo, bins)  # the profiler's bins
     actuator = _build_actuator(bus, clock, settings, catalog, dynamo_source)
     migration = MigrationCoordinatorActor(

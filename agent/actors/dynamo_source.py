@@ -2,8 +2,8 @@
 event plane), into the agent.
 
 Reads:      every ``[dynamo] frontend_urls`` entry's ``/metrics`` each ``scrape_interval_seconds`` (its
-            timer); Dynamo's ``forward-pass-metrics`` and ``kv_metrics`` subjects (msgpack, on the agent's
-            own NATS connection).
+            timer); Dynamo's ``forward-pass-metrics`` and ``kv_metrics`` subjects (msgpack), on the agent's
+            own NATS connection, or with ``[dynamo] nats_url`` on a connection of its own to Dynamo's NATS.
 Writes:     the profiler's :class:`~agent.core.demand_bins.DemandBins` (shared in-process), one entry per
             frontend keyed ``frontend:<url>``; :attr:`DynamoSource.latest` (the demand of the last
             interval, summed over frontends); :attr:`DynamoSource.workers` (the per-worker registry).
@@ -47,6 +47,7 @@ from agent.providers.dynamo.frontend_metrics import (
 from agent.providers.httpclient import HttpClient, ServiceUnavailable
 from agent.runtime.actor import Actor, ListenBytes
 from agent.runtime.clock import Clock
+from agent.runtime.connection import connect
 
 log = structlog.get_logger("agent.dynamo_source")
 
@@ -68,6 +69,10 @@ class DynamoSource(Actor):
         if not settings.frontend_urls:
             raise ValueError("DynamoSource: [dynamo] frontend_urls is empty")
         super().__init__(bus, clock, interval_s=settings.scrape_interval_seconds)
+        self.event_plane_url = settings.nats_url
+        """Dynamo's own NATS (its NATS_SERVER), when it is not the agent's: read on a connection of this
+        actor's, opened at each start and closed at each stop."""
+        self._event_bus: Bus | None = None
         self.frontends = settings.urls()
         self.subjects = DynamoSubjects(settings.namespace, settings.component, settings.endpoint)
         self.bins = bins
@@ -99,13 +104,26 @@ class DynamoSource(Actor):
             for subject in (self.subjects.forward_pass_metrics, self.subjects.kv_metrics)
         ]
 
+    def listen_bus(self) -> Bus:
+        return self._event_bus or self.bus
+
     async def on_start(self) -> None:
+        if self.event_plane_url:
+            # Dynamo's NATS is Dynamo's (typically its platform's, without our accounts): no credentials of
+            # ours go to it. A server that cannot be reached fails this start; the supervisor retries.
+            nc = await connect(self.event_plane_url, f"{self.bus.source}:dynamo-event-plane")
+            self._event_bus = Bus(
+                nc, self.bus.subjects, source=self.bus.source, clock=self.clock, metrics=self.bus.metrics
+            )
         self._http = await HttpClient().__aenter__()
 
     async def on_stop(self) -> None:
         http, self._http = self._http, None
         if http is not None:
             await http.__aexit__(None, None, None)
+        event_bus, self._event_bus = self._event_bus, None
+        if event_bus is not None:
+            await event_bus.nc.close()  # only reads on it: nothing of ours to flush
 
     async def on_event(self, event: DynamoEvent, _raw: Msg) -> None:
         # Runs for every forward pass of every worker: the key comes parsed (and checked) with the event.

@@ -65,6 +65,11 @@ class Actor:
     def subscriptions(self) -> Sequence[Listen | ListenBytes]:
         return ()
 
+    def listen_bus(self) -> Bus:
+        """The bus the subscriptions are made on: the agent's own, unless the actor reads another NATS
+        (Dynamo's event plane on a server of its own)."""
+        return self.bus
+
     async def on_start(self) -> None:
         """Called at each (re)start, before subscribing."""
 
@@ -92,7 +97,7 @@ class Actor:
                 subs.append(await self._subscribe(listen, on_crash))
             if subs:
                 # The server knows our interest before anyone is told we are ready.
-                await self.bus.settle()
+                await self.listen_bus().settle()
             if self.interval_s is not None:
                 waits.append(asyncio.ensure_future(self._timer(stop, self.interval_s)))
             waits.append(asyncio.ensure_future(stop.wait()))
@@ -109,7 +114,8 @@ class Actor:
                 crashed.cancel()
             elif not crashed.cancelled():
                 crashed.exception()  # retrieved: it was raised above
-            if not stop.is_set() and not (self.bus.nc.is_closed or self.bus.nc.is_draining):
+            nc = self.listen_bus().nc
+            if not stop.is_set() and not (nc.is_closed or nc.is_draining):
                 for sub in subs:
                     with contextlib.suppress(NatsError):
                         await sub.unsubscribe()
@@ -119,10 +125,10 @@ class Actor:
         self, listen: Listen | ListenBytes, on_crash: Callable[[BaseException], None]
     ) -> Subscription:
         if isinstance(listen, Listen):
-            return await self.bus.subscribe(
+            return await self.listen_bus().subscribe(
                 listen.subject, listen.kind, listen.handler, actor=self.name, on_crash=on_crash
             )
-        return await self.bus.subscribe_bytes(
+        return await self.listen_bus().subscribe_bytes(
             listen.subject, listen.tag, listen.decode, listen.handler, actor=self.name, on_crash=on_crash
         )
 

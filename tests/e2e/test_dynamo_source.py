@@ -28,13 +28,14 @@ from waits import eventually as wait_until
 
 from agent.actors.dynamo_source import EVENT_TAG, DynamoSource, bins_key
 from agent.bus import Bus
-from agent.config import ConfigError, DynamoSettings, Settings, resolve_catalog
+from agent.config import DynamoSettings, Settings, resolve_catalog
 from agent.core.demand_bins import DemandBins
 from agent.providers.dynamo.event_plane import DynamoEvent, EventEnvelope
 from agent.providers.dynamo.frontend_metrics import FrontendDemand
 from agent.providers.httpclient import HttpClient
 from agent.runtime.clock import RealClock
 from agent.runtime.metrics import AgentMetrics
+from agent.runtime.nats_server import NatsServer
 from agent.service import build_agent
 from agent.sim.dynamo_local import (
     COMPONENT,
@@ -274,9 +275,49 @@ async def test_the_agent_runs_a_dynamo_source_on_the_profilers_bins_only_when_fr
     assert agent.dynamo_source in agent.actors
     assert agent.dynamo_source.bins is agent.profiler.bins  # one demand, read by the optimizer
 
-    second_nats = DynamoSettings(frontend_urls=[dynamo.frontend_url], nats_url="nats://127.0.0.1:4222")
-    with pytest.raises(ConfigError, match=r"\[dynamo\] nats_url: .*not supported yet"):
-        build_agent(nc, Settings(dynamo=second_nats), resolve_catalog("seed"), RealClock())
+
+async def test_dynamos_event_plane_on_a_nats_of_its_own_is_read_on_a_second_connection(
+    dynamo: LocalDynamo, nats_url: str
+) -> None:
+    """Dynamo's platform runs its own NATS; the agent's bus is another server (with our accounts). With
+    ``[dynamo] nats_url`` the source reads the workers' ForwardPassMetrics there, and closes that
+    connection when it stops."""
+    with NatsServer() as ours:
+        agent_nc = await nats.connect(ours.url)
+        clock = RealClock()
+        bus = Bus(
+            agent_nc,
+            Subjects(f"t{uuid.uuid4().hex[:10]}"),
+            source="test",
+            clock=clock,
+            metrics=AgentMetrics(),
+        )
+        settings = DynamoSettings(
+            frontend_urls=[dynamo.frontend_url],
+            namespace=dynamo.namespace,
+            component=COMPONENT,
+            endpoint=ENDPOINT,
+            scrape_interval_seconds=SCRAPE_S,
+            nats_url=nats_url,  # Dynamo's, where the fixture's frontend and workers run
+        )
+        source = DynamoSource(bus, clock, settings, DemandBins(60.0, 0.0, 60.0))
+        stop = asyncio.Event()
+        task = asyncio.create_task(source.run(stop))
+        try:
+            worker_ids = {w.worker_id for w in dynamo.workers}
+            await eventually(  # the idle workers' heartbeats, about one a second each
+                lambda: {w for w, _ in source.workers.snapshot()} == worker_ids, "both workers heard"
+            )
+            event_nc = source.listen_bus().nc
+            assert event_nc is not agent_nc
+            assert event_nc.connected_url is not None
+            assert event_nc.connected_url.port == int(nats_url.rsplit(":", 1)[1])
+        finally:
+            stop.set()
+            async with asyncio.timeout(WAIT_S):
+                await task
+            await agent_nc.close()
+        assert event_nc.is_closed
 
 
 class BrokenSource(DynamoSource):
