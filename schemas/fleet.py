@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
+import msgspec
+
 from schemas.envelope import Key, Message, Tier, doc
 
 InstanceState = Literal["launched", "ready", "draining", "terminated"]
+MachineName = Annotated[str, msgspec.Meta(max_length=128)]
+"""A machine's name as a notice gives it (an instance id, a Kubernetes node name), or empty."""
 
 
 class InstanceEvent(Message, frozen=True, tag="fleet.instance.v1"):
@@ -28,3 +32,11 @@ class InstanceEvent(Message, frozen=True, tag="fleet.instance.v1"):
     ]
     tier: Annotated[Tier, doc("Its tier.")]
     state: Annotated[InstanceState, doc("The state entered.")]
+    machine: Annotated[
+        MachineName,
+        doc(
+            "The machine it runs on, when the instance is not the machine itself: a Kubernetes worker pod's "
+            "node (`spec.nodeName`), empty until scheduled. A spot notice names the machine; the agent "
+            "drains every instance on it. Empty: the instance is the machine."
+        ),
+    ] = ""

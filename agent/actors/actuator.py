@@ -211,6 +211,7 @@ class ActuatorActor(Actor):
                 pool=change.pool,
                 tier=change.tier,
                 state=change.state,
+                machine=change.machine,
             )
             await self.bus.publish(self.bus.subjects.fleet_instance(change.instance_id), event)
             if change.state == "terminated" and change.instance_id in self._drains:

@@ -131,7 +131,12 @@ class SpotMonitorActor(PersistentActor):
                 self._deadlines.pop(event.instance_id, None)
         else:
             self.registry.add_instance(
-                event.instance_id, event.instance_type, event.pool, event.tier, from_fleet=True
+                event.instance_id,
+                event.instance_type,
+                event.pool,
+                event.tier,
+                from_fleet=True,
+                machine=event.machine,
             )
             self._count_evicted()
         await self.save_now()  # a notice for this node right after a restart must find it
@@ -145,21 +150,26 @@ class SpotMonitorActor(PersistentActor):
 
     async def on_notice(self, notice: PreemptionNotice, _raw: Msg) -> None:
         instance_id = notice.instance_id
-        life = self.registry.life(instance_id)
-        if life is None:
-            raise Rejected(f"instance_id: {instance_id!r} is not an instance this agent knows")
-        described = self.registry.describe(instance_id)
-        tier = described[2] if described is not None else "unknown"
-        if tier != "spot":
-            # Only the spot market reclaims: a notice for a reserved or on-demand node is forged or mistaken.
-            raise Rejected(f"instance_id: {instance_id!r} is a {tier} instance, not spot; not drained")
+        # The notice names a machine: an instance, or a Kubernetes node whose worker pods are the instances.
+        targets = self.registry.instances_named(instance_id)
+        if not targets:
+            raise Rejected(f"instance_id: {instance_id!r} is not an instance (or a machine) this agent knows")
+        for target in targets:
+            described = self.registry.describe(target)
+            tier = described[2] if described is not None else "unknown"
+            if tier != "spot":
+                # Only the spot market reclaims: a notice for a reserved or on-demand node is forged or
+                # mistaken.
+                raise Rejected(f"instance_id: {target!r} is a {tier} instance, not spot; not drained")
+        active = [t for t in targets if self.registry.life(t) == "active"]
         log = self._log.bind(instance_id=instance_id, msg_id=notice.msg_id, kind=notice.kind)
         if notice.kind == "rebalance":
             log.info("rebalance_recommendation", prelaunch=self.settings.prelaunch_on_rebalance)
-            if self.settings.prelaunch_on_rebalance and life == "active":
-                self._going_now(instance_id, notice.msg_id)
+            if self.settings.prelaunch_on_rebalance:
+                for target in active:
+                    self._going_now(target, notice.msg_id)
             return
-        if life != "active":
+        if not active:
             return  # already draining or gone: a repeat
         admitted = self.gate.admit(self.clock.now(), instance_id, notice.deadline, notice)
         if admitted == "now":
@@ -174,17 +184,23 @@ class SpotMonitorActor(PersistentActor):
 
     async def _drain_on_notice(self, notice: PreemptionNotice) -> None:
         instance_id = notice.instance_id
-        self.registry.set_life(instance_id, "draining")
-        self._deadlines[instance_id] = notice.deadline
-        await self._drain(instance_id, notice.deadline, "notice", notice.msg_id)
+        targets = [t for t in self.registry.instances_named(instance_id) if self.registry.life(t) == "active"]
+        workers = [w.worker_id for t in targets for w in self.registry.workers_of(t)]
+        for target in targets:
+            self.registry.set_life(target, "draining")
+            self._deadlines[target] = notice.deadline
+        # One order for the machine the notice named: the actuator evicts whatever runs on it.
+        await self._drain(instance_id, notice.deadline, "notice", notice.msg_id, workers)
         self._log.info(
             "drain_ordered",
             instance_id=instance_id,
             msg_id=notice.msg_id,
             kind=notice.kind,
             deadline_in_s=round(notice.deadline - self.clock.now(), 3),
+            instances=targets,
         )
-        self._going_now(instance_id, notice.msg_id)
+        for target in targets:
+            self._going_now(target, notice.msg_id)
         await self.save_now()  # the drain and its deadline: a restart must not order it again
 
     def _going_now(self, instance_id: str, cause: str) -> None:

@@ -38,6 +38,8 @@ class NodeChange:
     state: InstanceState
     at: float
     cause: str = ""
+    machine: str = ""
+    """The machine it runs on when the node is not the machine itself (a Kubernetes pod's node)."""
 
 
 class Actuator(Protocol):

@@ -392,7 +392,9 @@ class KubernetesActuator:
         self, svc: _Service, node_id: str, state: InstanceState, now: float, cause: str
     ) -> NodeChange:
         m = svc.mapping
-        return NodeChange(node_id, m.instance_type, m.pool, m.tier, state, now, cause)
+        pod = svc.pods.get(node_id)
+        machine = pod.machine if pod is not None else ""
+        return NodeChange(node_id, m.instance_type, m.pool, m.tier, state, now, cause, machine)
 
     def _pods_on(self, instance_id: str) -> Iterable[tuple[_Service, _Pod]]:
         for svc in self.services.values():

@@ -38,6 +38,8 @@ class RegistrySnapshot(msgspec.Struct, frozen=True):
     """(instance id, life, type, pool, tier), least recently heard first."""
     workers: list[tuple[str, str, float, float, bool]]
     """(worker id, instance id, last seen, interval s, lost), least recently heard first."""
+    machines: list[tuple[str, str]] = []
+    """(instance id, machine) for instances that are not machines themselves (Kubernetes pods)."""
 
 
 def counted_silence(now: float, last_seen: float, connected_since: float | None) -> float:
@@ -76,6 +78,9 @@ class WorkerRegistry:
         # anyone on the bus can forge, does not relabel them (a reserved node reported as spot would let a
         # forged notice drain it). Not saved: after a restart, until the fleet's next word.
         self._from_fleet: set[str] = set()
+        # A Kubernetes worker pod runs on a node: the sidecar's notice names the node, not the pod.
+        self._machine: dict[str, str] = {}  # instance → machine
+        self._on_machine: dict[str, set[str]] = {}  # machine → instances
         self.evicted = 0
         """Workers and instances forgotten to stay within the bounds."""
 
@@ -115,10 +120,20 @@ class WorkerRegistry:
             self._workers.move_to_end(worker_id)
 
     def add_instance(
-        self, instance_id: str, instance_type: str, pool: str, tier: str, *, from_fleet: bool = False
+        self,
+        instance_id: str,
+        instance_type: str,
+        pool: str,
+        tier: str,
+        *,
+        from_fleet: bool = False,
+        machine: str = "",
     ) -> None:
         """Know the instance (active until told otherwise); ``from_fleet``: the actuator's word on its type,
-        pool and tier, which later worker reports do not change."""
+        pool and tier, which later worker reports do not change; ``machine``: the machine it runs on when
+        it is not one itself (the actuator's word too)."""
+        if machine and from_fleet and machine != instance_id:
+            self._place(instance_id, machine)
         if instance_id in self._life:
             self._life.move_to_end(instance_id)
         else:
@@ -134,6 +149,26 @@ class WorkerRegistry:
 
     def knows(self, instance_id: str) -> bool:
         return instance_id in self._life
+
+    def instances_named(self, name: str) -> list[str]:
+        """The instances a notice for ``name`` concerns: the instance of that id, else every instance on
+        the machine of that name; empty when neither is known."""
+        if name in self._life:
+            return [name]
+        return sorted(i for i in self._on_machine.get(name, ()) if i in self._life)
+
+    def _place(self, instance_id: str, machine: str) -> None:
+        self._unplace(instance_id)
+        self._machine[instance_id] = machine
+        self._on_machine.setdefault(machine, set()).add(instance_id)
+
+    def _unplace(self, instance_id: str) -> None:
+        machine = self._machine.pop(instance_id, None)
+        if machine is not None:
+            peers = self._on_machine[machine]
+            peers.discard(instance_id)
+            if not peers:
+                del self._on_machine[machine]
 
     def life(self, instance_id: str) -> InstanceLife | None:
         return self._life.get(instance_id)
@@ -185,6 +220,7 @@ class WorkerRegistry:
                 (w.worker_id, w.instance_id, w.last_seen, w.interval_s, w.lost)
                 for w in self._workers.values()
             ],
+            machines=sorted(self._machine.items()),
         )
 
     def restore(self, snap: RegistrySnapshot) -> None:
@@ -208,6 +244,10 @@ class WorkerRegistry:
             )
         self._life, self._types, self._workers = life, types, workers
         self._from_fleet = set()
+        self._machine, self._on_machine = {}, {}
+        for instance_id, machine in snap.machines:
+            if instance_id in life and machine:
+                self._place(instance_id, machine)
         self._by_instance = {}
         for info in workers.values():
             self._by_instance.setdefault(info.instance_id, {})[info.worker_id] = info
@@ -226,3 +266,4 @@ class WorkerRegistry:
         del self._life[instance_id]
         self._types.pop(instance_id, None)
         self._from_fleet.discard(instance_id)
+        self._unplace(instance_id)

@@ -316,6 +316,8 @@ async def test_a_notice_evicts_the_machines_worker_pods_with_a_grace_that_ends_b
     assert kube.pods[pod].grace_seconds == 25
     assert states(changes) == [(pod, "draining")]
     assert changes[0].cause == "notice-1"
+    # The pod's node goes into its fleet event: the sidecar's notice names the node, the agent the pod.
+    assert changes[0].machine == machine
     # Its controller replaces it (the replica count is unchanged): a booting node at once, so that the
     # plan made on the notice does not launch a second replacement.
     fleet = in_slot(actuator, SPOT)

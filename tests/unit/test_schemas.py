@@ -112,7 +112,7 @@ GOLDEN: list[tuple[bytes, Message]] = [
     ),
     (
         b'{"type":"fleet.instance.v1","instance_id":"i-0abc123","instance_type":"h100_8x",'
-        b'"pool":"us-central1-a","tier":"reserved","state":"ready","msg_id":"fleet-0001",'
+        b'"pool":"us-central1-a","tier":"reserved","state":"ready","machine":"","msg_id":"fleet-0001",'
         b'"sent_at":1767225600.5,"source":"actuator","correlation_id":"plan-000041"}',
         InstanceEvent(
             msg_id="fleet-0001",
