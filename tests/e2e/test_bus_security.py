@@ -4,6 +4,7 @@ clients' credentials and TLS, and ``cost-agent run`` started against it as a use
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import uuid
@@ -81,6 +82,10 @@ async def clients(secured_url: str) -> AsyncIterator[dict[str, Client]]:
         await client.nc.close()
 
 
+ATTEMPTS = 5
+ATTEMPT_S = 4.0
+
+
 async def listen(nc: NATS, *subjects: str) -> asyncio.Queue[Msg]:
     received: asyncio.Queue[Msg] = asyncio.Queue()
 
@@ -102,12 +107,22 @@ async def only_allowed_arrive(sender: Client, listener: Client, refused: list[st
     """``sender`` publishes each of ``refused`` and then ``allowed``; ``listener``, subscribed to them all,
     receives ``allowed`` alone, and the server tells ``sender`` of each refusal."""
     received = await listen(listener.nc, *refused, allowed)
-    for subject in [*refused, allowed]:
-        await sender.nc.publish(subject, b"{}")
-    await sender.nc.flush()
+    # Sent again if nothing came: a fresh subscription's first message was seen missing in about 1 of 30
+    # runs (the server received it and sent nothing; not understood). A refused message never comes.
+    first: Msg | None = None
+    for _attempt in range(ATTEMPTS):
+        for subject in [*refused, allowed]:
+            await sender.nc.publish(subject, b"{}")
+        await sender.nc.flush()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(ATTEMPT_S):
+                first = await received.get()
+                break
     # One connection's messages arrive in order: had a refused one gone through, it would come first.
-    assert await next_subject(received) == allowed
-    assert received.empty()
+    assert first is not None, f"{allowed} never arrived"
+    assert first.subject == allowed
+    while not received.empty():
+        assert received.get_nowait().subject == allowed
     for subject in refused:
         await sender.refused("publish", subject)
 

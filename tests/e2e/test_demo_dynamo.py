@@ -67,7 +67,7 @@ def test_a_short_dynamo_demo_migrates_streams_off_reclaimed_nodes_and_no_request
     # (none launched twice: at most the nodes its plans asked for, and the reserved one) and planned again.
     assert s["agent_restarted"] is True
     assert s["plans_after_restart"] >= 1
-    assert s["agent_cost"] is not None  # since its restart: its ledger is not kept across one (yet)
+    assert s["agent_cost"] is not None
     assert 0 < s["agent_cost"] <= s["cloud_bill"]
     assert plot_path.exists()
     for line in ("cost-agent demo on NVIDIA Dynamo", "| Strategy | Cost for the period |", "failed"):
