@@ -12,7 +12,7 @@ import nats
 from nats.aio.client import Client as NATS
 from nats.aio.subscription import Subscription
 
-from agent.config import BusSettings, Settings, resolve_catalog
+from agent.config import BusSettings, Settings, SupervisorSettings, resolve_catalog
 from agent.runtime.clock import FakeClock
 from agent.service import Agent, build_agent
 from agent.subjects import Subjects
@@ -126,6 +126,11 @@ async def start_agent(
     ns = fresh_namespace()
     base = settings or Settings()
     settings = msgspec.structs.replace(base, bus=BusSettings(namespace=ns))
+    if settings.supervisor == SupervisorSettings():
+        # A drain still running at stop (these tests have no router to finish one) gets most of the grace
+        # before it is reported interrupted: 1 s instead of the production 4 s keeps the suite short.
+        quick = SupervisorSettings(shutdown_grace_seconds=1.0)
+        settings = msgspec.structs.replace(settings, supervisor=quick)
     clock = clock or FakeClock(START)
     agent_nc = await nats.connect(nats_url)
     agent = build_agent(agent_nc, settings, resolve_catalog(settings.catalog), clock)
