@@ -40,6 +40,8 @@ class RegistrySnapshot(msgspec.Struct, frozen=True):
     """(worker id, instance id, last seen, interval s, lost), least recently heard first."""
     machines: list[tuple[str, str]] = []
     """(instance id, machine) for instances that are not machines themselves (Kubernetes pods)."""
+    from_fleet: list[str] = []
+    """Instances whose type, pool and tier the actuator stated (a worker's report does not change them)."""
 
 
 def counted_silence(now: float, last_seen: float, connected_since: float | None) -> float:
@@ -76,7 +78,7 @@ class WorkerRegistry:
         self._types: dict[str, tuple[str, str, str]] = {}  # instance → (type, pool, tier)
         # Instances whose type, pool and tier the fleet (the actuator) stated: a worker's report, which
         # anyone on the bus can forge, does not relabel them (a reserved node reported as spot would let a
-        # forged notice drain it). Not saved: after a restart, until the fleet's next word.
+        # forged notice drain it). Saved with the rest: a restart does not reopen that door.
         self._from_fleet: set[str] = set()
         # A Kubernetes worker pod runs on a node: the sidecar's notice names the node, not the pod.
         self._machine: dict[str, str] = {}  # instance → machine
@@ -221,6 +223,7 @@ class WorkerRegistry:
                 for w in self._workers.values()
             ],
             machines=sorted(self._machine.items()),
+            from_fleet=sorted(self._from_fleet),
         )
 
     def restore(self, snap: RegistrySnapshot) -> None:
@@ -243,7 +246,7 @@ class WorkerRegistry:
                 worker_id, instance_id, *types[instance_id], last_seen, interval_s, lost
             )
         self._life, self._types, self._workers = life, types, workers
-        self._from_fleet = set()
+        self._from_fleet = {i for i in snap.from_fleet if i in life}
         self._machine, self._on_machine = {}, {}
         for instance_id, machine in snap.machines:
             if instance_id in life and machine:

@@ -81,7 +81,7 @@ async def test_a_node_running_a_pod_that_is_not_spot_is_not_drained_on_a_notice(
     assert agent.spot_monitor.registry.life("llm-reserved-0") == "active"
 
 
-def test_the_machine_of_each_pod_is_kept_in_the_registrys_snapshot() -> None:
+def test_the_machine_and_the_fleets_word_on_each_pod_are_kept_in_the_registrys_snapshot() -> None:
     registry = WorkerRegistry()
     registry.add_instance("pod-a", "h100_8x", "default", "spot", from_fleet=True, machine="node-1")
     registry.add_instance("pod-b", "h100_8x", "default", "spot", from_fleet=True, machine="node-1")
@@ -93,6 +93,9 @@ def test_the_machine_of_each_pod_is_kept_in_the_registrys_snapshot() -> None:
     assert restored.instances_named("node-1") == ["pod-a", "pod-b"]
     assert restored.instances_named("node-2") == ["node-2"]
     assert restored.instances_named("node-3") == []
+    # The actuator's word on a tier is kept too: a forged worker report still cannot relabel the pod.
+    restored.observe("w-forged", "pod-a", "h100_8x", "default", "reserved", 0.0, 5.0)
+    assert restored.describe("pod-a") == ("h100_8x", "default", "spot")
     # An older snapshot, from before machines were kept, still loads.
     old = msgspec.msgpack.encode(
         {"instances": [["pod-a", "active", "h100_8x", "default", "spot"]], "workers": []}
