@@ -47,6 +47,7 @@ class DemandProfilerActor(PersistentActor):
         self._late = bus.metrics.late_reports
         self._closed = bus.metrics.profiler_bins
         self._skewed = bus.metrics.clock_skew_reports
+        self._evicted_counted = bins.evicted
 
     def encode_state(self) -> bytes:
         return self.profiler.to_bytes()
@@ -79,6 +80,10 @@ class DemandProfilerActor(PersistentActor):
             self._late.inc()
 
     async def on_timer(self) -> None:
+        # Off the ingest path: sources the bins forgot to stay bounded (made-up worker ids), into the metric.
+        if self.bins.evicted > self._evicted_counted:
+            self.bus.metrics.registry_evicted.inc(self.bins.evicted - self._evicted_counted)
+            self._evicted_counted = self.bins.evicted
         closed_any = False
         for closed in self.bins.close_due(self.clock.now()):
             self.profiler.record(closed.start, closed.rps, closed.prompt_mean, closed.output_mean)

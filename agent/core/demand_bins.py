@@ -9,6 +9,11 @@ earliest open bin instead, so no served request is lost, only shifted by one bin
 :meth:`DemandBins.current` is the demand right now: the sum of each worker's latest rate, over workers
 that reported within ``stale_after_s`` (a worker that stopped reporting stops counting). It is what the
 optimizer covers before the profile has history.
+
+Memory is bounded whatever worker ids a client invents: at most ``max_sources`` latest reports are kept
+(beyond, the stale ones go first, then the oldest half; counted in :attr:`DemandBins.evicted`), and a bin
+keeps the gauges of at most that many workers. Pruning is amortised: nothing is done per report but a
+length check.
 """
 
 from __future__ import annotations
@@ -18,6 +23,9 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from agent.core.demand import Demand
+
+MAX_SOURCES = 10_000
+"""Far above a fleet's real workers and frontends (a thousand 8-GPU nodes, a worker per GPU, is 8,000)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,9 +79,14 @@ class _Latest(NamedTuple):
 
 
 class DemandBins:
-    def __init__(self, bin_seconds: float, close_delay_s: float, stale_after_s: float) -> None:
-        if not bin_seconds > 0 or close_delay_s < 0 or not stale_after_s > 0:
-            raise ValueError("need bin_seconds > 0, close_delay_s ≥ 0 and stale_after_s > 0")
+    def __init__(
+        self, bin_seconds: float, close_delay_s: float, stale_after_s: float, max_sources: int = MAX_SOURCES
+    ) -> None:
+        if not bin_seconds > 0 or close_delay_s < 0 or not stale_after_s > 0 or max_sources < 1:
+            raise ValueError("need bin_seconds > 0, close_delay_s ≥ 0, stale_after_s > 0 and max_sources ≥ 1")
+        self.max_sources = max_sources
+        self.evicted = 0
+        """Latest reports forgotten to stay within ``max_sources``."""
         self.bin_seconds = bin_seconds
         self.close_delay_s = close_delay_s
         self.stale_after_s = stale_after_s
@@ -105,14 +118,26 @@ class DemandBins:
         acc.output += output_tokens
         acc.reports += 1
         gauge = acc.gauges.get(worker)
-        if gauge is None or t >= gauge[0]:
+        if (gauge is None and len(acc.gauges) < self.max_sources) or (gauge is not None and t >= gauge[0]):
             acc.gauges[worker] = (t, in_flight, queued)
         previous = self._latest.get(worker)
         if previous is None or t >= previous.t:
             self._latest[worker] = _Latest(
                 t, requests / interval_s, prompt_tokens / interval_s, output_tokens / interval_s
             )
+            if previous is None and len(self._latest) > self.max_sources:
+                self._prune(t)
         return late
+
+    def _prune(self, now: float) -> None:
+        """Back under ``max_sources``: the stale first, then the oldest half of the rest."""
+        before = len(self._latest)
+        fresh = self._fresh(now)
+        if len(fresh) > self.max_sources:
+            keep = sorted(fresh.items(), key=lambda item: item[1].t)[len(fresh) - self.max_sources // 2 :]
+            fresh = dict(keep)
+        self._latest = fresh
+        self.evicted += before - len(fresh)
 
     def close_due(self, now: float) -> list[ClosedBin]:
         """Close, oldest first, every bin that ended at least ``close_delay_s`` before ``now``."""

@@ -394,3 +394,33 @@ def test_a_report_is_late_exactly_when_its_bin_was_already_due(
         late = bins.add(worker, t, 5.0, requests, 0, 0)
         if abs(bin_end - latest_close) > 1e-6 * bin_seconds:  # away from float ties at the boundary
             assert late == (bin_end <= latest_close)
+
+
+# --- bounded whatever ids a client invents --------------------------------------------------------------
+
+
+def test_made_up_worker_ids_keep_the_latest_reports_bounded_and_the_real_workers_counted() -> None:
+    bins = DemandBins(bin_seconds=300.0, close_delay_s=0.0, stale_after_s=60.0, max_sources=1_000)
+    for t in (0.0, 5.0):
+        for real in ("w0", "w1"):
+            bins.add(real, t, 5.0, 10, 1_000, 100)
+    for n in range(50_000):  # an old flood, then a fresh one
+        bins.add(f"made-up-{n}", 1.0 if n < 25_000 else 5.0, 5.0, 1, 1, 1)
+
+    assert bins.workers <= 1_000
+    assert bins.evicted >= 49_000
+    # The bin's gauges are bounded too; its sums still count every report.
+    [closed] = bins.close_due(301.0)
+    assert closed.reports == 50_004
+    assert closed.workers <= 1_000
+
+
+def test_the_latest_reports_prune_the_stale_before_any_fresh_one() -> None:
+    bins = DemandBins(bin_seconds=60.0, close_delay_s=0.0, stale_after_s=10.0, max_sources=4)
+    for n in range(4):
+        bins.add(f"old-{n}", 0.0, 5.0, 1, 1, 1)
+    bins.add("real", 100.0, 5.0, 10, 1_000, 100)  # the fifth: the four stale ones go
+
+    assert bins.sources(100.0) == ["real"]
+    assert bins.evicted == 4
+    assert bins.current(100.0).rps == pytest.approx(2.0)
