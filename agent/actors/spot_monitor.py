@@ -182,7 +182,7 @@ class SpotMonitorActor(PersistentActor):
             self.bus.metrics.notices_dropped.inc()
             log.warning("notice_dropped", held=self.gate.held)
 
-    async def _drain_on_notice(self, notice: PreemptionNotice) -> None:
+    async def _drain_on_notice(self, notice: PreemptionNotice, *, save: bool = True) -> None:
         instance_id = notice.instance_id
         targets = [t for t in self.registry.instances_named(instance_id) if self.registry.life(t) == "active"]
         workers = [w.worker_id for t in targets for w in self.registry.workers_of(t)]
@@ -201,7 +201,8 @@ class SpotMonitorActor(PersistentActor):
         )
         for target in targets:
             self._going_now(target, notice.msg_id)
-        await self.save_now()  # the drain and its deadline: a restart must not order it again
+        if save:
+            await self.save_now()  # the drain and its deadline: a restart must not order it again
 
     def _going_now(self, instance_id: str, cause: str) -> None:
         """Count the node out of the fleet at the next wake, with every other node going by then."""
@@ -242,8 +243,9 @@ class SpotMonitorActor(PersistentActor):
         released = self.gate.release(now)
         for notice in released:
             if self.registry.life(notice.instance_id) == "active":
-                await self._drain_on_notice(notice)
+                await self._drain_on_notice(notice, save=False)
         if released:
+            await self.save_now()  # once for the batch: a minute's release is up to 120 drains
             self._log.info("held_notices_released", released=len(released), held=self.gate.held)
         if now >= self._health_due:
             self._health_due = now + self.settings.health_check_seconds

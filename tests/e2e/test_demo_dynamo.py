@@ -1,4 +1,4 @@
-"""``cost-agent demo --engine dynamo`` as a user runs it: two simulated hours of a real trace through NVIDIA
+"""``cost-agent demo --engine dynamo`` as a user runs it: an hour and a half of a real trace through NVIDIA
 Dynamo's own frontend, the mocker workers started and stopped by the agent's local actuator, a reclaim
 storm of 30 s notices on the spot workers that have been serving for ten minutes, and the agent process
 killed mid-load and started again; judged from its JSON summary: every request the client sent succeeded,
@@ -24,13 +24,13 @@ def test_a_short_dynamo_demo_migrates_streams_off_reclaimed_nodes_and_no_request
         "--engine",
         "dynamo",
         "--duration",
-        "2",
+        "1.5",
         "--speed",
         "90",
         "--storm-at",
         "0",
         "--storm-hours",
-        "2",
+        "1.5",
         "--storm-rate",
         "1",
         "--short-notice-share",
@@ -38,7 +38,7 @@ def test_a_short_dynamo_demo_migrates_streams_off_reclaimed_nodes_and_no_request
         "--long-share",
         "0.1",
         "--kill-agent-at",
-        "1",
+        "0.75",
         "--no-live",
         "--json",
         str(summary_path),
@@ -63,7 +63,7 @@ def test_a_short_dynamo_demo_migrates_streams_off_reclaimed_nodes_and_no_request
     assert s["plans"] >= 1
     assert s["plans_applied"] >= 1
     assert s["workers_max"] >= 2  # the agent started workers beside the reserved one
-    # The agent was killed (SIGKILL) an hour in and started again: its workers served on, it adopted them
+    # The agent was killed (SIGKILL) 45 minutes in and started again: its workers served on, it adopted them
     # (none launched twice: at most the nodes its plans asked for, and the reserved one) and planned again.
     assert s["agent_restarted"] is True
     assert s["plans_after_restart"] >= 1
