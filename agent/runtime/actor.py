@@ -8,9 +8,11 @@ unsubscribing, so that the supervisor can start it again from a clean slate. Sta
 object survives a restart; a subscription does not (:meth:`Actor.on_start` and :meth:`Actor.on_stop`
 bracket each run).
 
-The timer keeps a drift-free schedule (``next += interval``); ticks missed while a tick ran long are
-skipped, not bunched. It waits through the clock, so a fake clock drives it in tests and a stop wakes it
-at once.
+The timer keeps a drift-free schedule (``next += interval``). Deadlines already past when a tick starts are
+covered by it (not bunched); one that came due while a tick ran is run at once after it, as one tick
+(skipping it too made a step wait a whole interval when the clock moved on during a long tick: a bin
+closed late, a held notice released late). It waits through the clock, so a fake clock drives it in tests
+and a stop wakes it at once.
 """
 
 from __future__ import annotations
@@ -135,9 +137,12 @@ class Actor:
     async def _timer(self, stop: asyncio.Event, interval: float) -> None:
         deadline = self.clock.now() + interval
         while not await self.clock.wait_until(deadline, stop):
+            started = self.clock.now()
             await self.on_timer()
             self.ticks += 1
             deadline += interval
+            if deadline <= started:  # already past when this tick began: it covered them
+                deadline += interval * ((started - deadline) // interval + 1)
             now = self.clock.now()
-            if deadline <= now:
-                deadline += interval * ((now - deadline) // interval + 1)
+            if deadline <= now:  # came due while it ran: once more, at once
+                deadline = now

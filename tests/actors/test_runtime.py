@@ -163,6 +163,39 @@ async def test_a_timer_keeps_a_drift_free_schedule_and_skips_missed_ticks(bus: B
     await task  # a stop wakes the timer at once, with no deadline reached
 
 
+class SlowTick(Recorder):
+    """Its first tick runs until ``release`` is set: a long solve, a save on a slow store."""
+
+    def __init__(self, bus: Bus, clock: FakeClock, interval_s: float) -> None:
+        super().__init__(bus, clock, interval_s)
+        self.in_first = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def on_timer(self) -> None:
+        await super().on_timer()
+        if len(self.timer_times) == 1:
+            self.in_first.set()
+            await self.release.wait()
+
+
+async def test_a_deadline_that_comes_due_while_a_tick_runs_is_run_at_once_after_it(bus: Bus) -> None:
+    clock = FakeClock(START)
+    stop = asyncio.Event()
+    actor = SlowTick(bus, clock, interval_s=10.0)
+    task = await run_until_ready(actor, Supervisor([actor], stop, bus.metrics, FAST))
+    clock.advance(10)
+    await eventually(actor.in_first.is_set)
+    clock.advance(60)  # the clock moves on while the first tick runs
+    actor.release.set()
+    await eventually(lambda: len(actor.timer_times) == 2)  # not an interval later: now
+    assert actor.timer_times == [START + 10, START + 70]
+    clock.advance(10)
+    await eventually(lambda: len(actor.timer_times) == 3)
+    assert actor.timer_times[2] == START + 80
+    stop.set()
+    await task
+
+
 async def test_stopping_drains_the_connection_and_ends_every_actor(nats_url: str) -> None:
     nc = await nats.connect(nats_url)
     bus = Bus(nc, Subjects(fresh_namespace()), source="t", clock=FakeClock(START), metrics=AgentMetrics())
