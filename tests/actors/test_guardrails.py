@@ -175,14 +175,6 @@ async def test_a_burst_of_notices_drains_at_the_rate_holds_the_rest_and_makes_on
 
     # The held notices are released at the rate, the earliest deadline first, none lost.
     peer.clock.advance(60.0)
-    # The timer skips a tick that was already past when the previous one ended (the batch tick may still be
-    # running when the clock jumps): step the clock on until the release tick has run.
-    for _ in range(10):
-        if monitor.drains == BURST:
-            break
-        ticks = monitor.ticks
-        peer.clock.advance(1.0)
-        await eventually(lambda t=ticks: monitor.ticks > t, 10)  # type: ignore[misc]
-    assert monitor.drains == BURST
+    await eventually(lambda: monitor.drains == BURST, 20)  # 80 drain orders: generous on a loaded machine
     assert monitor.gate.held == 0
     assert counter(agent, "costagent_spot_notices_dropped_total") == 0
