@@ -36,7 +36,11 @@ async def rig(jetstream_url: str, tmp_path: Path) -> AsyncIterator[tuple[Bus, Pa
     """The test's connection on a fresh namespace, and the settings file of the agent it runs there."""
     ns = f"dur{uuid.uuid4().hex[:8]}"
     bus = await Bus.open(jetstream_url, ns)
-    yield bus, agent_config(tmp_path, jetstream_url, ns)
+    config = agent_config(tmp_path, jetstream_url, ns)
+    # One agent, restarted: without the lease it is back in about a second instead of waiting out its old
+    # lease (~10 s). The lease's own restart path is the store_dir test's (defaults) and the leader tests'.
+    config.write_text(config.read_text() + "[leader]\nenabled = false\n")
+    yield bus, config
     await bus.nc.close()
 
 
