@@ -125,8 +125,17 @@ class SpotMonitorActor(PersistentActor):
         self.changed()
 
     async def on_instance(self, event: InstanceEvent, _raw: Msg) -> None:
+        known = self.registry.knows(event.instance_id)
+        # Saved at once only when a restart would miss what a notice needs (a new node, the fleet's word on
+        # it, its machine, its end); a repeat of what is known waits for the timer: no full snapshot per
+        # message.
+        placed = event.machine in ("", event.instance_id) or self.registry.machine_of(event.instance_id) == (
+            event.machine
+        )
+        stated = self.registry.stated_by_fleet(event.instance_id)
+        news = not (known and stated and placed) or event.state == "terminated"
         if event.state == "terminated":
-            if self.registry.knows(event.instance_id):
+            if known:
                 self.registry.set_life(event.instance_id, "gone")
                 self._deadlines.pop(event.instance_id, None)
         else:
@@ -139,7 +148,10 @@ class SpotMonitorActor(PersistentActor):
                 machine=event.machine,
             )
             self._count_evicted()
-        await self.save_now()  # a notice for this node right after a restart must find it
+        if news:
+            await self.save_now()  # a notice for this node right after a restart must find it
+        else:
+            self.changed()
 
     def _count_evicted(self) -> None:
         """Into the metric: what the registry forgot to stay within its bound since the last count."""

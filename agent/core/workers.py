@@ -152,6 +152,15 @@ class WorkerRegistry:
     def knows(self, instance_id: str) -> bool:
         return instance_id in self._life
 
+    def stated_by_fleet(self, instance_id: str) -> bool:
+        """Whether the actuator has given the instance's type, pool and tier (a worker report cannot change
+        them then)."""
+        return instance_id in self._from_fleet
+
+    def machine_of(self, instance_id: str) -> str:
+        """The machine the instance runs on, as the fleet said; empty when it is one itself or unknown."""
+        return self._machine.get(instance_id, "")
+
     def instances_named(self, name: str) -> list[str]:
         """The instances a notice for ``name`` concerns: the instance of that id, else every instance on
         the machine of that name; empty when neither is known."""
