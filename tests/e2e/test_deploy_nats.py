@@ -23,6 +23,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from test_bus_security import PASSWORDS, SUBJECTS, WAIT_S, Client, bus_config
 from test_cli_run import from_schema
+from waits import eventually_async
 
 from agent.core.lease import lease_bucket
 from agent.deploy_manifests import NATS_CONFIGMAP, NATS_DATA_DIR, NATS_MONITOR_PORT
@@ -191,7 +192,7 @@ async def test_cost_agent_run_leads_with_durable_state_on_the_deployed_server(
         nc: NATS = await connect(url, "deploy-test-reader", agent_security())
         try:
             kv = await nc.jetstream().key_value(bucket_name("costagent"))
-            await asyncio.wait_for(_some_key(kv), timeout=WAIT_S)
+            await eventually_async(lambda: _has_keys(kv), "an actor's first snapshot", WAIT_S)
         finally:
             await nc.close()
     finally:
@@ -202,14 +203,11 @@ async def test_cost_agent_run_leads_with_durable_state_on_the_deployed_server(
     assert not any("permissions violation" in repr(e).lower() for e in agent.events)
 
 
-async def _some_key(kv: Any) -> None:
-    """Until the bucket holds a key (an actor's first snapshot)."""
-    while True:
-        try:
-            if await kv.keys():
-                return
-        except Exception as err:  # nats-py raises NoKeysError while the bucket is empty
-            if type(err).__name__ != "NoKeysError":
-                raise
-        # A poll: a snapshot is saved on the actor's timer, with no event to await from outside.
-        await asyncio.sleep(0.1)
+async def _has_keys(kv: Any) -> bool:
+    """Whether the bucket holds a key yet (an actor's first snapshot, saved on its timer)."""
+    try:
+        return bool(await kv.keys())
+    except Exception as err:  # nats-py raises NoKeysError while the bucket is empty
+        if type(err).__name__ != "NoKeysError":
+            raise
+        return False

@@ -8,7 +8,6 @@ streams) is not claimed.
 
 from __future__ import annotations
 
-import asyncio
 import ssl
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
@@ -17,6 +16,7 @@ import aiohttp
 import pytest
 from certs import self_signed
 from fakes.kube_api import FakeKubeApi
+from waits import eventually_async
 
 from agent.actuators.base import NodeChange
 from agent.actuators.kubernetes import KubernetesActuator
@@ -244,11 +244,12 @@ async def test_pods_turning_ready_on_their_own_are_seen_by_polling(
     kube.ready_after = 0.2
     [launched] = await actuator.carry_out([Launch(1, SPOT, T0 + BOOT, "")], T0, "plan-1")
     seen: list[tuple[str, str]] = []
-    for _ in range(200):  # up to 10 s
-        seen += states(await actuator.poll(T0 + 1))
-        if seen:
-            break
-        await asyncio.sleep(0.05)  # a poll: the fake marks the pod Ready after a delay, read only by polling
+
+    async def polled() -> bool:  # the fake marks the pod Ready after a delay, read only by polling
+        seen.extend(states(await actuator.poll(T0 + 1)))
+        return bool(seen)
+
+    await eventually_async(polled, "the pod seen ready", 10)
     assert seen == [(launched.instance_id, "ready")]
 
 
