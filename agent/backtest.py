@@ -8,6 +8,7 @@ with the trace's counts (times ``spot_scale``) as its availability there.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -15,11 +16,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from agent.config import Settings
-from agent.core.capacity import SloConfig
+from agent.core.capacity import SloConfig, rps_per_instance
 from agent.core.catalog import Catalog
 from agent.core.demand import Demand
 from agent.core.hindsight import HindsightPlan, hindsight_plan
 from agent.core.optimizer import OptimizerConfig
+from agent.core.queue_slo import QueueScore, queue_score
 from agent.sim.replay import BacktestResult, Market, Policy, SimConfig, StepRecord, run_backtest
 from agent.sim.spot_traces import load_spot_traces
 from agent.sim.strategies import RollingPolicy, SeedHybridPolicy, SkyServePolicy, StaticPolicy, peak_nodes
@@ -31,7 +33,7 @@ from agent.sim.traces import DemandStep, DemandTrace, load_demand, peak_nodes_fa
 def sim_config(
     settings: Settings, *, step_s: float, notice_s: float, boot_s: float, warmup_days: float
 ) -> SimConfig:
-    """The simulation's settings: the tick interval and SLO from the agent's settings."""
+    """The simulation's settings: the tick interval, SLO and queue delay from the agent's settings."""
     return SimConfig(
         step_s=step_s,
         policy_interval_s=settings.optimizer.interval_seconds,
@@ -39,6 +41,7 @@ def sim_config(
         boot_s=boot_s,
         warmup_days=warmup_days,
         slo=settings.slo_config(),
+        queue_delay_s=settings.slo.queue_delay_seconds,
     )
 
 
@@ -63,6 +66,11 @@ class StrategyReport:
     monthly_cost: float
     cost_per_mtok: float | None
     slo_attainment: float
+    slo_queue: float
+    """Share of tokens served within ``queue_delay_s`` of arrival, the capacity replayed as a FIFO queue."""
+    queue_delay_s: float
+    queue_p99_delay_s: float
+    """Token-weighted 99th percentile of the queue's wait (``math.inf``: over 1% never served)."""
     shortfall_minutes: float
     preemptions: int
     ondemand_hours: float
@@ -71,7 +79,11 @@ class StrategyReport:
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, object]:
-        return dataclasses.asdict(self)
+        """JSON has no infinity (``json.dump`` would write ``Infinity``): an infinite wait is ``None``."""
+        return {
+            k: None if isinstance(v, float) and math.isinf(v) else v
+            for k, v in dataclasses.asdict(self).items()
+        }
 
 
 @dataclass(slots=True)
@@ -218,6 +230,9 @@ def _report(result: BacktestResult, seconds: float) -> StrategyReport:
         monthly_cost=result.monthly_cost,
         cost_per_mtok=result.cost_per_mtok,
         slo_attainment=result.slo_attainment,
+        slo_queue=result.queue.served_within,
+        queue_delay_s=result.queue.delay_s,
+        queue_p99_delay_s=result.queue.p99_delay_s,
         shortfall_minutes=result.shortfall_minutes,
         preemptions=result.preemptions,
         ondemand_hours=result.node_hours["ondemand"],
@@ -238,12 +253,16 @@ def _hindsight(setup: Setup, slo: SloConfig) -> tuple[StrategyReport, HindsightP
     block = max(1, round(setup.sim.policy_interval_s / setup.sim.step_s))
     plan = hindsight_plan(setup.catalog, scored, spot, step_h, slo, block_steps=block)
     tokens = sum(d.rps * (d.prompt_tokens + d.output_tokens) for d in scored) * setup.sim.step_s
+    queue = _hindsight_queue(setup, scored, plan, block, slo)
     report = StrategyReport(
         name="hindsight",
         cost=plan.cost,
         monthly_cost=plan.cost * 730 / plan.hours if plan.hours else 0.0,
         cost_per_mtok=plan.cost / (tokens / 1e6) if tokens > 0 else None,
         slo_attainment=1.0,
+        slo_queue=queue.served_within,
+        queue_delay_s=queue.delay_s,
+        queue_p99_delay_s=queue.p99_delay_s,
         shortfall_minutes=0.0,
         preemptions=0,
         ondemand_hours=plan.node_hours["ondemand"],
@@ -251,6 +270,28 @@ def _hindsight(setup: Setup, slo: SloConfig) -> tuple[StrategyReport, HindsightP
         seconds=time.perf_counter() - started,
     )
     return report, plan
+
+
+def _hindsight_queue(
+    setup: Setup, scored: Sequence[Demand], plan: HindsightPlan, block: int, slo: SloConfig
+) -> QueueScore:
+    """The hindsight plan's capacity at every scored step (its reserved nodes plus its block's spot and
+    on-demand ones, each at its type's rate for the step's token mix), scored as a queue like the others."""
+    types = list(setup.catalog.types.values())
+    reserved = np.array([plan.reserved[t.name] for t in types], dtype=float)
+    blocks = np.arange(len(scored)) // block
+    nodes = reserved + plan.spot[blocks] + plan.ondemand[blocks]
+    # Token mixes repeat from step to step: one rate per mix and type.
+    rates: dict[tuple[float, float], list[float]] = {}
+    for d in scored:
+        mix = (d.prompt_tokens, d.output_tokens)
+        if mix not in rates:
+            rates[mix] = [rps_per_instance(t, *mix, slo) for t in types]
+    per_node = np.array([rates[(d.prompt_tokens, d.output_tokens)] for d in scored])
+    tokens = np.array([d.prompt_tokens + d.output_tokens for d in scored])
+    arrivals = np.array([d.rps for d in scored]) * tokens
+    capacity = (nodes * per_node).sum(axis=1) * tokens
+    return queue_score(arrivals, capacity, setup.sim.step_s, setup.sim.queue_delay_s)
 
 
 def _skyserve_at_slo(

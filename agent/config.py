@@ -84,6 +84,17 @@ class SloSettings(_Section, frozen=True):
             ),
         ),
     ] = 0.999
+    queue_delay_seconds: Annotated[
+        float,
+        msgspec.Meta(
+            ge=1,
+            le=3600,
+            description=(
+                "the backtest's queue score: share of tokens served within this many seconds of arrival, "
+                "capacity replayed as a FIFO queue"
+            ),
+        ),
+    ] = 60.0
 
 
 _Seconds = Annotated[float, msgspec.Meta(ge=0, le=86_400)]  # up to a day: beyond, the profile knows better

@@ -18,7 +18,8 @@ Time advances in fixed steps (default 1 minute). Every step goes through these p
 4. ``serve_and_pay``: capacity is what serves: reserved, running and draining nodes, each at its type's
    requests/s for the step's token mix at the SLO's utilization target. Demand above it is unserved in
    that step. Every held node (booting, running, draining, leaving) costs its tier's price; reserved ones
-   cost every step.
+   cost every step. The step's arrivals and capacity (tokens/s) are kept for the queue score
+   (:mod:`agent.core.queue_slo`), which replays the same capacity as a FIFO queue instead.
 
 The first ``warmup_days`` only feed the policy's observations (profiler, commitment) and are not scored.
 When scoring starts (``commit``), the policy commits to its reserved nodes and its first targets are taken
@@ -38,6 +39,7 @@ from agent.core.capacity import SloConfig, rps_per_instance
 from agent.core.catalog import TIERS, Catalog, Tier
 from agent.core.demand import Demand
 from agent.core.optimizer import PoolKey
+from agent.core.queue_slo import QueueScore, queue_score
 from agent.core.reconcile import (
     HOLDS_MARKET,
     Decision,
@@ -62,9 +64,11 @@ class SimConfig:
     boot_s: float = 360.0
     warmup_days: float = 7.0
     slo: SloConfig = field(default_factory=SloConfig)
+    queue_delay_s: float = 60.0
+    """The queue score's delay: a token served within this many seconds of its arrival counts."""
 
     def __post_init__(self) -> None:
-        for name in ("step_s", "policy_interval_s"):
+        for name in ("step_s", "policy_interval_s", "queue_delay_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0")
         for name in ("notice_s", "boot_s", "warmup_days"):
@@ -143,6 +147,8 @@ class BacktestResult:
     preemptions: int
     node_hours: dict[Tier, float]
     reserved: dict[str, int]
+    queue: QueueScore
+    """The same capacity replayed as a FIFO queue: the share served within ``SimConfig.queue_delay_s``."""
     records: tuple[StepRecord, ...] = ()
 
     @property
@@ -268,6 +274,8 @@ class _Replay:
     preemptions: int = 0
     node_hours: dict[Tier, float] = field(default_factory=lambda: dict.fromkeys(TIERS, 0.0))
     records: list[StepRecord] = field(default_factory=list)
+    arrivals_tps: list[float] = field(default_factory=list)
+    capacity_tps: list[float] = field(default_factory=list)
     pool_index: dict[PoolKey, int] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -357,6 +365,8 @@ class _Replay:
         tokens_per_request = d.prompt_tokens + d.output_tokens
         self.demand_tokens += d.rps * tokens_per_request * step_s
         self.served_tokens += served * tokens_per_request * step_s
+        self.arrivals_tps.append(d.rps * tokens_per_request)
+        self.capacity_tps.append(capacity * tokens_per_request)
         if d.rps > capacity + 1e-9:
             self.shortfall_steps += 1
         self._pay()
@@ -392,6 +402,12 @@ class _Replay:
             preemptions=self.preemptions,
             node_hours=self.node_hours,
             reserved=self.reserved,
+            queue=queue_score(
+                np.asarray(self.arrivals_tps),
+                np.asarray(self.capacity_tps),
+                self.cfg.step_s,
+                self.cfg.queue_delay_s,
+            ),
             records=tuple(self.records),
         )
 

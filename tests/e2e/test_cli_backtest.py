@@ -28,6 +28,9 @@ REPORT_KEYS = {
     "monthly_cost",
     "cost_per_mtok",
     "slo_attainment",
+    "slo_queue",
+    "queue_delay_s",
+    "queue_p99_delay_s",
     "shortfall_minutes",
     "preemptions",
     "ratio_to_hindsight",
@@ -100,6 +103,9 @@ def test_the_backtest_exits_0_and_prints_a_row_per_strategy(run: Run) -> None:
     assert lines[0].startswith("Backtest: servegen:m-small × skypilot:availability/16-node/aws-08-27-2023")
     for name in STRATEGIES:
         assert any(line.startswith(f"{name} ") for line in lines), name
+    header = next(line for line in lines if line.startswith("Strategy "))
+    assert "| ≤60 s " in header
+    assert "| p99 wait " in header
     assert f"wrote {run.json_path}" in lines
     assert f"wrote {run.png_path}" in lines
 
@@ -112,6 +118,9 @@ def test_the_json_has_every_strategy_with_its_figures_and_the_inputs(run: Run) -
         assert set(r) >= REPORT_KEYS, r["name"]
         assert r["cost"] > 0
         assert 0 <= r["slo_attainment"] <= 1
+        assert 0 <= r["slo_queue"] <= 1
+        assert r["queue_delay_s"] == 60
+        assert r["queue_p99_delay_s"] is None or r["queue_p99_delay_s"] >= 0
         assert r["shortfall_minutes"] >= 0
         assert r["preemptions"] >= 0
     inputs = doc["inputs"]
@@ -128,6 +137,7 @@ def test_hindsight_is_the_unit_and_no_strategy_that_served_all_demand_beats_it(r
     reports = run.reports()
     assert reports["hindsight"]["ratio_to_hindsight"] == 1.0
     assert reports["hindsight"]["slo_attainment"] == 1.0
+    assert reports["hindsight"]["slo_queue"] >= 0.999
     full = [r for r in reports.values() if r["shortfall_minutes"] == 0 and r["name"] != "hindsight"]
     assert "all-ondemand" in {r["name"] for r in full}  # sized for the peak: the check is not empty
     for r in full:

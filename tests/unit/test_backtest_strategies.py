@@ -10,6 +10,7 @@ for two hours around the second day's peak; pool ``b`` always offers 2. Every st
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 
 import numpy as np
@@ -96,12 +97,30 @@ def test_every_strategy_reports_once_in_the_order_asked(backtest: BacktestRun) -
     assert [r.name for r in backtest.reports] == list(STRATEGIES)
 
 
+def test_every_strategy_reports_a_queue_score_at_the_configured_delay(backtest: BacktestRun) -> None:
+    for r in backtest.reports:
+        assert 0 <= r.slo_queue <= 1, r.name
+        assert r.queue_delay_s == SETUP.sim.queue_delay_s, r.name
+        assert r.queue_p99_delay_s >= 0, r.name
+
+
+def test_an_infinite_wait_is_null_in_the_report_json(backtest: BacktestRun) -> None:
+    never = dataclasses.replace(report(backtest, "rolling"), queue_p99_delay_s=math.inf)
+
+    document = json.loads(json.dumps(never.to_dict(), allow_nan=False))
+
+    assert document["queue_p99_delay_s"] is None
+    assert document["slo_queue"] == never.slo_queue
+
+
 # -- the static baselines ----------------------------------------------------------------------------
 
 
 def test_all_ondemand_sized_for_the_peak_serves_all_demand_without_preemptions(backtest: BacktestRun) -> None:
     r = report(backtest, "all-ondemand")
     assert r.slo_attainment == pytest.approx(1.0, abs=1e-12)
+    assert r.slo_queue == 1.0
+    assert r.queue_p99_delay_s == 0.0
     assert r.shortfall_minutes == 0
     assert r.preemptions == 0
     assert r.reserved == {}
@@ -134,6 +153,7 @@ def test_hindsight_never_costs_more_than_a_strategy_that_served_all_demand(backt
 def test_hindsight_serves_all_demand_and_is_the_ratios_unit(backtest: BacktestRun) -> None:
     best = report(backtest, "hindsight")
     assert best.slo_attainment == 1.0
+    assert best.slo_queue >= 0.999  # its own capacity, replayed as a queue
     assert best.shortfall_minutes == 0
     assert best.preemptions == 0
     assert best.ratio_to_hindsight == 1.0
