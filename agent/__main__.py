@@ -321,6 +321,7 @@ def _backtest_table(run: BacktestRun) -> str:
         "Preempt",
         "OD hours",
         "× hindsight",
+        "× f-demand",
     )
     body = [
         (
@@ -335,12 +336,14 @@ def _backtest_table(run: BacktestRun) -> str:
             str(r.preemptions),
             f"{r.ondemand_hours:,.0f}",
             f"{r.ratio_to_hindsight:.2f}" if r.ratio_to_hindsight is not None else "-",
+            f"{r.ratio_to_foresight_demand:.2f}" if r.ratio_to_foresight_demand is not None else "-",
         )
         for r in run.reports
     ]
     head, cells, widths = _padded(header, body)
     lines = [" | ".join(head), "-+-".join("-" * w for w in widths)]
     lines += [" | ".join(row) for row in cells]
+    lines += [f"{r.name}: {r.detail}" for r in run.reports if r.detail]
     inputs = run.setup.inputs
     lines.insert(
         0,

@@ -22,6 +22,15 @@ from agent.core.demand import Demand
 from agent.core.hindsight import HindsightPlan, hindsight_plan
 from agent.core.optimizer import OptimizerConfig
 from agent.core.queue_slo import QueueScore, queue_score
+from agent.core.rolling_demand import RollingDemand
+from agent.sim.foresight import (
+    ForesightPolicy,
+    Hedge,
+    HedgeFamily,
+    cheapest_hedge,
+    demand_policy,
+    lead_steps_for,
+)
 from agent.sim.replay import BacktestResult, Market, Policy, SimConfig, StepRecord, run_backtest
 from agent.sim.spot_traces import load_spot_traces
 from agent.sim.strategies import RollingPolicy, SeedHybridPolicy, SkyServePolicy, StaticPolicy, peak_nodes
@@ -76,6 +85,9 @@ class StrategyReport:
     ondemand_hours: float
     reserved: dict[str, int]
     ratio_to_hindsight: float | None = None
+    ratio_to_foresight_demand: float | None = None
+    detail: str = ""
+    """How a searched strategy was set: the SkyServe replicas, the yardstick's hedge."""
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, object]:
@@ -173,12 +185,14 @@ def fill_gaps(trace: DemandTrace, step_s: float) -> DemandTrace:
     return DemandTrace(trace.name, tuple(steps))
 
 
+def rolling_demand(settings: Settings, sim: SimConfig) -> RollingDemand:
+    """The rolling rule as the agent applies it (``agent.actors.optimizer``), in the simulation's steps."""
+    return settings.rolling_demand(boot_s=sim.boot_s, step_s=sim.step_s)
+
+
 def make_policy(name: str, setup: Setup, settings: Settings, cfg: OptimizerConfig) -> Policy:
     catalog, slo = setup.catalog, setup.sim.slo
     scored = setup.demand[setup.warmup_steps :]
-    # From a decision until the next decision's nodes serve: a boot plus a tick.
-    lead = max(1, round((setup.sim.boot_s + setup.sim.policy_interval_s) / setup.sim.step_s))
-    week = round(7 * 86400 / setup.sim.step_s)
 
     def rolling(
         label: str, *, spot: bool = True, reserved: bool = True, ondemand: bool = True
@@ -188,17 +202,11 @@ def make_policy(name: str, setup: Setup, settings: Settings, cfg: OptimizerConfi
             settings.profiler.build(),
             slo,
             cfg,
+            rolling_demand(settings, setup.sim),
             name=label,
             horizon_days=settings.planner.horizon_days,
             levels=settings.planner.levels,
-            lead_steps=lead,
-            boot_steps=max(1, round(setup.sim.boot_s / setup.sim.step_s)),
-            # Hold the last hour's peak: traffic swinging between adjacent windows is not chased down.
-            base_window_steps=max(1, round(3600 / setup.sim.step_s)),
-            replan_on_surge=True,
-            history_steps=week,
-            # Half the SLO's allowed miss for demand surprises; the other half is left for reclaims.
-            headroom_budget=(1 - settings.slo.target_attainment) / 2,
+            gap_s=max(0.0, setup.sim.boot_s - setup.sim.notice_s),
             use_spot=spot,
             use_reserved=reserved,
             use_ondemand=ondemand,
@@ -223,7 +231,7 @@ def make_policy(name: str, setup: Setup, settings: Settings, cfg: OptimizerConfi
     raise ValueError(f"unknown strategy {name!r} (have: {', '.join(STRATEGIES)})")
 
 
-def _report(result: BacktestResult, seconds: float) -> StrategyReport:
+def _report(result: BacktestResult, seconds: float, detail: str = "") -> StrategyReport:
     return StrategyReport(
         name=result.name,
         cost=result.cost,
@@ -237,8 +245,52 @@ def _report(result: BacktestResult, seconds: float) -> StrategyReport:
         preemptions=result.preemptions,
         ondemand_hours=result.node_hours["ondemand"],
         reserved=result.reserved,
+        detail=detail,
         seconds=seconds,
     )
+
+
+def _foresight_demand(
+    setup: Setup, settings: Settings, replay: Callable[[Policy], BacktestResult]
+) -> tuple[BacktestResult, str]:
+    """Yardstick (i): knows the demand to come, not the reclaims; the cheapest hedge of the [backtest]
+    family that holds the per-minute SLO target (or the one that comes closest)."""
+    family = HedgeFamily(
+        floors=tuple(settings.backtest.yardstick_floors),
+        zone_rule=tuple(dict.fromkeys(settings.backtest.yardstick_zone_rule)),
+        reserved=tuple(settings.backtest.yardstick_reserved),
+    )
+    lead = lead_steps_for(setup.sim.boot_s, setup.sim.policy_interval_s, setup.sim.step_s)
+    tick = max(1, round(setup.sim.policy_interval_s / setup.sim.step_s))
+
+    def with_hedge(hedge: Hedge) -> BacktestResult:
+        policy = demand_policy(
+            setup.catalog, setup.sim.slo, setup.demand, lead, hedge, scored_from=setup.warmup_steps
+        )
+        policy.tick_steps = tick
+        return replay(policy)
+
+    target = settings.slo.target_attainment
+    hedge, result, runs = cheapest_hedge(family, with_hedge, target)
+    held = "" if result.slo_attainment >= target else f"; none of the family reached {target:.3%}"
+    return result, f"hedge: {hedge.label()} ({runs} runs){held}"
+
+
+def _foresight(
+    setup: Setup, reserved: dict[str, int], replay: Callable[[Policy], BacktestResult]
+) -> BacktestResult:
+    """Yardstick (ii): knows the demand and every reclaim to come; reserved nodes as hindsight chose."""
+    lead = lead_steps_for(setup.sim.boot_s, setup.sim.policy_interval_s, setup.sim.step_s)
+    policy = ForesightPolicy(
+        setup.catalog,
+        setup.sim.slo,
+        setup.demand,
+        lead,
+        reserved={k: v for k, v in reserved.items() if v > 0},
+        market=setup.market,
+        tick_steps=max(1, round(setup.sim.policy_interval_s / setup.sim.step_s)),
+    )
+    return replay(policy)
 
 
 def _hindsight(setup: Setup, slo: SloConfig) -> tuple[StrategyReport, HindsightPlan]:
@@ -296,7 +348,7 @@ def _hindsight_queue(
 
 def _skyserve_at_slo(
     setup: Setup, target: float, replay: Callable[[Policy], BacktestResult]
-) -> BacktestResult:
+) -> tuple[BacktestResult, int]:
     """SkyServe-style with the fewest base on-demand replicas whose SLO attainment reaches ``target``.
 
     SkyServe has one knob for reliability, its always-on on-demand replicas; this is that knob turned
@@ -305,12 +357,12 @@ def _skyserve_at_slo(
     """
     catalog, slo = setup.catalog, setup.sim.slo
     most = peak_nodes(catalog, setup.demand[setup.warmup_steps :], slo) + 1
-    result = replay(SkyServePolicy(catalog, slo, name="skyserve-slo", base_ondemand=1))
-    for base in range(2, most + 1):
-        if result.slo_attainment >= target:
-            break
+    base = 1
+    result = replay(SkyServePolicy(catalog, slo, name="skyserve-slo", base_ondemand=base))
+    while result.slo_attainment < target and base < most:
+        base += 1
         result = replay(SkyServePolicy(catalog, slo, name="skyserve-slo", base_ondemand=base))
-    return result
+    return result, base
 
 
 def run_strategies(
@@ -322,15 +374,19 @@ def run_strategies(
     progress: Callable[[str, int, int], None] | None = None,
 ) -> BacktestRun:
     """Every strategy on the same inputs; ``progress(name, step, total)`` after every scored step."""
-    # The rolling policy and its variants (elastic-ondemand, reserved-spot) with the [backtest] settings.
-    cfg = settings.backtest.apply(settings.optimizer.to_core())
+    # The rolling policy and its variants (elastic-ondemand, reserved-spot): the agent's [optimizer].
+    cfg = settings.optimizer.to_core()
     run = BacktestRun(setup)
     total = len(setup.demand)
+    hindsight: tuple[StrategyReport, HindsightPlan] | None = None
     for name in strategies:
+        if name == "hindsight" or (name == "foresight" and hindsight is None):
+            # foresight commits to the reserved nodes hindsight chose: the same plan, solved once.
+            hindsight = hindsight or _hindsight(setup, setup.sim.slo)
+            run.hindsight = hindsight[1]
         if name == "hindsight":
-            report, plan = _hindsight(setup, setup.sim.slo)
-            run.reports.append(report)
-            run.hindsight = plan
+            assert hindsight is not None
+            run.reports.append(hindsight[0])
             if progress:
                 progress(name, total, total)
             continue
@@ -352,14 +408,30 @@ def run_strategies(
                 progress=tick if progress else None,
             )
 
+        detail = ""
         if name == "skyserve-slo":
-            result = _skyserve_at_slo(setup, settings.slo.target_attainment, replay)
+            result, base = _skyserve_at_slo(setup, settings.slo.target_attainment, replay)
+            detail = f"{base} always-on on-demand replica{'s' if base != 1 else ''}"
+        elif name == "foresight-demand":
+            result, detail = _foresight_demand(setup, settings, replay)
+        elif name == "foresight":
+            assert hindsight is not None
+            result = _foresight(setup, hindsight[1].reserved, replay)
         else:
             result = replay(make_policy(name, setup, settings, cfg))
-        run.reports.append(_report(result, time.perf_counter() - started))
+        run.reports.append(_report(result, time.perf_counter() - started, detail))
         if result.records:
             run.records[name] = result.records
-    best = next((r.cost for r in run.reports if r.name == "hindsight"), None)
-    if best:
-        run.reports = [dataclasses.replace(r, ratio_to_hindsight=r.cost / best) for r in run.reports]
+    if hindsight is not None and "hindsight" not in strategies:
+        run.hindsight = None  # solved for foresight's reserved nodes only: not a strategy asked for
+    hindsight_cost = next((r.cost for r in run.reports if r.name == "hindsight"), None)
+    foresight_cost = next((r.cost for r in run.reports if r.name == "foresight-demand"), None)
+    run.reports = [
+        dataclasses.replace(
+            r,
+            ratio_to_hindsight=r.cost / hindsight_cost if hindsight_cost else None,
+            ratio_to_foresight_demand=r.cost / foresight_cost if foresight_cost else None,
+        )
+        for r in run.reports
+    ]
     return run

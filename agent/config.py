@@ -44,12 +44,12 @@ from agent.core.lease import (
 from agent.core.optimizer_config import (
     DiscountSpot,
     FleetLimits,
-    NonSpotFraction,
     OptimizerConfig,
     PoolShare,
     SurviveZoneLoss,
 )
 from agent.core.profiler import DemandProfiler
+from agent.core.rolling_demand import RollingDemand
 from agent.core.validation import split_error
 from agent.providers.dynamo.event_plane import DYNAMO_NAME_PATTERN
 from agent.providers.dynamo.frontend_metrics import MAX_FRONTENDS
@@ -105,7 +105,26 @@ _Interval = Annotated[float, msgspec.Meta(ge=0.05, le=86_400)]
 
 class OptimizerSettings(OptimizerConfig, _Section, frozen=True, kw_only=True):
     """The optimizer's fields (defined once, in agent/core/optimizer_config.py), then what only the
-    service reads: when to plan, and how it reads demand and prices."""
+    service reads: when to plan, and how it reads demand and prices.
+
+    The agent and the backtest's ``rolling`` plan with these same settings. Four defaults differ from the
+    bare optimizer's (``OptimizerConfig``), measured on the backtest (issues 3 and 15): spot spread so
+    that any one zone's loss leaves demand served (``survive_zone_loss`` 1) instead of a cap per pool
+    (``max_pool_share`` 1: the zone rule is the spread), spot counted at full capacity (reclaims are
+    carried by the zone rule and the non-spot floor, not discounted twice), and a launch charged an hour
+    of its price (its boot is paid and serves nothing: no node swapped for a barely cheaper one).
+    """
+
+    max_pool_share: PoolShare = 1.0
+    survive_zone_loss: SurviveZoneLoss = 1.0
+    discount_spot_by_reliability: DiscountSpot = False
+    switching_cost_hours: Annotated[
+        float,
+        msgspec.Meta(
+            ge=0,
+            description="charge each launch this many hours of its price (boot time is paid, not useful)",
+        ),
+    ] = 1.0
 
     interval_seconds: Annotated[_Interval, msgspec.Meta(description="the tick")] = 300.0
     # Each of the next three: seconds, or "auto" (agent.core.demand_policy: by the kind of demand seen).
@@ -147,6 +166,42 @@ class OptimizerSettings(OptimizerConfig, _Section, frozen=True, kw_only=True):
         _Interval,
         msgspec.Meta(description="a price older than this is ignored (the catalog's price is used)"),
     ] = 1800.0
+    boot_seconds: Annotated[
+        _Interval,
+        msgspec.Meta(
+            description=(
+                "how long a launched node takes to serve: with the tick, the lead time the headroom "
+                "covers (the backtest uses its own --boot)"
+            )
+        ),
+    ] = 360.0
+    headroom_share_of_miss: Annotated[
+        float,
+        msgspec.Meta(
+            gt=0,
+            lt=1,
+            description=(
+                "share of the SLO's allowed miss the headroom may spend on demand surprises (sized on the "
+                "observed history); the rest is left to reclaims"
+            ),
+        ),
+    ] = 0.5
+    headroom_history_days: Annotated[
+        float,
+        msgspec.Meta(ge=1 / 24, le=28, description="days of one-minute demand the headroom is fitted on"),
+    ] = 7.0
+    outage_share: Annotated[
+        float,
+        msgspec.Meta(
+            ge=0,
+            lt=1,
+            description=(
+                "arrivals below this share of what the demand profile expects over the coming lead time "
+                "are an outage upstream, not users leaving: the plan holds the expectation for their "
+                "return (0: off)"
+            ),
+        ),
+    ] = 0.1
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -204,22 +259,36 @@ class ProfilerSettings(_Section, frozen=True):
 
 
 class BacktestSettings(_Section, frozen=True):
-    """The backtest's rolling policy: these optimizer settings instead of [optimizer]'s.
+    """The backtest's own settings: the hedges its ``foresight-demand`` yardstick may choose from.
 
-    Measured on the backtest (issue 3): spreading spot so that any one zone's loss leaves demand served,
-    with a 50% non-spot floor, holds 99.9% on m-large for 1-17% less than before. The agent keeps its
-    own defaults until the zone rule's plans, which flapped between spot and on-demand in the live demo,
-    are understood there.
+    Policy settings are not here: the backtest's ``rolling`` plans with the [optimizer] settings, as the
+    agent does.
     """
 
-    # Each field is the optimizer field of the same name, by the same type (range and description).
-    min_non_spot_fraction: NonSpotFraction = 0.5
-    max_pool_share: PoolShare = 1.0
-    discount_spot_by_reliability: DiscountSpot = False
-    survive_zone_loss: SurviveZoneLoss = 1.0
-
-    def apply(self, cfg: OptimizerConfig) -> OptimizerConfig:
-        return msgspec.structs.replace(cfg, **msgspec.structs.asdict(self))
+    yardstick_floors: Annotated[
+        list[Annotated[float, msgspec.Meta(ge=0, le=1)]],
+        msgspec.Meta(
+            min_length=1,
+            max_length=20,
+            description="foresight-demand's non-spot floors to try (share of its window's peak need)",
+        ),
+    ] = msgspec.field(default_factory=lambda: [0.0, 0.25, 0.5])
+    yardstick_zone_rule: Annotated[
+        list[bool],
+        msgspec.Meta(
+            min_length=1,
+            max_length=2,
+            description="foresight-demand with and/or without spot spread to survive any one zone's loss",
+        ),
+    ] = msgspec.field(default_factory=lambda: [False, True])
+    yardstick_reserved: Annotated[
+        list[Annotated[int, msgspec.Meta(ge=0, le=1000)]],
+        msgspec.Meta(
+            min_length=1,
+            max_length=20,
+            description="foresight-demand's reserved nodes to try (of the type cheapest per capacity)",
+        ),
+    ] = msgspec.field(default_factory=lambda: [0, 2])
 
 
 class PlannerSettings(_Section, frozen=True):
@@ -535,6 +604,23 @@ class Settings(_Section, frozen=True):
 
     def slo_config(self) -> SloConfig:
         return SloConfig(utilization_target=self.slo.utilization_target)
+
+    def rolling_demand(self, *, boot_s: float | None = None, step_s: float = 60.0) -> RollingDemand:
+        """The rolling policy's demand rule (``agent.core.rolling_demand``) in steps of ``step_s``, for
+        arrivals (a frontend's, a trace's): the backtest's ``rolling`` and the agent apply this one."""
+        opt = self.optimizer
+        boot = opt.boot_seconds if boot_s is None else boot_s
+        window = opt.demand_policy().resolve("arrivals").base_window_s
+        lead = max(1, round((boot + opt.interval_seconds) / step_s))
+        return RollingDemand(
+            step_s=step_s,
+            lead_steps=lead,
+            boot_steps=min(max(1, round(boot / step_s)), lead),
+            base_window_steps=max(1, round(window / step_s)),
+            history_steps=max(1, round(opt.headroom_history_days * 86400 / step_s)),
+            headroom_budget=(1 - self.slo.target_attainment) * opt.headroom_share_of_miss,
+            outage_share=opt.outage_share,
+        )
 
 
 def _env_overrides(env: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]]:

@@ -153,6 +153,7 @@ def build_agent(
         fleet=FleetState(catalog),
         limits=settings.limits,
         snapshots=snapshots("optimizer", OptimizerTickActor.name),
+        rolling=settings.rolling_demand(),
     )
     reporter = CostReporterActor(
         bus,

@@ -13,10 +13,13 @@ Guarantees:
 - A fleet change triggers a plan only when it takes the fleet below the latest plan (a launched or ready
   node the plan wanted starts draining or is gone); the changes the plan itself asked for do not, nor
   does the termination of a node already draining.
-- The plan covers the larger of the profile's P75 now and the busiest demand observed over the last
-  ``base_window_seconds`` (``agent.core.recent_peak``), and the profile's next-hour P95
-  (``agent.core.tick_demand``); reserved nodes are never changed; spot prices older than
-  ``spot_price_max_age_seconds`` are ignored.
+- With arrivals (a Dynamo frontend's), the plan covers what the backtest's ``rolling`` covers, by the
+  same rule (``agent.core.rolling_demand``, from ``Settings.rolling_demand``): the busiest minute of the
+  last ``base_window_seconds``, held at the profile's expectation through an outage, times the headroom
+  the last week's one-minute arrivals call for. With worker reports only (completions, not arrivals), it
+  covers the larger of the profile's P75 now and the busiest demand observed over the base window
+  (``agent.core.recent_peak``), and the profile's next-hour P95 (``agent.core.tick_demand``). Reserved
+  nodes are never changed; spot prices older than ``spot_price_max_age_seconds`` are ignored.
 - Between ticks, every ``surge_check_seconds``, demand observed above what the latest plan covered
   triggers a plan at once (reason ``demand``): a node asked for at the surge serves a boot later, not a
   boot plus the rest of the tick.
@@ -52,8 +55,9 @@ from agent.core.fleet_state import FleetSnapshot, FleetState
 from agent.core.optimizer import Allocation, FleetLimits, SpotMarket, TickInput, optimize_tick
 from agent.core.profiler import DemandProfiler
 from agent.core.recent_peak import RecentMean, RecentPeak
+from agent.core.rolling_demand import Cover, RollingDemand, expected_over
 from agent.core.spot_prices import SpotPriceBook
-from agent.core.tick_demand import tick_demand
+from agent.core.tick_demand import NO_DEMAND, TickDemand, tick_demand
 from agent.runtime.actor import Listen
 from agent.runtime.clock import Clock
 from agent.runtime.persistent_actor import PersistentActor
@@ -61,6 +65,12 @@ from agent.runtime.state_store import Snapshots, decode_state, encode_state
 from schemas import AllocationPlan, InstanceEvent, PlanReason, ReplanRequest, SpotPrice, Target, new_msg_id
 
 _EPSILON_S: Final = 1e-9  # a timer wake at a due time counts as on time despite float sums
+
+
+def _describe(cover: Cover) -> str:
+    """Where a rolling plan's demand came from, for its detail."""
+    held = "the profile's expectation (an outage)" if cover.outage else "the observed peak"
+    return f"rolling: {held} × headroom {cover.headroom:.2f}"
 
 
 def _next_due(due: float, now: float, period: float) -> float:
@@ -79,6 +89,11 @@ class OptimizerState(msgspec.Struct, frozen=True, tag="optimizer.v1", tag_field=
     prices: list[SavedQuote] = msgspec.field(default_factory=list)
     recent: list[tuple[float, float, float, float]] = msgspec.field(default_factory=list)
     """The recent peak's observations: (time, rps, prompt tokens, output tokens)."""
+    minutes: list[float] = msgspec.field(default_factory=list)
+    """The rolling rule's one-minute arrival rates (the headroom's history), oldest first."""
+    base_window: list[tuple[float, float, float]] = msgspec.field(default_factory=list)
+    """The rolling rule's base window: (rps, prompt tokens, output tokens) per minute."""
+    minute_due: float | None = None
 
 
 class OptimizerTickActor(PersistentActor):
@@ -98,8 +113,10 @@ class OptimizerTickActor(PersistentActor):
         fleet: FleetState,
         limits: FleetLimits | None = None,
         snapshots: Snapshots | None = None,
+        rolling: RollingDemand | None = None,
     ) -> None:
         self.limits = limits or FleetLimits()
+        self.rolling = rolling or RollingDemand()
         self.demand_config = settings.demand_policy()
         fine_s = self.demand_config.timer_s()
         # One timer: the tick's, or a finer one for sampling demand and the surge check that also keeps
@@ -128,12 +145,22 @@ class OptimizerTickActor(PersistentActor):
         self._covered_rps = 0.0
         self._tick_due = clock.now() + settings.interval_seconds
         self._dues = [clock.now(), clock.now()]  # the next sample and surge check (DemandPolicy.periods)
+        self._minute_due = clock.now() + self.rolling.step_s  # the rolling rule's next observation
         self._log = structlog.get_logger("agent.optimizer").bind(actor=self.name)
 
     def encode_state(self) -> bytes:
         recent = [(t, d.rps, d.prompt_tokens, d.output_tokens) for t, d in self._peak.held()]
+        minutes, window = self.rolling.history()
         return encode_state(
-            OptimizerState(self.last_plan, self.fleet.snapshot(), saved_quotes(self.prices), recent)
+            OptimizerState(
+                self.last_plan,
+                self.fleet.snapshot(),
+                saved_quotes(self.prices),
+                recent,
+                minutes,
+                [(d.rps, d.prompt_tokens, d.output_tokens) for d in window],
+                self._minute_due,
+            )
         )
 
     def restore_state(self, data: bytes) -> None:
@@ -151,6 +178,9 @@ class OptimizerTickActor(PersistentActor):
         self.prices = prices
         for at, demand in recent:
             self._peak.add(at, demand)
+        self.rolling.restore(saved.minutes, [Demand(*d) for d in saved.base_window])
+        if saved.minute_due is not None:
+            self._minute_due = saved.minute_due
         self.last_plan = saved.last_plan
         if saved.last_plan is not None:
             self._covered_rps = saved.last_plan.demand_now_rps
@@ -305,12 +335,19 @@ class OptimizerTickActor(PersistentActor):
         return policy
 
     def _observe(self, now: float) -> Demand | None:
-        """The demand observed now, smoothed over ``demand_smoothing_seconds``, into the recent peak."""
+        """The demand observed now, smoothed over ``demand_smoothing_seconds``, into the recent peak; and
+        at each minute's end, with arrivals, the minute's mean into the rolling rule (one observation a
+        minute, as the backtest's; a minute with no report is missed, as a trace's gap is zero)."""
         current = self.bins.current(now)
         if current is None:
             return None
         smoothed = self._smooth.add(now, current)
         self._peak.add(now, smoothed)
+        if now >= self._minute_due - _EPSILON_S:
+            self._minute_due = _next_due(self._minute_due, now, self.rolling.step_s)
+            if self.policy.kind == "arrivals":
+                self.rolling.observe(smoothed)
+                self.changed()
         return smoothed
 
     def market(self, now: float) -> SpotMarket:
@@ -326,9 +363,16 @@ class OptimizerTickActor(PersistentActor):
     async def _plan(self, batch: list[tuple[PlanReason, str]]) -> None:
         now = self.clock.now()
         policy = self._follow_demand(now)
-        self._observe(now)
-        demand = tick_demand(self.profiler, now, self._peak.peak(now))
-        self._covered_rps = demand.now.rps
+        observed = self._observe(now)
+        if policy.kind == "arrivals":
+            cover = self.rolling.cover(
+                now, observed or NO_DEMAND, expected_over(self.profiler, now, self.rolling.lead_s)
+            )
+            demand = TickDemand(cover.demand, cover.demand, _describe(cover))
+            self._covered_rps = cover.base.rps  # a minute busier than the base asks for a plan
+        else:
+            demand = tick_demand(self.profiler, now, self._peak.peak(now))
+            self._covered_rps = demand.now.rps
         fleet = self.fleet.fleet()
         inp = TickInput(demand.now, demand.next_hour, fleet, self.market(now))
         alloc = optimize_tick(self.catalog, inp, self.slo, self.config, self.limits)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -15,9 +14,10 @@ from agent.core.catalog import Catalog
 from agent.core.commitment import plan_commitment, seed_rule
 from agent.core.comparison import planning_steps
 from agent.core.demand import Demand, DemandForecast
-from agent.core.hedging import headroom_for_budget
 from agent.core.optimizer import Fleet, OptimizerConfig, PoolKey, SpotMarket, TickInput, optimize_tick
 from agent.core.profiler import DemandProfiler, ProfilerEmptyError
+from agent.core.rolling_demand import RollingDemand, expected_over
+from agent.core.spot_loss import ReclaimWaves, non_spot_floor
 from agent.sim.replay import Market, Targets, View
 
 
@@ -55,88 +55,91 @@ class StaticPolicy:
 class RollingPolicy:
     """Ours: the online profiler, the commitment planner at the start, the tick optimizer every tick.
 
-    The tick covers the measured demand times a headroom (sized so that, on the observed history, demand
-    growth during one lead time — a boot plus a tick — would leave at most ``headroom_budget`` unserved),
-    and (with ``forecast_next_hour``) for the next hour the larger of that and the profile's P50 over the
-    coming hour times the same headroom. Spot
-    reliability over the lead time comes from the reclaims in the history seen so far. The commitment
-    planner sizes reserved nodes on the same rule: the profile's P50 times the headroom.
+    Each tick covers what :class:`agent.core.rolling_demand.RollingDemand` says (the hour's peak, held at
+    the profile's expectation through an outage, times the headroom the history's forecast error calls
+    for), the rule the agent's optimizer applies too. The commitment planner sizes reserved nodes on the
+    same rule: the profile's P50 times the headroom. The non-spot floor is the optimizer's, or (``floor_rule
+    = "waves"``) learned from the reclaim waves seen; each pool's reclaim rate is learned from the
+    availability drops seen (used when the optimizer discounts spot by its reliability).
     """
 
     catalog: Catalog
     profiler: DemandProfiler
     slo: SloConfig
     cfg: OptimizerConfig
+    demand: RollingDemand = field(default_factory=RollingDemand)
     name: str = "rolling"
     horizon_days: float = 30.0
     levels: int = 48
     use_spot: bool = True
     use_reserved: bool = True
     use_ondemand: bool = True
-    reclaim: dict[PoolKey, float] = field(default_factory=dict)
-    lead_steps: int = 11
-    """Steps from a decision until the next decision's nodes serve (boot + one tick), for the headroom."""
-    boot_steps: int = 1
-    """Steps before a decision's nodes serve: until then the previous decision's capacity serves."""
-    base_window_steps: int = 1
-    """Size to the peak demand of this many recent steps, not the last step alone: traffic that swings
-    between adjacent windows would otherwise be chased down and up again, a boot behind each time."""
-    replan_on_surge: bool = False
+    replan_on_surge: bool = True
     """Plan at once when a step's demand exceeds the base the last plan was sized to."""
-    headroom_budget: float = 0.0005
-    """Share of demand the headroom may leave unserved on the history (half a 99.9% SLO's miss; the
-    other half is left for reclaims)."""
-    history_steps: int = 7 * 1440
-    forecast_next_hour: bool = False
-    """Also prepare for the profile's P50 over the coming hour. Off by default: on the ServeGen traces
-    the week-old profile misses by 25-40% (bench/forecast.py), more than the ramps it would foresee,
-    and the headroom already carries the ramps the observed history shows."""
-    _observed: deque[float] = field(default_factory=deque)
-    _recent: deque[Demand] = field(default_factory=deque)
-    _planned_base_rps: float = math.inf
-    _headroom: float = 1.0
-    _headroom_at: float = -math.inf
+    floor_rule: str = "fixed"
+    """The non-spot floor: ``fixed`` (the optimizer's ``min_non_spot_fraction``) or ``waves`` (from the
+    reclaim waves seen, :mod:`agent.core.spot_loss`, never below the configured floor)."""
+    gap_s: float = 240.0
+    """How long a reclaimed node is missed: a boot after its notice (boot − notice, ≥ 0)."""
+    reclaim: dict[PoolKey, float] = field(default_factory=dict)
+    waves: ReclaimWaves = field(default_factory=lambda: ReclaimWaves(window_s=360.0))
+    _seen_at: float | None = None
+    _seen: dict[PoolKey, int] = field(default_factory=dict)
+    _drops: dict[PoolKey, float] = field(default_factory=dict)
+    _exposure: dict[PoolKey, float] = field(default_factory=dict)
 
-    def observe(self, t: float, demand: Demand) -> None:
-        self.profiler.record(t, demand.rps, demand.prompt_tokens, demand.output_tokens)
-        self._observed.append(demand.rps)
-        if len(self._observed) > self.history_steps:
-            self._observed.popleft()
-        self._recent.append(demand)
-        if len(self._recent) > self.base_window_steps:
-            self._recent.popleft()
-
-    def wants_plan(self, t: float, demand: Demand) -> bool:
-        return self.replan_on_surge and demand.rps > self._planned_base_rps
-
-    def _base(self, fallback: Demand) -> Demand:
-        """The busiest of the recent steps (by nodes it needs of the main type), or ``fallback``."""
+    def __post_init__(self) -> None:
         main = self.catalog.main_type
 
         def nodes(d: Demand) -> float:
             per_node = rps_per_instance(main, d.prompt_tokens, d.output_tokens, self.slo)
             return d.rps / per_node if per_node > 0 and math.isfinite(per_node) else 0.0
 
-        return max(self._recent, key=nodes, default=fallback)
+        self.demand.nodes = nodes
 
-    def _current_headroom(self, t: float) -> float:
-        if t - self._headroom_at >= 3600:  # refit hourly: a week of history moves slowly
-            self._headroom = headroom_for_budget(
-                list(self._observed),
-                self.lead_steps,
-                self.headroom_budget,
-                first_step=min(max(1, self.boot_steps), max(1, self.lead_steps)),
-                base_window=self.base_window_steps,
-            )
-            self._headroom_at = t
-        return self._headroom
+    def observe(self, t: float, demand: Demand) -> None:
+        self.profiler.record(t, demand.rps, demand.prompt_tokens, demand.output_tokens)
+        self.demand.observe(demand)
+
+    def wants_plan(self, t: float, demand: Demand) -> bool:
+        return self.replan_on_surge and self.demand.surged(demand)
+
+    def _expected(self, t: float) -> Demand | None:
+        """The profile's P50 at its busiest over the coming lead time (None without a profile)."""
+        return expected_over(self.profiler, t, self.demand.lead_s)
+
+    def _see_market(self, t: float, available: dict[PoolKey, int]) -> None:
+        """What the market offers now: into the reclaim waves (per zone) and each pool's reclaim rate."""
+        zones: dict[str, int] = {}
+        for (_type, pool), n in available.items():
+            zones[pool] = zones.get(pool, 0) + n
+        self.waves.observe(t, zones)
+        if self._seen_at is not None and t > self._seen_at:
+            minutes = (t - self._seen_at) / 60.0
+            for key, before in self._seen.items():
+                self._drops[key] = self._drops.get(key, 0.0) + max(0, before - available.get(key, before))
+                self._exposure[key] = self._exposure.get(key, 0.0) + before * minutes
+        self._seen_at, self._seen = t, dict(available)
+
+    def _learned_reclaim(self) -> dict[PoolKey, float]:
+        """Per pool, the share of held spot lost within one lead time at the rate seen so far."""
+        out: dict[PoolKey, float] = {}
+        for key, exposure in self._exposure.items():
+            if exposure > 0:
+                per_minute = self._drops.get(key, 0.0) / exposure
+                out[key] = 1.0 - math.exp(-per_minute * self.demand.lead_steps)
+        return out
 
     def commit(self, t: float, market: Market) -> dict[str, int]:
         history = market.available
-        self.reclaim = _reclaim_over_lead_time(market, self.lead_steps)
+        step_s = 60.0
+        start = t - len(history) * step_s
+        for i in range(len(history)):
+            self._see_market(start + i * step_s, {k: int(history[i, j]) for j, k in enumerate(market.pools)})
+        self.reclaim = self._learned_reclaim()
         if not self.use_reserved or self.profiler.sample_count == 0:
             return {}  # nothing observed yet (no warm-up): commit to nothing rather than guess
-        headroom = self._current_headroom(t)
+        headroom = self.demand.headroom(t)
 
         def as_the_tick_sizes(at: float) -> DemandForecast:
             p50 = self.profiler.predict(at).p50.scaled(headroom)
@@ -158,61 +161,46 @@ class RollingPolicy:
         return plan.reserved
 
     def plan(self, view: View) -> Targets:
-        observed = self._base(view.demand_now)
-        self._planned_base_rps = observed.rps
-        headroom = self._current_headroom(view.t)
-        demand_now = observed.scaled(headroom)
-        demand_next = demand_now
-        if self.forecast_next_hour:
-            # Where the profile expects more traffic within the hour than is measured now, prepare for
-            # that level (with the same headroom): a boot takes minutes.
-            try:
-                ahead = max(
-                    (self.profiler.predict(view.t + m * 60).p50 for m in range(10, 61, 10)),
-                    key=lambda d: d.rps,
-                )
-            except ProfilerEmptyError:
-                ahead = observed
-            demand_next = _larger(demand_now, ahead.scaled(headroom))
+        cover = self.demand.cover(view.t, view.demand_now, self._expected(view.t))
+        self._see_market(view.t, view.available)
+        self.reclaim = self._learned_reclaim()
         available = view.available if self.use_spot else {k: 0 for k in view.available}
         # The optimizer discounts spot by (1 − this): here the share lost before a replacement serves.
         market = SpotMarket(available=available, reclaim_per_hour=self.reclaim)
         cfg = self.cfg if self.use_ondemand else msgspec.structs.replace(self.cfg, allow_ondemand=False)
+        floor = self._non_spot_floor(cover.headroom)
+        if floor != cfg.min_non_spot_fraction:
+            cfg = msgspec.structs.replace(cfg, min_non_spot_fraction=floor)
         if cfg.survive_zone_loss > 0:
             # ``survive_zone_loss`` is a share of the demand measured (the base); the tick's demand
             # carries the headroom for growth on top, which a zone loss need not also be covered for.
-            cfg = msgspec.structs.replace(cfg, survive_zone_loss=min(1.0, cfg.survive_zone_loss / headroom))
+            cfg = msgspec.structs.replace(
+                cfg, survive_zone_loss=min(1.0, cfg.survive_zone_loss / cover.headroom)
+            )
         alloc = optimize_tick(
             self.catalog,
-            TickInput(demand_now, demand_next, Fleet(view.reserved, view.spot, view.ondemand), market),
+            TickInput(cover.demand, cover.demand, Fleet(view.reserved, view.spot, view.ondemand), market),
             self.slo,
             cfg,
         )
         return Targets(alloc.spot, alloc.ondemand)
 
-
-def _larger(a: Demand, b: Demand) -> Demand:
-    return a if a.rps >= b.rps else b
-
-
-def _reclaim_over_lead_time(market: Market, lead_steps: int) -> dict[PoolKey, float]:
-    """Per pool, the share of held spot capacity the history says is lost within one lead time.
-
-    Observed reclaim rates on real traces exceed one per node-hour; what matters to the tick is what is
-    lost before a replacement can serve, so the hourly rate is turned into a loss over the lead time.
-    """
-    out: dict[PoolKey, float] = {}
-    counts = market.available.astype(float)
-    if counts.shape[0] < 2:
-        return out
-    for i, key in enumerate(market.pools):
-        c = counts[:, i]
-        drops = float(np.sum(np.clip(c[:-1] - c[1:], 0, None)))
-        held = float(np.sum(c[:-1]))
-        if held > 0:
-            rate_per_step = drops / held
-            out[key] = 1.0 - math.exp(-rate_per_step * lead_steps)
-    return out
+    def _non_spot_floor(self, headroom: float) -> float:
+        """The non-spot share this plan holds (see ``floor_rule``), never below the configured one."""
+        configured = self.cfg.min_non_spot_fraction
+        if self.floor_rule != "waves":
+            return configured
+        # With the zone rule the widest single zone's loss is already survived: only what a wave takes
+        # beyond one zone must be carried by non-spot capacity.
+        beyond = 1 if self.cfg.survive_zone_loss > 0 else 0
+        floor = non_spot_floor(
+            self.waves.shares(beyond_zones=beyond),
+            self.waves.span_s(),
+            gap_s=self.gap_s,
+            slack=headroom - 1.0,
+            budget=self.demand.headroom_budget,
+        )
+        return max(configured, floor)
 
 
 @dataclass(slots=True)

@@ -15,6 +15,8 @@ STRATEGIES: tuple[str, ...] = (
     "skyserve",
     "skyserve-slo",
     "rolling",
+    "foresight-demand",
+    "foresight",
     "hindsight",
 )
 

@@ -100,7 +100,7 @@ def test_make_policy_scales_the_headroom_history_to_a_week_of_steps(tmp_path: Pa
     demand, spot = write_inputs(tmp_path, [(i * 300.0, 10.0) for i in range(600)])
     setup = build_setup(SEED, demand, spot, sim(1.0))
     policy = make_policy("rolling", setup, load_settings(env={}), load_settings(env={}).optimizer.to_core())
-    assert policy.history_steps == 7 * 288  # type: ignore[attr-defined]
+    assert policy.demand.history_steps == 7 * 288  # type: ignore[attr-defined]
 
 
 def test_the_engine_rejects_an_empty_trace() -> None:

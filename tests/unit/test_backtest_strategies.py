@@ -236,10 +236,12 @@ def test_make_policy_rejects_an_unknown_strategy(settings: Settings) -> None:
         make_policy("spot-only", SETUP, settings, settings.optimizer.to_core())
 
 
-def test_make_policy_builds_every_strategy_but_hindsight_which_is_a_program(settings: Settings) -> None:
+def test_make_policy_builds_every_strategy_but_hindsight_and_the_yardsticks(settings: Settings) -> None:
+    # hindsight is a program; the yardsticks are built from what run_strategies finds first (the
+    # hindsight plan's reserved nodes, the hedge family's cheapest member).
     cfg = settings.optimizer.to_core()
     for name in STRATEGIES:
-        if name == "hindsight":
+        if name in ("hindsight", "foresight", "foresight-demand"):
             with pytest.raises(ValueError, match="unknown strategy"):
                 make_policy(name, SETUP, settings, cfg)
         else:
@@ -265,7 +267,7 @@ def test_skyserve_at_the_slo_reaches_the_target_with_no_more_on_demand_than_it_n
 
 
 def rolling_policy(settings: Settings, **overrides: object) -> RollingPolicy:
-    policy = make_policy("rolling", SETUP, settings, settings.backtest.apply(settings.optimizer.to_core()))
+    policy = make_policy("rolling", SETUP, settings, settings.optimizer.to_core())
     assert isinstance(policy, RollingPolicy)
     for key, value in overrides.items():
         setattr(policy, key, value)
@@ -276,7 +278,7 @@ def test_rolling_acts_on_a_surge_at_once_and_not_on_a_fall(settings: Settings) -
     policy = rolling_policy(settings)
     assert policy.replan_on_surge
     policy.observe(0.0, Demand(PER_NODE, PROMPT, OUTPUT))
-    policy._planned_base_rps = PER_NODE  # as if a plan had just been sized to this demand
+    policy.demand._planned_base_rps = PER_NODE  # as if a plan had just been sized to this demand
     assert not policy.wants_plan(60.0, Demand(PER_NODE, PROMPT, OUTPUT))
     assert not policy.wants_plan(60.0, Demand(0.5 * PER_NODE, PROMPT, OUTPUT))
     assert policy.wants_plan(60.0, Demand(1.5 * PER_NODE, PROMPT, OUTPUT))
@@ -284,22 +286,22 @@ def test_rolling_acts_on_a_surge_at_once_and_not_on_a_fall(settings: Settings) -
 
 def test_rolling_sizes_to_the_peak_of_the_last_hour_not_the_last_minute(settings: Settings) -> None:
     policy = rolling_policy(settings)
-    assert policy.base_window_steps == round(3600 / STEP_S)
+    assert policy.demand.base_window_steps == round(3600 / STEP_S)
     busy, quiet = Demand(3 * PER_NODE, PROMPT, OUTPUT), Demand(PER_NODE, PROMPT, OUTPUT)
-    window = policy.base_window_steps
+    window = policy.demand.base_window_steps
     policy.observe(0.0, busy)
     for i in range(1, window):
         policy.observe(i * STEP_S, quiet)
-    assert policy._base(quiet) == busy  # most of an hour later the swing up is still held
+    assert policy.demand.cover(window * STEP_S, quiet).base == busy  # most of an hour later: still held
     policy.observe(window * STEP_S, quiet)
-    assert policy._base(quiet) == quiet  # an hour of quiet lets it go
+    assert policy.demand.cover(window * STEP_S, quiet).base == quiet  # an hour of quiet lets it go
 
 
 def test_rolling_spreads_spot_so_that_losing_any_one_zone_leaves_the_measured_demand_served(
     settings: Settings,
 ) -> None:
     policy = rolling_policy(settings)
-    policy._headroom, policy._headroom_at = 1.3, 0.0  # fixed for the check
+    policy.demand._headroom, policy.demand._headroom_at = 1.3, 0.0  # fixed for the check
     demand = Demand(4 * PER_NODE, PROMPT, OUTPUT)
     policy.observe(0.0, demand)
     view = View(

@@ -62,22 +62,24 @@ def test_no_file_and_no_environment_gives_the_defaults() -> None:
     assert (settings.planner.horizon_days, settings.planner.levels) == (30.0, 48)
 
 
-def test_default_optimizer_settings_become_the_seeds_damping_of_plus_2_minus_1() -> None:
+def test_default_optimizer_settings_become_the_seeds_damping_and_the_measured_rolling_rules() -> None:
     assert Settings().optimizer.to_core() == OptimizerConfig(
         min_non_spot_instances=1,
         min_non_spot_fraction=0.5,
-        max_pool_share=0.5,
+        max_pool_share=1.0,
+        survive_zone_loss=1.0,
         max_step_up=2,
         max_step_down=1,
-        switching_cost_hours=0.0,
-        discount_spot_by_reliability=True,
+        switching_cost_hours=1.0,
+        discount_spot_by_reliability=False,
     )
 
 
-def test_the_core_plans_with_the_agents_defaults_when_given_no_settings() -> None:
-    # One definition: what `cost-agent run` plans with is what optimize_tick(cfg=None) plans with.
-    assert OptimizerConfig() == Settings().optimizer.to_core()
-    assert OptimizerConfig().min_non_spot_fraction == 0.5
+def test_the_agent_differs_from_the_bare_optimizer_only_by_the_four_rules_the_backtest_measured() -> None:
+    core = msgspec.structs.asdict(OptimizerConfig())
+    agent = msgspec.structs.asdict(Settings().optimizer.to_core())
+    differ = {name for name in core if core[name] != agent[name]}
+    assert differ == {"max_pool_share", "survive_zone_loss", "discount_spot_by_reliability", "switching_cost_hours"}
 
 
 def test_the_optimizer_section_is_the_core_config_plus_the_services_own_fields() -> None:
@@ -90,26 +92,42 @@ def test_the_optimizer_section_is_the_core_config_plus_the_services_own_fields()
         "surge_check_seconds",
         "demand_smoothing_seconds",
         "spot_price_max_age_seconds",
+        "boot_seconds",
+        "headroom_share_of_miss",
+        "headroom_history_days",
+        "outage_share",
     }
 
 
-def test_the_backtest_section_overrides_optimizer_fields_by_their_own_types() -> None:
-    optimizer = msgspec.inspect.type_info(OptimizerConfig)
-    backtest = msgspec.inspect.type_info(BacktestSettings)
-    assert isinstance(optimizer, msgspec.inspect.StructType)
-    assert isinstance(backtest, msgspec.inspect.StructType)
-    types = {f.name: f.type for f in optimizer.fields}
-    for field in backtest.fields:
-        assert field.type == types[field.name], field.name
-    rolling = Settings().backtest.apply(Settings().optimizer.to_core())
-    assert (rolling.min_non_spot_fraction, rolling.max_pool_share) == (0.5, 1.0)
-    assert (rolling.discount_spot_by_reliability, rolling.survive_zone_loss) == (False, 1.0)
-    assert rolling.max_step_up == Settings().optimizer.max_step_up
+def test_the_rolling_rule_comes_from_the_same_settings_for_the_backtest_and_the_agent() -> None:
+    settings = Settings()
+    agent = settings.rolling_demand()
+    backtest = settings.rolling_demand(boot_s=360.0, step_s=60.0)
+    assert (agent.lead_steps, agent.boot_steps, agent.base_window_steps) == (11, 6, 60)
+    assert agent.headroom_budget == pytest.approx(0.0005)  # half a 99.9% SLO's allowed miss
+    assert (agent.history_steps, agent.outage_share) == (7 * 1440, 0.1)
+    assert (backtest.lead_steps, backtest.headroom_budget) == (agent.lead_steps, agent.headroom_budget)
 
 
-def test_a_backtest_override_out_of_its_range_is_refused_like_the_optimizer_field(tmp_path: Path) -> None:
-    message = config_error(write(tmp_path, "[backtest]\nmax_pool_share = 0.0\n"))
-    assert "'backtest.max_pool_share'" in message
+def test_the_backtest_section_holds_the_yardsticks_hedges_not_optimizer_overrides() -> None:
+    backtest = Settings().backtest
+    assert set(BacktestSettings.__struct_fields__) == {
+        "yardstick_floors",
+        "yardstick_zone_rule",
+        "yardstick_reserved",
+    }
+    assert (backtest.yardstick_floors, backtest.yardstick_zone_rule) == ([0.0, 0.25, 0.5], [False, True])
+    assert backtest.yardstick_reserved == [0, 2]
+
+
+def test_an_old_backtest_override_is_refused_with_its_name(tmp_path: Path) -> None:
+    message = config_error(write(tmp_path, "[backtest]\nmax_pool_share = 1.0\n"))
+    assert "max_pool_share" in message
+
+
+def test_a_yardstick_floor_out_of_its_range_is_refused_with_its_path(tmp_path: Path) -> None:
+    message = config_error(write(tmp_path, "[backtest]\nyardstick_floors = [0.0, 1.5]\n"))
+    assert "backtest.yardstick_floors" in message
 
 
 def test_every_setting_is_described_and_every_number_has_a_range() -> None:
