@@ -76,7 +76,10 @@ class ReclaimWaves:
         if t - self._open_at > self.window_s:
             self._flush()
             self._open_at, self._open_zones, self._open_up = t, {}, max(up, 1)
-        self._open_zones[zone] = min(1.0, self._open_zones.get(zone, 0.0) + share)
+        # ``share`` is of what the zone still held: a zone falling in steps within one wave (16 → 8 → 4)
+        # lost 0.75 of it, not the sum of the steps' shares.
+        lost = self._open_zones.get(zone, 0.0)
+        self._open_zones[zone] = lost + share * (1.0 - lost)
 
     def _close(self, t: float) -> None:
         if self._open_zones and t - self._open_at > self.window_s:
@@ -124,10 +127,10 @@ def non_spot_floor(
     wave; 1 when even an all-non-spot fleet's share cannot meet the budget (it always can: f = 1 loses
     nothing).
     """
-    if gap_s <= 0 or span_s <= 0 or not wave_shares:
-        return 0.0
     if not 0 < budget < 1:
         raise ValueError("budget must be in (0, 1)")
+    if gap_s <= 0 or span_s <= 0 or not wave_shares:
+        return 0.0
     slack = max(0.0, slack)
     weight = gap_s / span_s  # each wave's unserved lasts gap_s of the span
 
