@@ -1,98 +1,180 @@
-"""The backtest's ``rolling`` policy with one part changed at a time: what each part buys.
+"""The backtest's ``rolling`` policy with one part changed at a time: what each part buys, on four inputs.
 
-Variants, each against the policy as shipped (``[backtest]`` settings, the hour's peak, the surge
-re-plan, the boot-aware headroom):
+Variants, each against the policy as shipped (the [optimizer] settings the agent plans with, the rolling
+rule of ``agent.core.rolling_demand``, the surge re-plan):
 
-- ``shipped``; ``floor_0.4`` and ``no_floor`` (``min_non_spot_fraction`` 0.4 and 0);
-- ``no_zone_rule``: the agent's own optimizer defaults (no zone rule, pool share and reliability
-  discount as the agent uses them);
+- ``shipped``;
+- ``no_outage_rule``: the measured rate followed down through a zero-traffic outage (``outage_share`` 0);
+- ``no_launch_cost``: a launch costs nothing more than its hours (``switching_cost_hours`` 0);
+- ``floor_0.25`` and ``no_floor``: ``min_non_spot_fraction`` 0.25 and 0;
+- ``waves_floor``: no fixed floor; the non-spot share learned from the reclaim waves seen
+  (``agent.core.spot_loss``);
+- ``learned_hazard``: spot discounted by each pool's reclaim rate learned from the drops seen;
+- ``no_zone_rule``: spot capped at half the spot fleet per pool instead of spread to survive a zone's loss;
 - ``last_minute``: sized to the last minute's demand rather than the hour's peak;
 - ``no_surge``: acts only on the 5-minute tick and on notices.
 
-Inputs: the issue's command (``servegen:m-large`` × the AWS 16-node traces, seed catalog, 8 peak nodes,
-120 s notice) and ``servegen:m-mid`` on the same market. Prints one JSON object: per input and variant,
-cost, SLO attainment and shortfall minutes. About 90 s here.
+Inputs: the README's four backtest commands (m-large × AWS traces with the seed catalog, 120 s notice; the
+same with GCP prices and a 30 s notice; m-mid × AWS; m-large × the SpotHedge GCP traces, 30 s notice), 8
+peak nodes. Prints one JSON object: per input and variant, cost, per-minute SLO attainment, the queue score
+(share served within 60 s), shortfall minutes and reserved nodes; with ``--yardsticks``, also
+``foresight-demand``'s cost per input. Runs the variants on two processes (``--jobs``); about 5 minutes here.
 
-Run: ``.venv/bin/python bench/policy_variants.py``
+Run: ``.venv/bin/python bench/policy_variants.py [--inputs seed,gcp,m-mid,spothedge] [--variants ...]``
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
 
 import msgspec
 
-from agent.backtest import Setup, build_setup, make_policy, sim_config
+from agent.backtest import Setup, build_setup, make_policy, run_strategies, sim_config
 from agent.config import Settings, load_settings, resolve_catalog
 from agent.sim.replay import run_backtest
 from agent.sim.strategies import RollingPolicy
 
-SPOT = "skypilot:availability/16-node/aws-08-27-2023"
-INPUTS = {"m-large": "servegen:m-large", "m-mid": "servegen:m-mid"}
+AWS = "skypilot:availability/16-node/aws-08-27-2023"
 
 
-def _with_backtest(settings: Settings, **changes: object) -> Settings:
-    return msgspec.structs.replace(settings, backtest=msgspec.structs.replace(settings.backtest, **changes))
+@dataclass(frozen=True)
+class Input:
+    catalog: str
+    trace: str
+    spot: str
+    notice_s: float
 
 
-def _variants(settings: Settings) -> dict[str, tuple[Settings, bool, Callable[[RollingPolicy], None]]]:
-    """name → (settings, use the [backtest] section, change to the built policy)."""
-
-    def same(_policy: RollingPolicy) -> None:
-        return None
-
-    def last_minute(policy: RollingPolicy) -> None:
-        policy.base_window_steps = 1
-
-    def no_surge(policy: RollingPolicy) -> None:
-        policy.replan_on_surge = False
-
-    return {
-        "shipped": (settings, True, same),
-        "floor_0.4": (_with_backtest(settings, min_non_spot_fraction=0.4), True, same),
-        "no_floor": (_with_backtest(settings, min_non_spot_fraction=0.0), True, same),
-        "no_zone_rule": (settings, False, same),
-        "last_minute": (settings, True, last_minute),
-        "no_surge": (settings, True, no_surge),
-    }
+INPUTS = {
+    "seed": Input("seed", "servegen:m-large", AWS, 120.0),
+    "gcp": Input("gcp-2026-07", "servegen:m-large", AWS, 30.0),
+    "m-mid": Input("seed", "servegen:m-mid", AWS, 120.0),
+    "spothedge": Input("seed", "servegen:m-large", "spothedge-gcp", 30.0),
+}
 
 
-def _run(
-    setup: Setup, settings: Settings, backtest: bool, change: Callable[[RollingPolicy], None]
-) -> dict[str, object]:
-    cfg = settings.optimizer.to_core()
-    if backtest:
-        cfg = settings.backtest.apply(cfg)
-    policy = make_policy("rolling", setup, settings, cfg)
+@dataclass(frozen=True)
+class Variant:
+    optimizer: dict[str, Any] = field(default_factory=dict)
+    """[optimizer] settings changed."""
+    policy: Callable[[RollingPolicy], None] | None = None
+    """A change to the built policy."""
+
+
+def _set(**changes: Any) -> Callable[[RollingPolicy], None]:
+    def change(policy: RollingPolicy) -> None:
+        for path, value in changes.items():
+            target: Any = policy
+            *parents, name = path.split("__")
+            for parent in parents:
+                target = getattr(target, parent)
+            setattr(target, name, value)
+
+    return change
+
+
+VARIANTS = {
+    "shipped": Variant(),
+    "no_outage_rule": Variant({"outage_share": 0.0}),
+    "no_launch_cost": Variant({"switching_cost_hours": 0.0}),
+    "floor_0.25": Variant({"min_non_spot_fraction": 0.25}),
+    "no_floor": Variant({"min_non_spot_fraction": 0.0}),
+    "waves_floor": Variant({"min_non_spot_fraction": 0.0}, _set(floor_rule="waves")),
+    "learned_hazard": Variant({"discount_spot_by_reliability": True}),
+    "no_zone_rule": Variant({"survive_zone_loss": 0.0, "max_pool_share": 0.5}),
+    "last_minute": Variant(policy=_set(demand__base_window_steps=1)),
+    "no_surge": Variant(policy=_set(replan_on_surge=False)),
+}
+
+_setups: dict[str, tuple[Settings, Setup]] = {}
+
+
+def _setup(label: str) -> tuple[Settings, Setup]:
+    if label not in _setups:
+        spec = INPUTS[label]
+        settings = load_settings()
+        sim = sim_config(settings, step_s=60.0, notice_s=spec.notice_s, boot_s=360.0, warmup_days=7.0)
+        catalog = resolve_catalog(spec.catalog)
+        _setups[label] = settings, build_setup(catalog, spec.trace, spec.spot, sim, peak=8)
+    return _setups[label]
+
+
+def _run(job: tuple[str, str]) -> tuple[str, str, dict[str, object]]:
+    label, name = job
+    settings, setup = _setup(label)
+    variant = VARIANTS[name]
+    settings = msgspec.structs.replace(
+        settings, optimizer=msgspec.structs.replace(settings.optimizer, **variant.optimizer)
+    )
+    policy = make_policy("rolling", setup, settings, settings.optimizer.to_core())
     assert isinstance(policy, RollingPolicy)
-    change(policy)
+    if variant.policy is not None:
+        variant.policy(policy)
     started = time.perf_counter()
     result = run_backtest(
         setup.catalog, setup.demand, setup.market, policy, setup.sim, start_epoch=setup.start_epoch
     )
-    return {
-        "cost": round(result.cost, 2),
-        "slo_attainment": round(result.slo_attainment, 6),
-        "shortfall_minutes": result.shortfall_minutes,
-        "reserved": result.reserved,
-        "seconds": round(time.perf_counter() - started, 2),
+    return (
+        label,
+        name,
+        {
+            "cost": round(result.cost, 2),
+            "slo_attainment": round(result.slo_attainment, 6),
+            "slo_queue": round(result.queue.served_within, 6),
+            "shortfall_minutes": result.shortfall_minutes,
+            "reserved": result.reserved,
+            "seconds": round(time.perf_counter() - started, 2),
+        },
+    )
+
+
+def _yardstick(label: str) -> tuple[str, dict[str, object]]:
+    settings, setup = _setup(label)
+    report = run_strategies(setup, ["foresight-demand"], settings).reports[0]
+    return label, {
+        "cost": round(report.cost, 2),
+        "slo_attainment": round(report.slo_attainment, 6),
+        "slo_queue": round(report.slo_queue, 6),
+        "detail": report.detail,
     }
 
 
 def main() -> None:
-    settings = load_settings()
-    sim = sim_config(settings, step_s=60.0, notice_s=120.0, boot_s=360.0, warmup_days=7.0)
-    out: dict[str, object] = {"benchmark": "policy_variants", "spot": SPOT, "catalog": "seed", "inputs": {}}
-    for label, trace in INPUTS.items():
-        setup = build_setup(resolve_catalog("seed"), trace, SPOT, sim, peak=8)
-        rows = {}
-        for name, (variant, backtest, change) in _variants(settings).items():
-            print(f"{label}: {name}", file=sys.stderr)
-            rows[name] = _run(setup, variant, backtest, change)
-        out["inputs"][label] = rows  # type: ignore[index]
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--inputs", default=",".join(INPUTS))
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--yardsticks", action="store_true", help="also run foresight-demand per input")
+    args = parser.parse_args()
+    labels = [s for s in args.inputs.split(",") if s]
+    names = [s for s in args.variants.split(",") if s]
+    for label in labels:
+        if label not in INPUTS:
+            parser.error(f"unknown input {label!r} (have: {', '.join(INPUTS)})")
+    for name in names:
+        if name not in VARIANTS:
+            parser.error(f"unknown variant {name!r} (have: {', '.join(VARIANTS)})")
+    out: dict[str, Any] = {
+        "benchmark": "policy_variants",
+        "inputs": {label: vars(INPUTS[label]) for label in labels},
+        "results": {label: {} for label in labels},
+    }
+    started = time.perf_counter()
+    with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        jobs = [(label, name) for label in labels for name in names]
+        for label, name, row in pool.map(_run, jobs):
+            print(f"{label}: {name} {row}", file=sys.stderr)
+            out["results"][label][name] = row
+        if args.yardsticks:
+            out["foresight_demand"] = dict(pool.map(_yardstick, labels))
+    out["seconds"] = round(time.perf_counter() - started, 1)
     print(json.dumps(out, indent=1))
 
 
