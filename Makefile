@@ -50,7 +50,7 @@ test: lint typecheck unit
 bench: $(SETUP)
 	$(BIN)/python bench/optimizer.py
 	$(BIN)/python bench/forecast.py
-	$(BIN)/python bench/backtest_speed.py
+	$(BIN)/python bench/backtest.py
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/dynamo_ingest.py
 

@@ -1,5 +1,7 @@
 """Wall time of ``cost-agent backtest``: every strategy on a 14-day real trace, and what each one scores.
 
+(Named ``bench/backtest_speed.py`` before issue 15.)
+
 Builds the inputs once with :func:`agent.backtest.build_setup` (by default ``servegen:m-large`` ×
 ``skypilot:availability/16-node/aws-08-27-2023`` on the ``seed`` catalog, demand scaled so that its
 busiest step needs 8 main-type nodes, a 120 s notice, 1-minute steps and 7 warm-up days, as the CLI's
@@ -8,9 +10,10 @@ defaults), then runs :func:`agent.backtest.run_strategies` once per strategy, ti
 :func:`agent.config.load_settings` (``--config`` and ``COST_AGENT_*`` as for the CLI).
 
 Figures: wall seconds for the setup, per strategy and in total (target: ≤ 60 s for the whole run), the
-machine, and each strategy's cost, SLO attainment and cost ÷ hindsight.
+machine, and each strategy's cost, both SLO scores, cost ÷ hindsight and cost ÷ foresight-demand
+(``foresight`` alone also solves the hindsight program for its reserved nodes: its time includes that).
 
-Run: ``.venv/bin/python bench/backtest_speed.py`` (``--catalog gcp-2026-07 --notice 30``, ``--trace``,
+Run: ``.venv/bin/python bench/backtest.py`` (``--catalog gcp-2026-07 --notice 30``, ``--trace``,
 ``--spot``, ``--peak-nodes``, ``--strategies``, ``--out PATH`` to also write the JSON to a file); prints
 one JSON object, progress goes to stderr.
 """
@@ -54,15 +57,20 @@ def _machine() -> dict[str, object]:
     }
 
 
-def _figures(report: StrategyReport, hindsight_cost: float | None, seconds: float) -> dict[str, object]:
+def _figures(
+    report: StrategyReport, hindsight_cost: float | None, foresight_cost: float | None, seconds: float
+) -> dict[str, object]:
     return {
         "name": report.name,
         "seconds": round(seconds, 3),
         "cost": round(report.cost, 2),
         "slo_attainment": report.slo_attainment,
+        "slo_queue": report.slo_queue,
         "shortfall_minutes": report.shortfall_minutes,
         "preemptions": report.preemptions,
         "ratio_to_hindsight": round(report.cost / hindsight_cost, 4) if hindsight_cost else None,
+        "ratio_to_foresight_demand": round(report.cost / foresight_cost, 4) if foresight_cost else None,
+        "detail": report.detail,
     }
 
 
@@ -109,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     total = time.perf_counter() - started
 
     hindsight = next((r.cost for r, _ in timed if r.name == "hindsight"), None)
+    foresight = next((r.cost for r, _ in timed if r.name == "foresight-demand"), None)
     result = {
         "benchmark": "backtest",
         "inputs": setup.inputs,
@@ -122,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "target_seconds": TARGET_SECONDS,
         "within_target": total <= TARGET_SECONDS,
-        "strategies": [_figures(r, hindsight, s) for r, s in timed],
+        "strategies": [_figures(r, hindsight, foresight, s) for r, s in timed],
     }
     text = json.dumps(result, indent=2)
     print(text)
