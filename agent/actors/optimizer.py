@@ -35,6 +35,7 @@ Guarantees:
 from __future__ import annotations
 
 import contextlib
+import math
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Final
@@ -172,13 +173,19 @@ class OptimizerTickActor(PersistentActor):
                 except ValueError as err:
                     raise ValueError(f"last_plan.targets[{i}].{err}") from None
         recent = [(at, Demand(rps, prompt, output)) for at, rps, prompt, output in saved.recent]
+        # Checked before anything is taken over, as ``recent`` is: a bad snapshot changes nothing.
+        window = [Demand(*d) for d in saved.base_window]
+        if not all(math.isfinite(rps) and rps >= 0 for rps in saved.minutes):
+            raise ValueError("minutes: every rate must be a finite number ≥ 0")
+        if saved.minute_due is not None and not math.isfinite(saved.minute_due):
+            raise ValueError("minute_due: must be a finite time")  # NaN: no minute would be due again
         prices = SpotPriceBook(self.prices.max_age_s)
         restore_quotes(prices, self.fleet, saved.prices)
         self.fleet.restore(saved.fleet)
         self.prices = prices
         for at, demand in recent:
             self._peak.add(at, demand)
-        self.rolling.restore(saved.minutes, [Demand(*d) for d in saved.base_window])
+        self.rolling.restore(saved.minutes, window)
         if saved.minute_due is not None:
             self._minute_due = saved.minute_due
         self.last_plan = saved.last_plan
