@@ -133,7 +133,8 @@ class OptimizerSettings(OptimizerConfig, _Section, frozen=True, kw_only=True):
         msgspec.Meta(
             description=(
                 "size to the busiest demand observed over this window, not the latest observation. "
-                f"\"{AUTO}\": {ROLLING_WINDOW_S:g} (the hour's peak, as the backtest's rolling policy) while "
+                f"\"{AUTO}\": {ROLLING_WINDOW_S:g} (the ten minutes' peak, as the backtest's rolling policy) "
+                "while "
                 "the agent sees arrivals (a Dynamo frontend's request counter, [dynamo] frontend_urls), 0 "
                 "while it sees worker reports only, which count completions, not arrivals (holding their "
                 "peak over-provisioned the emulated demo 1.3-2.3x). A number applies whatever the demand, "

@@ -1,7 +1,7 @@
 """The backtest's ``rolling`` policy with one part changed at a time: what each part buys, on four inputs.
 
 Variants, each against the policy as shipped (the [optimizer] settings the agent plans with, the rolling
-rule of ``agent.core.rolling_demand``, the surge re-plan):
+rule of ``agent.core.rolling_demand`` with the ten minutes' peak as its base, the surge re-plan):
 
 - ``shipped``;
 - ``no_outage_rule``: the measured rate followed down through a zero-traffic outage (``outage_share`` 0);
@@ -11,14 +11,18 @@ rule of ``agent.core.rolling_demand``, the surge re-plan):
   (``agent.core.spot_loss``);
 - ``learned_hazard``: spot discounted by each pool's reclaim rate learned from the drops seen;
 - ``no_zone_rule``: spot capped at half the spot fleet per pool instead of spread to survive a zone's loss;
-- ``last_minute``: sized to the last minute's demand rather than the hour's peak;
+- ``last_minute``, ``window_20min``, ``hour_peak``: sized to the last minute's demand, or the peak of the
+  last 20 or 60 minutes, rather than the peak of the last 10;
+- ``headroom_quarter``, ``headroom_tenth``: the headroom sized to leave a quarter, a tenth of the SLO's
+  allowed miss unserved on the history instead of half (``headroom_share_of_miss``);
 - ``no_surge``: acts only on the 5-minute tick and on notices.
 
 Inputs: the README's four backtest commands (m-large × AWS traces with the seed catalog, 120 s notice; the
 same with GCP prices and a 30 s notice; m-mid × AWS; m-large × the SpotHedge GCP traces, 30 s notice), 8
 peak nodes. Prints one JSON object: per input and variant, cost, per-minute SLO attainment, the queue score
 (share served within 60 s), shortfall minutes and reserved nodes; with ``--yardsticks``, also
-``foresight-demand``'s cost per input. Runs the variants on two processes (``--jobs``); about 5 minutes here.
+``foresight-demand``'s cost per input. Runs the variants on two processes (``--jobs``); about 10 minutes
+here for the 56 runs.
 
 Run: ``.venv/bin/python bench/policy_variants.py [--inputs seed,gcp,m-mid,spothedge] [--variants ...]``
 """
@@ -90,6 +94,10 @@ VARIANTS = {
     "learned_hazard": Variant({"discount_spot_by_reliability": True}),
     "no_zone_rule": Variant({"survive_zone_loss": 0.0, "max_pool_share": 0.5}),
     "last_minute": Variant(policy=_set(demand__base_window_steps=1)),
+    "hour_peak": Variant({"base_window_seconds": 3600.0}),
+    "window_20min": Variant({"base_window_seconds": 1200.0}),
+    "headroom_quarter": Variant({"headroom_share_of_miss": 0.25}),
+    "headroom_tenth": Variant({"headroom_share_of_miss": 0.1}),
     "no_surge": Variant(policy=_set(replan_on_surge=False)),
 }
 

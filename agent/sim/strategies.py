@@ -55,7 +55,7 @@ class StaticPolicy:
 class RollingPolicy:
     """Ours: the online profiler, the commitment planner at the start, the tick optimizer every tick.
 
-    Each tick covers what :class:`agent.core.rolling_demand.RollingDemand` says (the hour's peak, held at
+    Each tick covers what :class:`agent.core.rolling_demand.RollingDemand` says (the recent peak, held at
     the profile's expectation through an outage, times the headroom the history's forecast error calls
     for), the rule the agent's optimizer applies too. The commitment planner sizes reserved nodes on the
     same rule: the profile's P50 times the headroom. The non-spot floor is the optimizer's, or (``floor_rule

@@ -356,7 +356,7 @@ async def test_a_frontends_arrivals_are_read_as_the_backtests_rolling_policy_rea
     await replan(peer)
     plan = await next_manual(plans, others)
     assert plan.demand_now_rps == pytest.approx(12.0)
-    assert "arrivals: peak of 3600 s, surge check 60 s, mean of 60 s" in plan.detail
+    assert "arrivals: peak of 600 s, surge check 60 s, mean of 60 s" in plan.detail
 
     # A burst: planned for at the next surge check (each minute, the rolling policy's step), not the tick.
     burst = peer.clock.now()
@@ -367,16 +367,17 @@ async def test_a_frontends_arrivals_are_read_as_the_backtests_rolling_policy_rea
     assert surge.sent_at - burst <= agent.optimizer.policy.surge_check_s == 60.0
     assert surge.sent_at < START + agent.optimizer.settings.interval_seconds  # before the first tick
 
-    # The burst ends: the plans keep covering its minute for the hour, through the timer's ticks.
-    await arrive(agent, peer, frontend, rps=12.0, seconds=600)
+    # The burst ends: the plans keep covering its minute for the base window (ten minutes), through the
+    # timer's ticks.
+    await arrive(agent, peer, frontend, rps=12.0, seconds=300)
     await replan(peer)
     held = await next_manual(plans, others)
     assert held.demand_now_rps == pytest.approx(48.0)
-    assert [p.reason for p in others].count("tick") == 2  # at 300 and 600 s
+    assert [p.reason for p in others].count("tick") == 1  # at 300 s
     assert all(p.demand_now_rps == pytest.approx(48.0) for p in others if p.reason == "tick")
 
-    # An hour after the burst the quiet traffic is what is covered again.
-    await arrive(agent, peer, frontend, rps=12.0, seconds=3600, every=60.0)
+    # Ten minutes after the burst the quiet traffic is what is covered again.
+    await arrive(agent, peer, frontend, rps=12.0, seconds=600, every=60.0)
     await replan(peer)
     later = await next_manual(plans, others)
     assert later.demand_now_rps < 24.0

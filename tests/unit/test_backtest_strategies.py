@@ -284,17 +284,17 @@ def test_rolling_acts_on_a_surge_at_once_and_not_on_a_fall(settings: Settings) -
     assert policy.wants_plan(60.0, Demand(1.5 * PER_NODE, PROMPT, OUTPUT))
 
 
-def test_rolling_sizes_to_the_peak_of_the_last_hour_not_the_last_minute(settings: Settings) -> None:
+def test_rolling_sizes_to_the_peak_of_its_base_window_not_the_last_minute(settings: Settings) -> None:
     policy = rolling_policy(settings)
-    assert policy.demand.base_window_steps == round(3600 / STEP_S)
+    assert policy.demand.base_window_steps == max(1, round(600 / STEP_S))
     busy, quiet = Demand(3 * PER_NODE, PROMPT, OUTPUT), Demand(PER_NODE, PROMPT, OUTPUT)
     window = policy.demand.base_window_steps
     policy.observe(0.0, busy)
     for i in range(1, window):
         policy.observe(i * STEP_S, quiet)
-    assert policy.demand.cover(window * STEP_S, quiet).base == busy  # most of an hour later: still held
+    assert policy.demand.cover(window * STEP_S, quiet).base == busy  # most of a window later: still held
     policy.observe(window * STEP_S, quiet)
-    assert policy.demand.cover(window * STEP_S, quiet).base == quiet  # an hour of quiet lets it go
+    assert policy.demand.cover(window * STEP_S, quiet).base == quiet  # a window of quiet lets it go
 
 
 def test_rolling_spreads_spot_so_that_losing_any_one_zone_leaves_the_measured_demand_served(

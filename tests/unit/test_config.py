@@ -103,7 +103,7 @@ def test_the_rolling_rule_comes_from_the_same_settings_for_the_backtest_and_the_
     settings = Settings()
     agent = settings.rolling_demand()
     backtest = settings.rolling_demand(boot_s=360.0, step_s=60.0)
-    assert (agent.lead_steps, agent.boot_steps, agent.base_window_steps) == (11, 6, 60)
+    assert (agent.lead_steps, agent.boot_steps, agent.base_window_steps) == (11, 6, 10)
     assert agent.headroom_budget == pytest.approx(0.0005)  # half a 99.9% SLO's allowed miss
     assert (agent.history_steps, agent.outage_share) == (7 * 1440, 0.1)
     assert (backtest.lead_steps, backtest.headroom_budget) == (agent.lead_steps, agent.headroom_budget)

@@ -1,5 +1,5 @@
 """The demand policy, read as a specification: with arrivals the agent reads demand as the backtest's
-rolling policy does (the hour's peak of minute means, a surge check between ticks); with worker reports
+rolling policy does (the ten minutes' peak of minute means, a surge check between ticks); with worker reports
 alone it keeps the latest observation; a number in the settings always wins over "auto"."""
 
 from __future__ import annotations
@@ -58,10 +58,10 @@ def test_auto_with_arrivals_is_the_backtests_rolling_policy() -> None:
     assert policy == DemandPolicy(
         "arrivals", ROLLING_WINDOW_S, ROLLING_STEP_S, ROLLING_STEP_S, sample_s=ARRIVALS_SAMPLE_S
     )
-    # The rolling policy holds the hour's peak of its steps' demand (a minute's mean each) and checks for
+    # The rolling policy holds the ten minutes' peak of its steps' demand (a minute's mean each) and checks for
     # a surge every step.
     step = SimConfig().step_s
-    assert (policy.base_window_s, policy.smoothing_s, policy.surge_check_s) == (3600.0, step, step)
+    assert (policy.base_window_s, policy.smoothing_s, policy.surge_check_s) == (600.0, step, step)
     # The minute's mean is taken over samples as frequent as a frontend's scrapes.
     assert policy.sample_s == ARRIVALS_SAMPLE_S == DynamoSettings().scrape_interval_seconds
 
@@ -112,5 +112,5 @@ def test_neither_auto_nor_seconds_is_refused_naming_the_field(field: str, value:
 def test_a_plans_detail_says_which_reading_applied() -> None:
     assert ALL_AUTO.resolve("completions").describe() == "completions: the latest observation"
     assert (
-        ALL_AUTO.resolve("arrivals").describe() == "arrivals: peak of 3600 s, surge check 60 s, mean of 60 s"
+        ALL_AUTO.resolve("arrivals").describe() == "arrivals: peak of 600 s, surge check 60 s, mean of 60 s"
     )
