@@ -79,7 +79,12 @@ def test_the_agent_differs_from_the_bare_optimizer_only_by_the_four_rules_the_ba
     core = msgspec.structs.asdict(OptimizerConfig())
     agent = msgspec.structs.asdict(Settings().optimizer.to_core())
     differ = {name for name in core if core[name] != agent[name]}
-    assert differ == {"max_pool_share", "survive_zone_loss", "discount_spot_by_reliability", "switching_cost_hours"}
+    assert differ == {
+        "max_pool_share",
+        "survive_zone_loss",
+        "discount_spot_by_reliability",
+        "switching_cost_hours",
+    }
 
 
 def test_the_optimizer_section_is_the_core_config_plus_the_services_own_fields() -> None:

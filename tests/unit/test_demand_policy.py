@@ -58,8 +58,8 @@ def test_auto_with_arrivals_is_the_backtests_rolling_policy() -> None:
     assert policy == DemandPolicy(
         "arrivals", ROLLING_WINDOW_S, ROLLING_STEP_S, ROLLING_STEP_S, sample_s=ARRIVALS_SAMPLE_S
     )
-    # The rolling policy holds the ten minutes' peak of its steps' demand (a minute's mean each) and checks for
-    # a surge every step.
+    # The rolling policy holds the ten minutes' peak of its steps' demand (a minute's mean each) and
+    # checks for a surge every step.
     step = SimConfig().step_s
     assert (policy.base_window_s, policy.smoothing_s, policy.surge_check_s) == (600.0, step, step)
     # The minute's mean is taken over samples as frequent as a frontend's scrapes.
