@@ -99,6 +99,8 @@ VARIANTS = {
     "headroom_quarter": Variant({"headroom_share_of_miss": 0.25}),
     "headroom_tenth": Variant({"headroom_share_of_miss": 0.1}),
     "no_surge": Variant(policy=_set(replan_on_surge=False)),
+    "commit_p50": Variant(policy=_set(commit_headroom=1.0)),
+    "commit_0.75": Variant(policy=_set(commit_headroom=0.75)),
 }
 
 _setups: dict[str, tuple[Settings, Setup]] = {}

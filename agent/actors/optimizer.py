@@ -373,7 +373,7 @@ class OptimizerTickActor(PersistentActor):
         observed = self._observe(now)
         if policy.kind == "arrivals":
             cover = self.rolling.cover(
-                now, observed or NO_DEMAND, expected_over(self.profiler, now, self.rolling.lead_s)
+                now, observed or NO_DEMAND, lambda: expected_over(self.profiler, now, self.rolling.lead_s)
             )
             demand = TickDemand(cover.demand, cover.demand, _describe(cover))
             self._covered_rps = cover.base.rps  # a minute busier than the base asks for a plan

@@ -120,10 +120,20 @@ class RollingDemand:
             self._headroom_at = t
         return self._headroom
 
-    def cover(self, t: float, fallback: Demand, expected: Demand | None = None) -> Cover:
+    def cover(
+        self,
+        t: float,
+        fallback: Demand,
+        expected: Demand | Callable[[], Demand | None] | None = None,
+    ) -> Cover:
         """What the tick at ``t`` sizes to. ``fallback``: the demand now, when nothing was observed yet;
-        ``expected``: the profile's expectation over the coming lead time (None: no profile)."""
+        ``expected``: the profile's expectation over the coming lead time (None: no profile), or a function
+        giving it, asked only when the base is below ``outage_share`` of the busiest step held (an outage
+        is a fall from traffic seen; a profile's forecast costs a millisecond, a tick a few)."""
         base = max(self._recent, key=self.nodes, default=fallback)
+        if callable(expected):
+            fell = self.outage_share > 0 and base.rps < self.outage_share * max(self._observed, default=0.0)
+            expected = expected() if fell else None
         held = outage_return(base, expected, self.outage_share)
         self._planned_base_rps = held.rps
         headroom = self.headroom(t)

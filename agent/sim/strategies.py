@@ -81,6 +81,8 @@ class RollingPolicy:
     reclaim waves seen, :mod:`agent.core.spot_loss`, never below the configured floor)."""
     gap_s: float = 240.0
     """How long a reclaimed node is missed: a boot after its notice (boot − notice, ≥ 0)."""
+    commit_headroom: float | None = None
+    """The commitment planner sizes reserved nodes to the profile's P50 × this; None: the tick's headroom."""
     reclaim: dict[PoolKey, float] = field(default_factory=dict)
     waves: ReclaimWaves = field(default_factory=lambda: ReclaimWaves(window_s=360.0))
     _seen_at: float | None = None
@@ -139,7 +141,7 @@ class RollingPolicy:
         self.reclaim = self._learned_reclaim()
         if not self.use_reserved or self.profiler.sample_count == 0:
             return {}  # nothing observed yet (no warm-up): commit to nothing rather than guess
-        headroom = self.demand.headroom(t)
+        headroom = self.demand.headroom(t) if self.commit_headroom is None else self.commit_headroom
 
         def as_the_tick_sizes(at: float) -> DemandForecast:
             p50 = self.profiler.predict(at).p50.scaled(headroom)
@@ -161,7 +163,7 @@ class RollingPolicy:
         return plan.reserved
 
     def plan(self, view: View) -> Targets:
-        cover = self.demand.cover(view.t, view.demand_now, self._expected(view.t))
+        cover = self.demand.cover(view.t, view.demand_now, lambda: self._expected(view.t))
         self._see_market(view.t, view.available)
         self.reclaim = self._learned_reclaim()
         available = view.available if self.use_spot else {k: 0 for k in view.available}
