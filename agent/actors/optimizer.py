@@ -377,12 +377,15 @@ class OptimizerTickActor(PersistentActor):
             )
             demand = TickDemand(cover.demand, cover.demand, _describe(cover))
             self._covered_rps = cover.base.rps  # a minute busier than the base asks for a plan
+            zone_loss = cover.zone_loss_share(self.config.survive_zone_loss)
+            config = msgspec.structs.replace(self.config, survive_zone_loss=zone_loss)
         else:
             demand = tick_demand(self.profiler, now, self._peak.peak(now))
             self._covered_rps = demand.now.rps
+            config = self.config
         fleet = self.fleet.fleet()
         inp = TickInput(demand.now, demand.next_hour, fleet, self.market(now))
-        alloc = optimize_tick(self.catalog, inp, self.slo, self.config, self.limits)
+        alloc = optimize_tick(self.catalog, inp, self.slo, config, self.limits)
         reason = max((r for r, _ in batch), key=_PRIORITY.__getitem__)
         plan = AllocationPlan(
             **self.bus.envelope(correlation_id=batch[0][1]),

@@ -40,6 +40,12 @@ class Cover:
     outage: bool
     """The base is the profile's expectation: the measured traffic looked cut off."""
 
+    def zone_loss_share(self, configured: float) -> float:
+        """``survive_zone_loss`` for this tick: the configured share is of the demand measured (the
+        base); the tick's demand carries the headroom for growth on top, which a zone's loss need not
+        also be covered for."""
+        return min(1.0, configured / self.headroom) if configured > 0 and self.headroom > 0 else configured
+
 
 @dataclass(slots=True)
 class RollingDemand:

@@ -173,12 +173,7 @@ class RollingPolicy:
         floor = self._non_spot_floor(cover.headroom)
         if floor != cfg.min_non_spot_fraction:
             cfg = msgspec.structs.replace(cfg, min_non_spot_fraction=floor)
-        if cfg.survive_zone_loss > 0:
-            # ``survive_zone_loss`` is a share of the demand measured (the base); the tick's demand
-            # carries the headroom for growth on top, which a zone loss need not also be covered for.
-            cfg = msgspec.structs.replace(
-                cfg, survive_zone_loss=min(1.0, cfg.survive_zone_loss / cover.headroom)
-            )
+        cfg = msgspec.structs.replace(cfg, survive_zone_loss=cover.zone_loss_share(cfg.survive_zone_loss))
         alloc = optimize_tick(
             self.catalog,
             TickInput(cover.demand, cover.demand, Fleet(view.reserved, view.spot, view.ondemand), market),

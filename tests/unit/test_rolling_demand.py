@@ -251,3 +251,12 @@ def test_expected_over_includes_the_end_of_the_span() -> None:
     start = MONDAY + week + 10 * HOUR + 50 * 60.0
     assert expected_over(profiler, start, 11 * 60.0) == rate(80.0)
     assert expected_over(profiler, start, 9 * 60.0) == rate(1.0)
+
+
+def test_a_zones_loss_need_leave_only_the_measured_base_served_not_the_headroom_on_top() -> None:
+    cover = Cover(Demand(13.0, 100.0, 10.0), Demand(10.0, 100.0, 10.0), 1.3, outage=False)
+    assert cover.zone_loss_share(1.0) == pytest.approx(1.0 / 1.3)
+    assert cover.zone_loss_share(0.0) == 0.0  # the rule stays off
+    assert Cover(Demand(8.0, 100.0, 10.0), Demand(10.0, 100.0, 10.0), 0.8, outage=False).zone_loss_share(
+        1.0
+    ) == pytest.approx(1.0)  # never above the whole demand
