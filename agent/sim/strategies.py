@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import msgspec
 import numpy as np
@@ -76,7 +77,7 @@ class RollingPolicy:
     use_ondemand: bool = True
     replan_on_surge: bool = True
     """Plan at once when a step's demand exceeds the base the last plan was sized to."""
-    floor_rule: str = "fixed"
+    floor_rule: Literal["fixed", "waves"] = "fixed"
     """The non-spot floor: ``fixed`` (the optimizer's ``min_non_spot_fraction``) or ``waves`` (from the
     reclaim waves seen, :mod:`agent.core.spot_loss`, never below the configured floor)."""
     gap_s: float = 240.0
@@ -106,6 +107,12 @@ class RollingPolicy:
     def wants_plan(self, t: float, demand: Demand) -> bool:
         return self.replan_on_surge and self.demand.surged(demand)
 
+    @property
+    def _learns_market(self) -> bool:
+        """The reclaim waves and the pools' reclaim rates are read only by the waves floor and by the
+        optimizer's reliability discount: without either, the market is not followed."""
+        return self.floor_rule == "waves" or self.cfg.discount_spot_by_reliability
+
     def _expected(self, t: float) -> Demand | None:
         """The profile's P50 at its busiest over the coming lead time (None without a profile)."""
         return expected_over(self.profiler, t, self.demand.lead_s)
@@ -134,11 +141,14 @@ class RollingPolicy:
 
     def commit(self, t: float, market: Market) -> dict[str, int]:
         history = market.available
-        step_s = 60.0
-        start = t - len(history) * step_s
-        for i in range(len(history)):
-            self._see_market(start + i * step_s, {k: int(history[i, j]) for j, k in enumerate(market.pools)})
-        self.reclaim = self._learned_reclaim()
+        if self._learns_market:
+            step_s = 60.0
+            start = t - len(history) * step_s
+            for i in range(len(history)):
+                self._see_market(
+                    start + i * step_s, {k: int(history[i, j]) for j, k in enumerate(market.pools)}
+                )
+            self.reclaim = self._learned_reclaim()
         if not self.use_reserved or self.profiler.sample_count == 0:
             return {}  # nothing observed yet (no warm-up): commit to nothing rather than guess
         headroom = self.demand.headroom(t) if self.commit_headroom is None else self.commit_headroom
@@ -164,8 +174,9 @@ class RollingPolicy:
 
     def plan(self, view: View) -> Targets:
         cover = self.demand.cover(view.t, view.demand_now, lambda: self._expected(view.t))
-        self._see_market(view.t, view.available)
-        self.reclaim = self._learned_reclaim()
+        if self._learns_market:
+            self._see_market(view.t, view.available)
+            self.reclaim = self._learned_reclaim()
         available = view.available if self.use_spot else {k: 0 for k in view.available}
         # The optimizer discounts spot by (1 − this): here the share lost before a replacement serves.
         market = SpotMarket(available=available, reclaim_per_hour=self.reclaim)
