@@ -33,6 +33,7 @@ from durable_rig import Bus, agent_config, kill_9, metric, saves, start_agent
 from test_cli_run import from_schema
 from waits import eventually
 
+from agent.bus import settle
 from agent.runtime.nats_server import NatsServer
 
 KEYS = ("cost_reporter", "spot_monitor", "optimizer")
@@ -41,7 +42,7 @@ WAIT_S = 120.0
 
 async def plan(bus: Bus) -> None:
     sub = await bus.nc.subscribe(f"{bus.ns}.evt.plan.allocation")
-    await bus.nc.flush()
+    await settle(bus.nc)
     await bus.publish("cmd.plan.tick", from_schema("plan.replan.v1"))
     await sub.next_msg(timeout=WAIT_S)
     await sub.unsubscribe()

@@ -73,7 +73,7 @@ import nats
 from nats.aio.client import Client as NATS
 
 from agent.actors.profiler import DemandProfilerActor
-from agent.bus import Bus
+from agent.bus import Bus, settle
 from agent.config import ProfilerSettings, resolve_catalog
 from agent.core.demand_bins import DemandBins
 from agent.runtime.actor import Actor
@@ -474,7 +474,7 @@ async def run_bare(url: str, subject: str, pub: Publisher, n: int) -> dict[str, 
         received += 1
 
     await nc.subscribe(subject, cb=cb)
-    await nc.flush()
+    await settle(nc)
     go = asyncio.ensure_future(pub.ask("go"))
     window = await observe(lambda: received, n, go)
     published = await go

@@ -79,7 +79,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from preemption_plans import make_requests
 
-from agent.bus import Bus
+from agent.bus import Bus, settle
 from agent.config import BusSettings, MigrationSettings, Settings, resolve_catalog
 from agent.core.catalog import InstanceType
 from agent.core.drain import POLICIES, DrainPolicy
@@ -281,7 +281,7 @@ def sniff(url: str) -> int:
         await nc.subscribe("*.cmd.router.stop_routing", cb=on_stop_routing)
         for op in sorted(FIRST_COMMAND_OPS):
             await nc.subscribe(f"*.req.worker.*.{op}", cb=on_command)
-        await nc.flush()
+        await settle(nc)
         print("ready", flush=True)
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)  # until the bench is done
         await nc.drain()
@@ -511,7 +511,7 @@ async def _drive(
     if not await until(lambda: world.known_to_agent(instances), 10):
         raise RuntimeError(f"{scenario.name}: the agent does not know every instance")
     reports = await world.nc.subscribe(world.bus.subjects.migration_report("node-spot"))
-    await world.nc.flush()
+    await settle(world.nc)
     await world.clock.wait_until(admitted + WARMUP_S, world.stop)
     before = world.router.summary()
     if before["in_flight"] < n:

@@ -12,6 +12,7 @@ import nats
 from nats.aio.client import Client as NATS
 from nats.aio.subscription import Subscription
 
+from agent.bus import settle
 from agent.config import BusSettings, Settings, SupervisorSettings, resolve_catalog
 from agent.runtime.clock import FakeClock
 from agent.service import Agent, build_agent
@@ -38,23 +39,6 @@ async def eventually(condition: Callable[[], bool], timeout_s: float = 5.0) -> N
         # A poll, not a wait for behaviour: the conditions are counters and states with no event to
         # await; each pass lets the loop run, and the deadline above bounds the wait.
         await asyncio.sleep(0.002)
-
-
-async def settle(nc: NATS, timeout_s: float = 5.0) -> None:
-    """Return once the server has processed everything ``nc`` sent before (subscriptions, publishes).
-
-    ``nc.flush()`` does not ensure it with nats-py 2.16: its PING is written to the socket at once, ahead
-    of commands still buffered for the flusher task, so the PONG can come back before a SUB just made
-    reaches the server (a message published right after is then not delivered). A message to a private
-    inbox goes through the same buffer, behind them.
-    """
-    subject = nc.new_inbox()
-    sub = await nc.subscribe(subject)
-    try:
-        await nc.publish(subject, b"")
-        await sub.next_msg(timeout=timeout_s)
-    finally:
-        await sub.unsubscribe()
 
 
 def counter(agent: Agent, name: str, **labels: str) -> float:
@@ -107,11 +91,11 @@ class Peer:
 
     async def send(self, subject: str, message: Message) -> None:
         await self.nc.publish(subject, msgspec.json.encode(message))
-        await self.nc.flush()
+        await settle(self.nc)
 
     async def send_raw(self, subject: str, data: bytes) -> None:
         await self.nc.publish(subject, data)
-        await self.nc.flush()
+        await settle(self.nc)
 
 
 async def start_agent(

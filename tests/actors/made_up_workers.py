@@ -6,6 +6,7 @@ from __future__ import annotations
 import msgspec
 from harness import Peer, counter, eventually
 
+from agent.bus import settle
 from agent.service import Agent
 from schemas import WorkerMetrics
 
@@ -29,5 +30,5 @@ async def flood_made_up_workers(agent: Agent, peer: Peer, ids: int, timeout_s: f
             output_tokens=10,
         )
         await peer.nc.publish(peer.subjects.worker_metrics(f"fake-{i}"), msgspec.json.encode(m))
-    await peer.nc.flush()
+    await settle(peer.nc)
     await eventually(lambda: counter(agent, "costagent_messages_handled_total", **HANDLED) >= ids, timeout_s)

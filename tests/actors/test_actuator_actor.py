@@ -14,6 +14,7 @@ from harness import SEED, Inbox, Peer, eventually, start_agent, stop_agent
 
 from agent.actuators.processes import alive
 from agent.actuators.settings import ActuatorSettings, LocalSettings
+from agent.bus import settle
 from agent.config import Settings
 from agent.service import Agent
 from schemas import AllocationPlan, CostReport, CostReportRequest, InstanceEvent, SpotPrice, Target
@@ -131,7 +132,7 @@ async def test_shadow_mode_changes_nothing_and_the_cost_report_shows_the_gap(nat
         await peer.send(peer.subjects.plan_allocation, plan(peer, 1, plan_id="p1"))
         await eventually(lambda: actor.plans_applied == 1)
         assert actor.driver.would["release"] == 2  # type: ignore[attr-defined]
-        await peer.nc.flush()
+        await settle(peer.nc)
         assert ours.pending == 0  # it published no change of its own
 
         reply = await peer.nc.request(

@@ -17,6 +17,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from structlog.testing import capture_logs
 
+from agent.bus import settle
 from agent.runtime.connection import connect, shut_down
 from agent.runtime.nats_server import NatsServer
 
@@ -37,7 +38,7 @@ async def test_what_the_work_publishes_on_its_way_out_is_delivered_then_the_conn
 ) -> None:
     subject = f"{fresh_namespace()}.evt.spot.notice.i-1"
     inbox = await peer.subscribe(subject)
-    await peer.flush()
+    await settle(peer)
     with capture_logs() as logs:
         nc = await connect(nats_url, "test")
         stop = asyncio.Event()
@@ -71,10 +72,10 @@ async def test_each_subscription_handles_what_it_received_before_the_connection_
 
     try:
         await nc.subscribe(subject, cb=handle)
-        await nc.flush()
+        await settle(nc)
         for k in range(200):
             await peer.publish(subject, b"%d" % k)
-        await peer.flush()
+        await settle(peer)
         await eventually(lambda: len(handled) > 0)  # received; most still queued for the callback
         await shut_down(nc, [], grace_s=5.0)
     finally:
@@ -91,7 +92,7 @@ async def test_work_that_ignores_the_stop_is_cancelled_after_the_grace_period_an
 ) -> None:
     subject = f"{fresh_namespace()}.evt.plan.allocation"
     inbox = await peer.subscribe(subject)
-    await peer.flush()
+    await settle(peer)
     nc = await connect(nats_url, "test")
     stuck = asyncio.create_task(asyncio.Event().wait(), name="stuck")
     await nc.publish(subject, b"published before the stop")

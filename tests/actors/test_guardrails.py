@@ -11,6 +11,7 @@ import pytest
 from harness import Inbox, Peer, counter, eventually, handled, rejected, start_agent, stop_agent
 from spot_messages import instance_event, notice_message
 
+from agent.bus import settle
 from agent.config import LimitsSettings, Settings
 from agent.service import Agent
 from schemas import AllocationPlan, DrainOrder, ReplanRequest, WorkerMetrics
@@ -139,13 +140,13 @@ async def burst_of_notices(agent: Agent, peer: Peer, count: int = BURST) -> None
     for i in range(count):
         event = instance_event(peer, f"spot-{i}", "spot")
         await peer.nc.publish(peer.subjects.fleet_instance(f"spot-{i}"), msgspec.json.encode(event))
-    await peer.nc.flush()
+    await settle(peer.nc)
     await handled(agent, "spot_monitor", "evt.fleet.instance.*", count)
     await handled(agent, "optimizer_tick", "evt.fleet.instance.*", count)
     for i in range(count):
         sent = notice_message(peer, f"spot-{i}")
         await peer.nc.publish(peer.subjects.spot_notice(f"spot-{i}"), msgspec.json.encode(sent))
-    await peer.nc.flush()
+    await settle(peer.nc)
     await handled(agent, "spot_monitor", "evt.spot.notice.*", count)
 
 

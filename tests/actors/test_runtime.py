@@ -12,7 +12,7 @@ from harness import START, eventually, fresh_namespace
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from agent.bus import Bus, Rejected
+from agent.bus import Bus, Rejected, settle
 from agent.runtime.actor import Actor, Listen
 from agent.runtime.clock import FakeClock, ScaledClock
 from agent.runtime.metrics import AgentMetrics
@@ -64,7 +64,7 @@ async def send(nc: NATS, subject: str, note: str) -> None:
         b'{"type":"plan.replan.v1","msg_id":"m","sent_at":1767225600,"source":"t","note":"%s"}'
         % note.encode(),
     )
-    await nc.flush()
+    await settle(nc)
 
 
 def sample(bus: Bus, name: str, **labels: str) -> float:

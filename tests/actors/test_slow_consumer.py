@@ -15,7 +15,7 @@ import nats
 from harness import eventually
 from nats.aio.msg import Msg
 
-from agent.bus import Bus
+from agent.bus import Bus, settle
 from agent.runtime.clock import RealClock
 from agent.runtime.connection import connect
 from agent.runtime.metrics import AgentMetrics
@@ -36,13 +36,13 @@ async def test_messages_dropped_for_a_slow_handler_are_counted_per_subscription(
         await release.wait()
 
     await nc.subscribe(subject, cb=stuck, pending_msgs_limit=10)
-    await nc.flush()
+    await settle(nc)
     peer = await nats.connect(nats_url)
     try:
         for n in range(200):
             await peer.publish(bus.subjects.worker_metrics(f"w{n}"), b"{}")
-        await peer.flush()
-        await nc.flush()  # the server has delivered all 200 to the agent's connection by now
+        await settle(peer)
+        await settle(nc)  # the server has delivered all 200 to the agent's connection by now
 
         def dropped() -> float:
             return (

@@ -19,6 +19,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from test_cli_run import check, from_schema, scrape
 
+from agent.bus import settle
 from schemas import InflightList, RouterAck, WorkerStatus, envelope
 
 
@@ -43,7 +44,7 @@ class Bus:
         await bus.nc.subscribe(
             f"{ns}.evt.migration.report.*", cb=bus._heard(bus.reports, "migration.report.v1")
         )
-        await bus.nc.flush()
+        await settle(bus.nc)
         return bus
 
     @staticmethod
@@ -94,7 +95,7 @@ class Bus:
 
     async def publish(self, subject: str, data: bytes) -> None:
         await self.nc.publish(f"{self.ns}.{subject}", data)
-        await self.nc.flush()
+        await settle(self.nc)
 
     async def node(self, instance: str, tier: str) -> None:
         """A ready node, and (for a spot node) its worker's report."""

@@ -18,6 +18,8 @@ from nats.aio.msg import Msg
 from test_cli_run import check, from_schema, reserved_node_ready, scrape, worker_report
 from waits import eventually
 
+from agent.bus import settle
+
 
 @dataclass
 class Replica:
@@ -89,7 +91,7 @@ async def fleet_and_replicas(url: str) -> AsyncIterator[tuple[Fleet, list[Replic
     nc = await nats.connect(url)
     fleet = Fleet(nc, ns)
     await nc.subscribe(f"{ns}.evt.plan.allocation", cb=fleet.on_plan)
-    await nc.flush()
+    await settle(nc)
     feeding = asyncio.ensure_future(fleet.feed())
     replicas: list[Replica] = []
     try:

@@ -20,6 +20,8 @@ import nats
 import pytest
 from cli import ROOT, LoggedProcess, run_cost_agent
 
+from agent.bus import settle
+
 SCHEMAS = ROOT / "schemas" / "jsonschema"
 
 
@@ -119,7 +121,7 @@ async def test_the_agent_plans_reports_survives_garbage_and_stops_cleanly_on_sig
     port = agent.event("metrics_serving")["port"]
     nc = await nats.connect(url)
     plans = await nc.subscribe(f"{ns}.evt.plan.allocation")
-    await nc.flush()
+    await settle(nc)
 
     for w in range(4):
         await nc.publish(f"{ns}.evt.worker.metrics.worker-{w}", worker_report(w))

@@ -27,6 +27,7 @@ import pytest
 import pytest_asyncio
 from nats.aio.msg import Msg
 
+from agent.bus import settle
 from agent.providers.httpclient import HttpClient
 from agent.sim.dynamo_local import (
     COMPONENT,
@@ -169,7 +170,7 @@ async def event_plane(nats_url: str, namespace: str) -> AsyncIterator[EventPlane
     nc = await nats.connect(nats_url)
     try:
         await nc.subscribe(f"{plane.prefix}.*", cb=plane.on_message)
-        await nc.flush()
+        await settle(nc)
         yield plane
     finally:
         await nc.drain()

@@ -31,7 +31,7 @@ from agent.actors.actuator import FRONTEND_POLICY, ActuatorActor
 from agent.actors.dynamo_source import DynamoSource
 from agent.actuators.local import LocalActuator
 from agent.actuators.settings import LocalSettings
-from agent.bus import Bus
+from agent.bus import Bus, settle
 from agent.config import DynamoSettings, resolve_catalog
 from agent.core.catalog import Catalog
 from agent.core.demand_bins import DemandBins
@@ -205,7 +205,7 @@ async def rig(
         await nc.subscribe(bus.subjects.fleet_instance_all, cb=on_event),
         await nc.subscribe(bus.subjects.migration_report_all, cb=on_report),
     ]
-    await nc.flush()
+    await settle(nc)
     stop = asyncio.Event()
     tasks = [asyncio.create_task(a.run(stop)) for a in (source, actor)]
     try:

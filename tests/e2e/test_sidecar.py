@@ -33,6 +33,7 @@ from nats.js.client import JetStreamContext
 from restartable_nats import RestartableServer
 from waits import eventually
 
+from agent.bus import settle
 from agent.subjects import Subjects
 from schemas import PreemptionNotice
 
@@ -306,7 +307,7 @@ async def test_aws_rebalance_then_terminate_survives_garbage_and_expired_tokens(
 ) -> None:
     nc, ns = bus
     sub = await nc.subscribe(f"{ns}.evt.spot.notice.*")
-    await nc.flush()
+    await settle(nc)
     action = "/latest/meta-data/spot/instance-action"
     sidecar, fake = await launch("aws", ns)
     fake.set_mode("bad")
@@ -334,7 +335,7 @@ async def test_aws_rebalance_then_terminate_survives_garbage_and_expired_tokens(
     # Read again and again, published once.
     seen = fake.count(action, 200)
     await fake.wait_until(lambda: fake.count(action, 200) >= seen + 3)
-    await nc.flush()
+    await settle(nc)
     assert sub.pending_msgs == 0
 
     assert await sidecar.terminate() == 0
@@ -353,7 +354,7 @@ async def test_gcp_long_poll_delivers_the_notice_at_once_and_sigterm_ends_a_pend
 ) -> None:
     nc, ns = bus
     sub = await nc.subscribe(f"{ns}.evt.spot.notice.*")
-    await nc.flush()
+    await settle(nc)
     preempted = "/computeMetadata/v1/instance/preempted"
     sidecar, fake = await launch("gcp", ns, "--gcp-notice-seconds", "45")
     fake.set_mode("bad")
@@ -371,7 +372,7 @@ async def test_gcp_long_poll_delivers_the_notice_at_once_and_sigterm_ends_a_pend
     began = time.monotonic()
     assert await sidecar.terminate() == 0
     assert time.monotonic() - began < 3.0  # the pending long poll did not hold up shutdown
-    await nc.flush()
+    await settle(nc)
     assert sub.pending_msgs == 0
     assert len(sidecar.named("metadata_bad_answer")) == 1
     assert sidecar.named("metadata_bad_answer")[0]["field"] == "instance/preempted"
@@ -383,7 +384,7 @@ async def test_azure_preempt_for_this_vm_after_an_outage_and_garbage(
 ) -> None:
     nc, ns = bus
     sub = await nc.subscribe(f"{ns}.evt.spot.notice.*")
-    await nc.flush()
+    await settle(nc)
     events = "/metadata/scheduledevents"
     sidecar, fake = await launch("azure", ns)
     fake.set_mode("drop")  # the service closes every connection without an answer
@@ -402,7 +403,7 @@ async def test_azure_preempt_for_this_vm_after_an_outage_and_garbage(
 
     seen = fake.count(events, 200)
     await fake.wait_until(lambda: fake.count(events, 200) >= seen + 3)
-    await nc.flush()
+    await settle(nc)
     assert sub.pending_msgs == 0
 
     assert await sidecar.terminate() == 0

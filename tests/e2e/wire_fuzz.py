@@ -36,7 +36,7 @@ from hypothesis_jsonschema import from_schema
 from nats.aio.client import Client as NATS
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent.bus import MAX_MESSAGE_BYTES, decode_json
+from agent.bus import MAX_MESSAGE_BYTES, decode_json, settle
 from agent.config import resolve_catalog
 from agent.subjects import Subjects
 from schemas import (
@@ -530,7 +530,7 @@ async def run_fuzz(agent: AgentProcess, nc: NATS, cases: Iterator[Case], batch: 
             pending = []
             await accounted_for(agent, result, timeout_s=120)
     result.error_replies += sum(await asyncio.gather(*pending))
-    await nc.flush()
+    await settle(nc)
     tally = await accounted_for(agent, result, timeout_s=120)
     result.seconds = time.perf_counter() - started
     check(result, tally, subjects)
@@ -559,7 +559,7 @@ async def plans_sanely(agent: AgentProcess, nc: NATS) -> AllocationPlan:
     subjects = Subjects(agent.namespace)
     plans = await nc.subscribe(subjects.plan_allocation)
     try:
-        await nc.flush()
+        await settle(nc)
         request = ReplanRequest(**envelope("fuzz"), note="after the fuzz")
         await nc.publish(subjects.plan_tick, msgspec.json.encode(request))
         while True:

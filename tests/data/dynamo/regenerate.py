@@ -33,6 +33,7 @@ import msgspec
 import nats
 from nats.aio.msg import Msg
 
+from agent.bus import settle
 from agent.providers.httpclient import HttpClient
 from agent.runtime.nats_server import NatsServer
 from agent.sim.dynamo_local import (
@@ -119,7 +120,7 @@ async def main() -> int:
             captured = capture.messages
             prefix = f"namespace.{NAMESPACE}.component.{COMPONENT}.endpoint.{ENDPOINT}"
             await nc.subscribe(f"{prefix}.*", cb=capture.on_message)
-            await nc.flush()
+            await settle(nc)
             async with HttpClient() as http, aiohttp.ClientSession() as session:
                 await dynamo.wait_ready(http)
                 url = dynamo.frontend_url
