@@ -15,14 +15,17 @@ rule of ``agent.core.rolling_demand`` with the ten minutes' peak as its base, th
   last 20 or 60 minutes, rather than the peak of the last 10;
 - ``headroom_quarter``, ``headroom_tenth``: the headroom sized to leave a quarter, a tenth of the SLO's
   allowed miss unserved on the history instead of half (``headroom_share_of_miss``);
-- ``no_surge``: acts only on the 5-minute tick and on notices.
+- ``no_surge``: acts only on the 5-minute tick and on notices;
+- ``commit_p50``, ``commit_0.75``: reserved nodes sized to the profile's P50 (× 0.75) without the headroom;
+- ``reserved_0`` … ``reserved_7``: the commitment planner overruled, a fixed count of the main type
+  reserved (the planner's choice is then the cheapest such count that holds both scores, or not).
 
 Inputs: the README's four backtest commands (m-large × AWS traces with the seed catalog, 120 s notice; the
 same with GCP prices and a 30 s notice; m-mid × AWS; m-large × the SpotHedge GCP traces, 30 s notice), 8
 peak nodes. Prints one JSON object: per input and variant, cost, per-minute SLO attainment, the queue score
 (share served within 60 s), shortfall minutes and reserved nodes; with ``--yardsticks``, also
 ``foresight-demand``'s cost per input. Runs the variants on two processes (``--jobs``); about 10 minutes
-here for the 56 runs.
+here for the 56 runs before the reserved counts, 3 minutes for the 32 of ``reserved_*``.
 
 Run: ``.venv/bin/python bench/policy_variants.py [--inputs seed,gcp,m-mid,spothedge] [--variants ...]``
 """
@@ -35,14 +38,14 @@ import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import msgspec
 
 from agent.backtest import Setup, build_setup, make_policy, run_strategies, sim_config
 from agent.config import Settings, load_settings, resolve_catalog
-from agent.sim.replay import run_backtest
+from agent.sim.replay import Market, run_backtest
 from agent.sim.strategies import RollingPolicy
 
 AWS = "skypilot:availability/16-node/aws-08-27-2023"
@@ -70,6 +73,24 @@ class Variant:
     """[optimizer] settings changed."""
     policy: Callable[[RollingPolicy], None] | None = None
     """A change to the built policy."""
+    reserved: int | None = None
+    """Main-type nodes reserved instead of what the commitment planner chooses."""
+
+
+@dataclass(slots=True)
+class FixedCommitment(RollingPolicy):
+    """``rolling`` with the commitment planner overruled: ``nodes`` of the main type reserved, the rest of
+    the policy as shipped (it still reads the market at commit time, as shipped)."""
+
+    nodes: int = 0
+
+    def commit(self, t: float, market: Market) -> dict[str, int]:
+        RollingPolicy.commit(self, t, market)
+        return {self.catalog.main_type.name: self.nodes} if self.nodes else {}
+
+    @classmethod
+    def of(cls, policy: RollingPolicy, nodes: int) -> FixedCommitment:
+        return cls(**{f.name: getattr(policy, f.name) for f in fields(policy)}, nodes=nodes)
 
 
 def _set(**changes: Any) -> Callable[[RollingPolicy], None]:
@@ -101,6 +122,7 @@ VARIANTS = {
     "no_surge": Variant(policy=_set(replan_on_surge=False)),
     "commit_p50": Variant(policy=_set(commit_headroom=1.0)),
     "commit_0.75": Variant(policy=_set(commit_headroom=0.75)),
+    **{f"reserved_{n}": Variant(reserved=n) for n in range(8)},
 }
 
 _setups: dict[str, tuple[Settings, Setup]] = {}
@@ -127,6 +149,8 @@ def _run(job: tuple[str, str]) -> tuple[str, str, dict[str, object]]:
     assert isinstance(policy, RollingPolicy)
     if variant.policy is not None:
         variant.policy(policy)
+    if variant.reserved is not None:
+        policy = FixedCommitment.of(policy, variant.reserved)
     started = time.perf_counter()
     result = run_backtest(
         setup.catalog, setup.demand, setup.market, policy, setup.sim, start_epoch=setup.start_epoch
