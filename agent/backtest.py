@@ -29,6 +29,7 @@ from agent.sim.foresight import (
     HedgeFamily,
     cheapest_hedge,
     demand_policy,
+    hedge_score,
     lead_steps_for,
 )
 from agent.sim.replay import BacktestResult, Market, Policy, SimConfig, StepRecord, run_backtest
@@ -254,7 +255,8 @@ def _foresight_demand(
     setup: Setup, settings: Settings, replay: Callable[[Policy], BacktestResult]
 ) -> tuple[BacktestResult, str]:
     """Yardstick (i): knows the demand to come, not the reclaims; the cheapest hedge of the [backtest]
-    family that holds the per-minute SLO target (or the one that comes closest)."""
+    family that holds the per-minute SLO target, or with ``[backtest] yardstick_scores = "both"`` also the
+    queue score (or the one that comes closest)."""
     family = HedgeFamily(
         floors=tuple(settings.backtest.yardstick_floors),
         zone_rule=tuple(dict.fromkeys(settings.backtest.yardstick_zone_rule)),
@@ -271,9 +273,12 @@ def _foresight_demand(
         return replay(policy)
 
     target = settings.slo.target_attainment
-    hedge, result, runs = cheapest_hedge(family, with_hedge, target)
-    held = "" if result.slo_attainment >= target else f"; none of the family reached {target:.3%}"
-    return result, f"hedge: {hedge.label()} ({runs} runs){held}"
+    scores = settings.backtest.yardstick_scores
+    hedge, result, runs = cheapest_hedge(family, with_hedge, target, scores)
+    judged = " on both scores" if scores == "both" else ""
+    missed = hedge_score(result, scores) < target
+    held = f"; none of the family reached {target:.3%}{judged}" if missed else ""
+    return result, f"hedge{judged}: {hedge.label()} ({runs} runs){held}"
 
 
 def _foresight(

@@ -290,6 +290,15 @@ class BacktestSettings(_Section, frozen=True):
             description="foresight-demand's reserved nodes to try (of the type cheapest per capacity)",
         ),
     ] = msgspec.field(default_factory=lambda: [0, 2])
+    yardstick_scores: Annotated[
+        Literal["minute", "both"],
+        msgspec.Meta(
+            description=(
+                "what foresight-demand's hedge must hold: minute (the per-minute SLO) or both (also the "
+                "queue score, as rolling must)"
+            )
+        ),
+    ] = "minute"
 
 
 class PlannerSettings(_Section, frozen=True):

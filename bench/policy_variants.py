@@ -24,8 +24,9 @@ Inputs: the README's four backtest commands (m-large × AWS traces with the seed
 same with GCP prices and a 30 s notice; m-mid × AWS; m-large × the SpotHedge GCP traces, 30 s notice), 8
 peak nodes. Prints one JSON object: per input and variant, cost, per-minute SLO attainment, the queue score
 (share served within 60 s), shortfall minutes and reserved nodes; with ``--yardsticks``, also
-``foresight-demand``'s cost per input. Runs the variants on two processes (``--jobs``); about 10 minutes
-here for the 56 runs before the reserved counts, 3 minutes for the 32 of ``reserved_*``.
+``foresight-demand``'s cost per input (its hedge judged on ``--yardstick-scores``: minute or both).
+Runs the variants on two processes (``--jobs``); about 10 minutes here for the 56 runs before the
+reserved counts, 3 minutes for the 32 of ``reserved_*``.
 
 Run: ``.venv/bin/python bench/policy_variants.py [--inputs seed,gcp,m-mid,spothedge] [--variants ...]``
 """
@@ -169,8 +170,11 @@ def _run(job: tuple[str, str]) -> tuple[str, str, dict[str, object]]:
     )
 
 
-def _yardstick(label: str) -> tuple[str, dict[str, object]]:
+def _yardstick(job: tuple[str, str]) -> tuple[str, dict[str, object]]:
+    label, scores = job
     settings, setup = _setup(label)
+    backtest = msgspec.structs.replace(settings.backtest, yardstick_scores=scores)
+    settings = msgspec.structs.replace(settings, backtest=backtest)
     report = run_strategies(setup, ["foresight-demand"], settings).reports[0]
     return label, {
         "cost": round(report.cost, 2),
@@ -186,6 +190,12 @@ def main() -> None:
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--yardsticks", action="store_true", help="also run foresight-demand per input")
+    parser.add_argument(
+        "--yardstick-scores",
+        choices=["minute", "both"],
+        default="minute",
+        help="what foresight-demand's hedge must hold ([backtest] yardstick_scores)",
+    )
     args = parser.parse_args()
     labels = [s for s in args.inputs.split(",") if s]
     names = [s for s in args.variants.split(",") if s]
@@ -207,7 +217,9 @@ def main() -> None:
             print(f"{label}: {name} {row}", file=sys.stderr)
             out["results"][label][name] = row
         if args.yardsticks:
-            out["foresight_demand"] = dict(pool.map(_yardstick, labels))
+            jobs_y = [(label, args.yardstick_scores) for label in labels]
+            out["foresight_demand"] = dict(pool.map(_yardstick, jobs_y))
+            out["yardstick_scores"] = args.yardstick_scores
     out["seconds"] = round(time.perf_counter() - started, 1)
     print(json.dumps(out, indent=1))
 

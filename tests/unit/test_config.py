@@ -120,9 +120,20 @@ def test_the_backtest_section_holds_the_yardsticks_hedges_not_optimizer_override
         "yardstick_floors",
         "yardstick_zone_rule",
         "yardstick_reserved",
+        "yardstick_scores",
     }
     assert (backtest.yardstick_floors, backtest.yardstick_zone_rule) == ([0.0, 0.25, 0.5], [False, True])
     assert backtest.yardstick_reserved == [0, 2]
+    assert backtest.yardstick_scores == "minute"  # issue 15's definition of the yardstick
+
+
+def test_the_yardstick_scores_are_minute_or_both_and_anything_else_is_refused_with_its_name(
+    tmp_path: Path,
+) -> None:
+    both = load_settings(write(tmp_path, '[backtest]\nyardstick_scores = "both"\n'))
+    assert both.backtest.yardstick_scores == "both"
+    message = config_error(write(tmp_path, '[backtest]\nyardstick_scores = "queue"\n'))
+    assert "yardstick_scores" in message
 
 
 def test_an_old_backtest_override_is_refused_with_its_name(tmp_path: Path) -> None:

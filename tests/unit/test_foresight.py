@@ -25,6 +25,7 @@ from agent.sim.foresight import (
     HedgeFamily,
     cheapest_hedge,
     demand_policy,
+    hedge_score,
     lead_steps_for,
     reserved_for,
 )
@@ -264,10 +265,12 @@ def test_the_family_lists_each_group_with_floors_ascending() -> None:
     assert members[:3] == [Hedge(0.0, False, 0), Hedge(0.25, False, 0), Hedge(0.5, False, 0)]
 
 
-def result(cost: float, attainment: float) -> BacktestResult:
-    """A real result with the given cost and attainment (the engine's other figures do not matter here)."""
+def result(cost: float, attainment: float, queued: float = 1.0) -> BacktestResult:
+    """A real result with the given cost, attainment and queue score (the engine's other figures do not
+    matter here)."""
     base = run_backtest(CATALOG, demand((1.0, 2)), market([0, 0], [0, 0]), Reactive(), CFG)
-    return dataclasses.replace(base, cost=cost, demand_tokens=1.0, served_tokens=attainment)
+    queue = dataclasses.replace(base.queue, served_within=queued)
+    return dataclasses.replace(base, cost=cost, demand_tokens=1.0, served_tokens=attainment, queue=queue)
 
 
 @dataclass
@@ -291,13 +294,11 @@ def table(attainment: dict[tuple[bool, int], Sequence[float]]) -> dict[Hedge, tu
     return out
 
 
-def test_cheapest_hedge_picks_the_cheapest_member_that_reaches_the_target_and_stops_each_group_early() -> (
-    None
-):
+def test_cheapest_hedge_picks_the_cheapest_member_that_reaches_the_target_trying_every_member() -> None:
     replays = Replays(
         table(
             {
-                (False, 0): (0.99, 0.9995, 0.9999),  # passes at 0.25: cost 125
+                (False, 0): (0.99, 0.9995, 0.9999),  # passes at 0.25 (cost 125) and 0.5 (150)
                 (True, 0): (0.9992, 0.9999, 1.0),  # passes at 0: cost 130
                 (False, 2): (0.9991, 1.0, 1.0),  # passes at 0: cost 140
                 (True, 2): (0.98, 0.985, 0.99),  # never passes
@@ -308,9 +309,18 @@ def test_cheapest_hedge_picks_the_cheapest_member_that_reaches_the_target_and_st
     hedge, best, runs = cheapest_hedge(HedgeFamily(), replays, 0.999)
     assert hedge == Hedge(0.25, False, 0)
     assert best.cost == 125
-    assert runs == len(replays.calls) == 2 + 1 + 1 + 3
-    assert Hedge(0.5, False, 0) not in replays.calls
-    assert Hedge(0.25, True, 0) not in replays.calls
+    assert runs == len(replays.calls) == 12
+    assert set(replays.calls) == set(HedgeFamily().members())
+
+
+def test_a_higher_floor_that_costs_less_is_found() -> None:
+    # As with GCP prices and the zone rule: the 50% floor holds the target for less than no floor.
+    costs = {0.0: 205.0, 0.25: 204.0, 0.5: 203.0}
+    replays = Replays(
+        {h: (costs[h.non_spot_floor] if h.zone_rule else 900.0, 0.9995) for h in HedgeFamily().members()}, []
+    )
+    hedge, best, _ = cheapest_hedge(HedgeFamily(reserved=(0,)), replays, 0.999)
+    assert (hedge, best.cost) == (Hedge(0.5, True, 0), 203.0)
 
 
 def test_when_no_hedge_reaches_the_target_the_highest_attainment_wins_the_cheapest_among_ties() -> None:
@@ -329,3 +339,21 @@ def test_when_no_hedge_reaches_the_target_the_highest_attainment_wins_the_cheape
     assert hedge == Hedge(0.25, True, 0)
     assert best.slo_attainment == 0.98
     assert runs == 12
+
+
+def test_judged_on_both_scores_a_hedge_must_also_hold_the_queue_score() -> None:
+    # Every member holds the per-minute target; the queue score holds only with the 0.5 floor.
+    calls: list[Hedge] = []
+
+    def replay(hedge: Hedge) -> BacktestResult:
+        calls.append(hedge)
+        cost = 100 + 100 * hedge.non_spot_floor + 30 * hedge.zone_rule + 20 * hedge.reserved
+        return result(cost, 0.9995, 0.9995 if hedge.non_spot_floor == 0.5 else 0.998)
+
+    cheapest, best, _ = cheapest_hedge(HedgeFamily(), replay, 0.999)
+    assert (cheapest, best.cost) == (Hedge(0.0, False, 0), 100)
+    hedge, held, _ = cheapest_hedge(HedgeFamily(), replay, 0.999, "both")
+    assert (hedge, held.cost) == (Hedge(0.5, False, 0), 150)
+    assert hedge_score(held, "both") == 0.9995
+    assert hedge_score(result(1, 0.9995, 0.998), "minute") == 0.9995
+    assert hedge_score(result(1, 0.9995, 0.998), "both") == 0.998
