@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import agent
@@ -39,6 +41,29 @@ def run_cost_agent(*args: str, timeout_s: float) -> subprocess.CompletedProcess[
         timeout=timeout_s,
         check=False,
     )
+
+
+def run_bench(script: str, *args: str, timeout_s: float) -> subprocess.CompletedProcess[str]:
+    """``python bench/SCRIPT ARGS`` run to its end, from the project root."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "bench" / script), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
+
+
+def load_bench(script: str) -> ModuleType:
+    """``bench/SCRIPT`` imported as a module (``bench_<name>``), to test its pure helpers."""
+    spec = importlib.util.spec_from_file_location(f"bench_{Path(script).stem}", ROOT / "bench" / script)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look the module up by name while its classes are built
+    spec.loader.exec_module(module)
+    return module
 
 
 class LoggedProcess:

@@ -8,18 +8,14 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 
-from cli import ROOT
+import cli
 
-BENCH = ROOT / "bench" / "dynamo_ingest.py"
 MESSAGES, WORKERS = 2000, 16
 
 
 def run_bench(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, str(BENCH), *args], cwd=ROOT, capture_output=True, text=True, timeout=90, check=False
-    )
+    return cli.run_bench("dynamo_ingest.py", *args, timeout_s=90)
 
 
 def test_the_bench_publishes_dynamo_shaped_metrics_to_both_consumers_and_prints_one_json_report() -> None:

@@ -4,31 +4,19 @@ real traces are the bench's business, not a test's."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import numpy as np
 import pytest
-from cli import ROOT
-
-BENCH = ROOT / "bench" / "forecast.py"
+from cli import load_bench, run_bench
 
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_forecast", BENCH)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    # dataclasses look the module up by name while the class body runs
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("forecast.py")
 
 
 def _synthetic_trace(path: Path, days: int) -> None:
@@ -47,24 +35,10 @@ def test_lead_peak_section_scores_every_forecaster_on_a_short_trace(
     trace = tmp_path / "wave.csv"
     _synthetic_trace(trace, days=4)
     spec = f"csv:{trace}"
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(BENCH),
-            "--section",
-            "lead_peak",
-            "--traces",
-            spec,
-            "--train-days",
-            "3",
-            "--refit-minutes",
-            "720",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+    done = run_bench(
+        "forecast.py",
+        *("--section", "lead_peak", "--traces", spec, "--train-days", "3", "--refit-minutes", "720"),
+        timeout_s=120,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout)[spec]

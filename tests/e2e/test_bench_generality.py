@@ -5,40 +5,23 @@ reports every strategy with both scores and ratios, and an unknown input is refu
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import numpy as np
 import pytest
-from cli import ROOT
-
-BENCH = ROOT / "bench" / "generality.py"
+from cli import load_bench, run_bench
 
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_generality", BENCH)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look the module up by name
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("generality.py")
 
 
-def run_bench(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, str(BENCH), *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return run_bench("generality.py", *args, timeout_s=300)
 
 
 def test_the_synthetic_trace_has_a_daily_wave_quieter_weekends_growth_and_bursts(
@@ -69,7 +52,7 @@ def test_the_synthetic_trace_has_a_daily_wave_quieter_weekends_growth_and_bursts
 
 @pytest.mark.usefixtures("demo_traces")
 def test_a_run_reports_every_strategy_with_both_scores_and_both_ratios() -> None:
-    done = run_bench("--inputs", "synthetic", "--jobs", "1")
+    done = run("--inputs", "synthetic", "--jobs", "1")
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     row = report["results"]["synthetic"]
@@ -86,7 +69,7 @@ def test_a_run_reports_every_strategy_with_both_scores_and_both_ratios() -> None
 
 
 def test_an_unknown_input_is_refused_naming_it() -> None:
-    done = run_bench("--inputs", "mars")
+    done = run("--inputs", "mars")
     assert done.returncode == 2
     assert "unknown input 'mars'" in done.stderr
     assert done.stdout == ""

@@ -7,29 +7,19 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 
 import pytest
-from cli import ROOT
-
-BENCH = ROOT / "bench" / "policy_variants.py"
+from cli import run_bench
 
 pytestmark = pytest.mark.usefixtures("demo_traces")
 
 
-def run_bench(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, str(BENCH), *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return run_bench("policy_variants.py", *args, timeout_s=300)
 
 
 def test_a_fixed_commitment_equal_to_the_planners_replays_the_same_and_another_count_is_held() -> None:
-    done = run_bench("--inputs", "m-mid", "--variants", "shipped,reserved_3,reserved_1", "--jobs", "1")
+    done = run("--inputs", "m-mid", "--variants", "shipped,reserved_3,reserved_1", "--jobs", "1")
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     rows = report["results"]["m-mid"]
@@ -46,7 +36,7 @@ def test_a_fixed_commitment_equal_to_the_planners_replays_the_same_and_another_c
 
 
 def test_an_unknown_variant_is_refused_naming_it() -> None:
-    done = run_bench("--variants", "reserved_99")
+    done = run("--variants", "reserved_99")
     assert done.returncode == 2
     assert "unknown variant 'reserved_99'" in done.stderr
     assert done.stdout == ""
