@@ -107,7 +107,7 @@ async def settle(nc: NATS, wait_s: float = 5.0, *, inbox: bool = True) -> None:
 
     ``nc.flush()`` alone does not ensure it with nats-py 2.16: its PING is written to the socket at once,
     ahead of commands still buffered for the flusher task, so the PONG can return before a SUB just made
-    has reached the server (measured: 149 of 1,500 messages published right after a flush were not
+    has reached the server (measured: 11-238 of 1,500 messages published right after a flush were not
     delivered, none after this; a benchmark run once lost 1,537 of 2,000). Use this, never ``flush()``
     alone, wherever a subscription must be in place before someone publishes.
 
