@@ -190,7 +190,10 @@ class OptimizerTickActor(PersistentActor):
             self._minute_due = saved.minute_due
         self.last_plan = saved.last_plan
         if saved.last_plan is not None:
-            self._covered_rps = saved.last_plan.demand_now_rps
+            # The surge check compares a minute with the base the last plan covered, not with the plan's
+            # demand (the base × headroom): the restored window holds that base again.
+            planned = saved.last_plan.demand_now_rps
+            self._covered_rps = min(planned, self.rolling.base(Demand(planned, 0.0, 0.0)).rps)
 
     def subscriptions(self) -> Sequence[Listen]:
         s = self.bus.subjects

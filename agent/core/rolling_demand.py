@@ -110,6 +110,10 @@ class RollingDemand:
         """The observations held: every step's rate, and the base window's demands."""
         return list(self._observed), list(self._recent)
 
+    def base(self, fallback: Demand) -> Demand:
+        """The busiest step of the base window (by the nodes it needs); ``fallback`` with none held."""
+        return max(self._recent, key=self.nodes, default=fallback)
+
     def surged(self, demand: Demand) -> bool:
         """This step is busier than the base the last plan covered: plan now, not at the next tick."""
         return demand.rps > self._planned_base_rps
@@ -136,7 +140,7 @@ class RollingDemand:
         ``expected``: the profile's expectation over the coming lead time (None: no profile), or a function
         giving it, asked only when the base is below ``outage_share`` of the busiest step held (an outage
         is a fall from traffic seen; a profile's forecast costs a millisecond, a tick a few)."""
-        base = max(self._recent, key=self.nodes, default=fallback)
+        base = self.base(fallback)
         if callable(expected):
             fell = self.outage_share > 0 and base.rps < self.outage_share * max(self._observed, default=0.0)
             expected = expected() if fell else None

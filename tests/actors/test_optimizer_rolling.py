@@ -211,6 +211,35 @@ async def test_the_minutes_survive_a_restart_and_the_restarted_agent_plans_the_s
             await stopped(agent, peer)
 
 
+async def test_after_a_restart_a_minute_busier_than_the_restored_base_still_plans_at_once(
+    nats_url: str,
+) -> None:
+    ns, clock, frontend = fresh_namespace(), FakeClock(START), Frontend()
+    # Two days at 10/s with a 30/s minute every hour: the headroom fitted on them is well above 1.5.
+    minutes = [30.0 if m % 60 == 59 else 10.0 for m in range(2 * 1440)]
+    base_window = [Demand(10.0, 1500.0, 500.0)] * 10
+    async with serving(frontend) as url:
+        agent, peer = await started(nats_url, ns, clock, url)
+        agent.optimizer.rolling.restore(minutes, base_window)
+        plans = await Inbox.open(peer.nc, peer.subjects.plan_allocation, AllocationPlan)
+        await arrive(agent, peer, frontend, rps=10.0, seconds=15)
+        await replan(peer)
+        plan = await next_manual(plans, [])
+        assert plan.demand_now_rps > 15.0  # 10/s × the headroom
+        await stopped(agent, peer)
+
+        agent, peer = await started(nats_url, ns, clock, url)
+        try:
+            plans = await Inbox.open(peer.nc, peer.subjects.plan_allocation, AllocationPlan)
+            # 15/s: above the base the last plan covered (10/s), below what it planned for (10/s × headroom).
+            await arrive(agent, peer, frontend, rps=15.0, seconds=60)
+            surge = await plans.next()
+            assert surge.reason == "demand"
+            assert surge.sent_at < START + 15 + 300  # at the minute's end, not at the next tick
+        finally:
+            await stopped(agent, peer)
+
+
 class OptimizerStateBeforeRolling(msgspec.Struct, frozen=True, tag="optimizer.v1", tag_field="kind"):
     """The snapshot as saved before the rolling rule's fields (minutes, base_window, minute_due)."""
 
