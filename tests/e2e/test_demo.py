@@ -19,9 +19,9 @@ from cli import ROOT, cost_agent_command, cost_agent_env, run_cost_agent
 
 from agent.subjects import Subjects
 
-# The demos run at many times real speed: one at a time (make unit runs two test processes), so a
-# starved CPU does not stretch their simulated minutes.
-pytestmark = [pytest.mark.usefixtures("demo_traces"), pytest.mark.xdist_group("accelerated-demos")]
+# The demos run at many times real speed, so a starved CPU stretches their simulated minutes (a request
+# was lost once beside another test process): `make unit` runs them on their own, after the rest.
+pytestmark = [pytest.mark.usefixtures("demo_traces"), pytest.mark.accelerated_demo]
 
 
 def demo(tmp_path: Path, *extra: str, hours: str = "2", speed: str = "240") -> dict[str, object]:

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from cli import run_cost_agent
 
-# The demos run at many times real speed: one at a time (make unit runs two test processes), so a
-# starved CPU does not stretch their simulated minutes.
-pytestmark = [pytest.mark.usefixtures("demo_traces"), pytest.mark.xdist_group("accelerated-demos")]
+# The demos run at many times real speed, so a starved CPU stretches their simulated minutes (a request
+# was lost once beside another test process): `make unit` runs them on their own, after the rest.
+pytestmark = [pytest.mark.usefixtures("demo_traces"), pytest.mark.accelerated_demo]
 
 
 def test_a_short_dynamo_demo_migrates_streams_off_reclaimed_nodes_and_no_request_fails(
