@@ -110,17 +110,14 @@ def cheapest_hedge(
     50% floor cost $189 less than no floor: its on-demand nodes stand in for spot spread over the zones).
     """
 
-    def score(result: BacktestResult) -> float:
-        return hedge_score(result, scores)
-
     tried = [(hedge, replay(hedge)) for hedge in family.members()]
     if not tried:
         raise ValueError("the hedge family has no members")
-    passing = [(hedge, result) for hedge, result in tried if score(result) >= target]
+    passing = [(hedge, result) for hedge, result in tried if hedge_score(result, scores) >= target]
     if passing:
         hedge, result = min(passing, key=lambda p: p[1].cost)
     else:
-        hedge, result = min(tried, key=lambda p: (-score(p[1]), p[1].cost))
+        hedge, result = min(tried, key=lambda p: (-hedge_score(p[1], scores), p[1].cost))
     return hedge, result, len(tried)
 
 
